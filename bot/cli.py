@@ -1,0 +1,86 @@
+"""Command line: `python -m bot run | chat | migrate`.
+
+Every failure a user can fix (bad config, unusable database, model that cannot
+be loaded, missing token) ends with one clear line on stderr and a non-zero exit
+code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from .config import ConfigError, Settings, load_settings
+from .store import Store, StoreError
+
+log = logging.getLogger("bot")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        settings = load_settings(args.config)
+        if getattr(args, "model", None):
+            settings = settings.with_overrides("model", name=args.model)
+        return asyncio.run(args.handler(settings, args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        if not _is_user_fixable(error):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2 if isinstance(error, ConfigError) else 1
+
+
+def _is_user_fixable(error: Exception) -> bool:
+    from .llm.embedded import EmbeddedModelMissing
+
+    fixable: tuple[type[Exception], ...] = (ConfigError, StoreError, EmbeddedModelMissing)
+    if "bot.llm.transformers_backend" in sys.modules:
+        fixable += (sys.modules["bot.llm.transformers_backend"].ModelLoadError,)
+    return isinstance(error, fixable)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bot", description="A Discord chat bot running its own language model.")
+    parser.add_argument("--config", help="settings file (default: config.toml, or $BOT_CONFIG)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    chat = commands.add_parser("chat", help="chat with the bot in this terminal")
+    chat.add_argument("--model", help='model to load (overrides config), e.g. "embedded"')
+    chat.add_argument("--channel", type=int, default=0, help="terminal conversation number (default 0)")
+    chat.set_defaults(handler=_chat)
+
+    migrate = commands.add_parser("migrate", help="upgrade the database schema to the newest version")
+    migrate.set_defaults(handler=_migrate)
+    return parser
+
+
+async def _chat(settings: Settings, args: argparse.Namespace) -> int:
+    from .app import open_app
+    from .terminal import TerminalChat
+
+    app = await open_app(settings)
+    try:
+        await TerminalChat(app.service, channel_id=args.channel).run()
+    finally:
+        await app.close()
+    return 0
+
+
+async def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    store = await Store.open(settings.database.url)
+    await store.close()
+    print(f"The database at {settings.database.url} is up to date.")
+    return 0
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "aiosqlite", "alembic.runtime.migration", "discord", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)

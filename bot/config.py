@@ -1,0 +1,199 @@
+"""Settings: config.toml plus environment variables, checked into typed values.
+
+Every setting is declared once below with its default, its allowed values and
+a one-line description; config.toml documents the same keys for humans. A bad
+value raises ConfigError with one line that names the key and what is allowed,
+so the CLI can print it instead of a traceback.
+
+Environment variables override the file: BOT_<SECTION>_<KEY>, for example
+BOT_MODEL_NAME=embedded or BOT_DATABASE_URL=sqlite+aiosqlite:///other.db.
+Secrets (the Discord token) come from the environment only, never the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATH = Path("config.toml")
+ENV_PREFIX = "BOT_"
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or out of range. str() is one line for the user."""
+
+
+def setting(default: Any, doc: str, *, choices: tuple | None = None,
+            low: float | None = None, high: float | None = None) -> Any:
+    """Declare one setting: its default, what it means, and what values it allows."""
+    return field(default=default, metadata={"doc": doc, "choices": choices, "low": low, "high": high})
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name: str = setting("HuggingFaceTB/SmolLM3-3B",
+                        'Hugging Face model id or local path; "embedded" is the built-in SmolLM2-135M-Instruct')
+    dtype: str = setting("auto", "weights dtype; auto = bfloat16 on a GPU, float32 on a CPU",
+                         choices=("auto", "bfloat16", "float16", "float32"))
+    device_map: str = setting("auto", 'where the weights go: "auto", "cpu", "cuda", "cuda:0", ...')
+    thinking: bool = setting(False, "let SmolLM3 reason in <think> blocks (never stored or posted)")
+    context_tokens: int = setting(0, "prompt + answer token limit; 0 = the model's own context length",
+                                  low=0, high=1_000_000)
+    generation_timeout: float = setting(120.0, "seconds one reply may take before it is abandoned",
+                                        low=1, high=3600)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = setting(200, "longest answer, in tokens", low=1, high=8192)
+    temperature: float = setting(0.8, "sampling temperature", low=0.0, high=5.0)
+    do_sample: bool = setting(True, "sample (true) or greedy decoding (false)")
+    top_p: float = setting(0.9, "nucleus sampling mass", low=0.0, high=1.0)
+    repetition_penalty: float = setting(1.1, "penalty for repeating tokens; 1.0 = none", low=0.5, high=3.0)
+
+
+@dataclass(frozen=True)
+class HistorySettings:
+    max_turns: int = setting(40, "most recent turns read from the database for a prompt", low=1, high=10_000)
+    max_message_chars: int = setting(4000, "longest user message accepted, in characters", low=1, high=100_000)
+    max_persona_chars: int = setting(4000, "longest persona accepted, in characters", low=1, high=100_000)
+
+
+@dataclass(frozen=True)
+class PersonaSettings:
+    default: str = setting(
+        "You are a friendly, helpful assistant chatting in a Discord server. "
+        "Several people may talk to you; each user message starts with the speaker's name. "
+        "Keep answers short and clear.",
+        "system prompt used where a server has not set its own")
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = setting("sqlite+aiosqlite:///data/bot.db",
+                       "SQLAlchemy async URL; a relative SQLite path is relative to the working directory")
+
+
+@dataclass(frozen=True)
+class DiscordSettings:
+    dev_guild_id: int = setting(0, "sync slash commands to this one server instantly (0 = global sync)", low=0)
+    delete_data_on_guild_remove: bool = setting(True, "delete a server's history and settings when the bot is removed")
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    history: HistorySettings = field(default_factory=HistorySettings)
+    persona: PersonaSettings = field(default_factory=PersonaSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    discord: DiscordSettings = field(default_factory=DiscordSettings)
+    discord_token: str | None = field(default=None, repr=False)  # environment only
+
+    def with_overrides(self, section: str, **values: Any) -> "Settings":
+        """A copy with some keys of one section replaced (used by CLI flags and tests)."""
+        current = getattr(self, section)
+        return dataclasses.replace(self, **{section: dataclasses.replace(current, **values)})
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Settings)
+                             if f.default_factory is not dataclasses.MISSING}
+
+
+def load_settings(path: Path | str | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Read config.toml (if present) and the environment into checked Settings."""
+    environ = dict(os.environ if environ is None else environ)
+    path = Path(path or environ.get("BOT_CONFIG") or DEFAULT_CONFIG_PATH)
+    raw = _read_toml(path) if path.exists() else {}
+    if "discord" in raw and "token" in raw["discord"]:
+        raise ConfigError(f"{path}: do not put the Discord token in the file; "
+                          "set the DISCORD_TOKEN environment variable instead")
+    sections = {}
+    for name, cls in SECTIONS.items():
+        table = raw.pop(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{name}] must be a table of settings")
+        table = {**table, **_env_overrides(name, cls, environ)}
+        sections[name] = _build_section(path, name, cls, table)
+    if raw:
+        raise ConfigError(f"{path}: unknown section [{next(iter(raw))}]; known sections: "
+                          + ", ".join(SECTIONS))
+    token = (environ.get("DISCORD_TOKEN") or "").strip() or None
+    return Settings(**sections, discord_token=token)
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path} cannot be read: {error}") from None
+
+
+def _env_overrides(section: str, cls: type, environ: dict[str, str]) -> dict[str, str]:
+    overrides = {}
+    for f in dataclasses.fields(cls):
+        key = f"{ENV_PREFIX}{section}_{f.name}".upper()
+        if key in environ:
+            overrides[f.name] = environ[key]
+    return overrides
+
+
+def _build_section(path: Path, section: str, cls: type, table: dict) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key [{section}] {unknown[0]}; known keys: {', '.join(known)}")
+    values = {name: _check_value(f"[{section}] {name}", known[name], value) for name, value in table.items()}
+    return cls(**values)
+
+
+def _check_value(label: str, f: dataclasses.Field, value: Any) -> Any:
+    """Coerce (environment values arrive as strings) and range-check one value."""
+    kind = {"str": str, "int": int, "float": float, "bool": bool}[f.type if isinstance(f.type, str) else f.type.__name__]
+    meta = f.metadata
+    value = _coerce(label, kind, value)
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(f"{label} must be one of {', '.join(map(repr, meta['choices']))} (got {value!r})")
+    low, high = meta["low"], meta["high"]
+    if (low is not None and value < low) or (high is not None and value > high):
+        span = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+        raise ConfigError(f"{label} must be {span} (got {value!r})")
+    return value
+
+
+def _coerce(label: str, kind: type, value: Any) -> Any:
+    names = {str: "text", int: "a whole number", float: "a number", bool: "true or false"}
+    if isinstance(value, str) and kind is not str:
+        value = _parse_env_string(kind, value)
+    ok = (isinstance(value, kind) and not (kind is int and isinstance(value, bool))) or (
+        kind is float and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"{label} must be {names[kind]} (got {value!r})")
+    return float(value) if kind is float else value
+
+
+def _parse_env_string(kind: type, text: str) -> Any:
+    """Environment values are strings; read them as the setting's type, or leave them for the error."""
+    lowered = text.strip().lower()
+    if kind is bool:
+        return {"true": True, "yes": True, "on": True, "1": True,
+                "false": False, "no": False, "off": False, "0": False}.get(lowered, text)
+    try:
+        return kind(lowered)
+    except ValueError:
+        return text
+
+
+def describe_settings() -> list[tuple[str, Any, str]]:
+    """(key, default, description) for every setting: the source for config.toml's comments."""
+    rows = []
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            rows.append((f"{section}.{f.name}", f.default, f.metadata["doc"]))
+    return rows

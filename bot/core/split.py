@@ -1,0 +1,120 @@
+"""Split a long answer into Discord-sized messages without breaking code blocks.
+
+Cuts fall at paragraph breaks first, then line breaks, then spaces. A code block
+stays whole in one part when it fits; one longer than a whole part is cut at a
+line break, closed with a fence and reopened (same language) in the next part.
+"""
+
+from __future__ import annotations
+
+import re
+
+DISCORD_MESSAGE_LIMIT = 2000
+_FENCE = re.compile(r"^\s*(```|~~~)")
+
+
+def split_message(text: str, limit: int = DISCORD_MESSAGE_LIMIT) -> list[str]:
+    """Parts of at most `limit` characters that read as the original when posted in order."""
+    text = text.strip("\n")
+    if len(text) <= limit:
+        return [text] if text.strip() else []
+    parts: list[str] = []
+    current = ""
+    for separator, block in _blocks(text):
+        joined = f"{current}{separator}{block}" if current else block
+        if len(joined) <= limit:
+            current = joined
+            continue
+        if current:
+            parts.append(current)
+        pieces = _split_block(block, limit)
+        parts.extend(pieces[:-1])
+        current = pieces[-1]
+    if current:
+        parts.append(current)
+    return [part for part in parts if part.strip()]
+
+
+def _blocks(text: str) -> list[tuple[str, str]]:
+    """(newlines before it, block) for each paragraph and each fenced code block, in order."""
+    blocks: list[tuple[str, str]] = []
+    lines: list[str] = []
+    gap = 0  # newlines between the end of the last block and the next one
+    in_code = False
+
+    def finish() -> None:
+        nonlocal gap
+        if lines:
+            blocks.append(("\n" * gap if blocks else "", "\n".join(lines)))
+            lines.clear()
+            gap = 1
+
+    for line in text.split("\n"):
+        is_fence = bool(_FENCE.match(line))
+        if in_code:
+            lines.append(line)
+            if is_fence:
+                in_code = False
+                finish()
+        elif is_fence:
+            finish()
+            lines.append(line)
+            in_code = True
+        elif not line.strip():
+            finish()
+            gap += 1
+        else:
+            lines.append(line)
+    finish()
+    return blocks
+
+
+def _split_block(block: str, limit: int) -> list[str]:
+    """Cut one block that is longer than a part (or return it whole if it fits)."""
+    if len(block) <= limit:
+        return [block]
+    lines = block.split("\n")
+    if _FENCE.match(lines[0]):
+        return _split_code_block(lines, limit)
+    return _pack(_fit_lines(lines, limit), "\n", limit)
+
+
+def _split_code_block(lines: list[str], limit: int) -> list[str]:
+    opener = lines[0].strip()
+    closer = "```" if opener.startswith("```") else "~~~"
+    body = lines[1:-1] if len(lines) > 1 and _FENCE.match(lines[-1]) else lines[1:]
+    room = limit - len(opener) - len(closer) - 2  # the two newlines around the body
+    if room < 1:
+        return _pack(_fit_lines(lines, limit), "\n", limit)
+    return [f"{opener}\n{chunk}\n{closer}" for chunk in _pack(_fit_lines(body, room), "\n", room)]
+
+
+def _fit_lines(lines: list[str], limit: int) -> list[str]:
+    """Lines, with any line longer than `limit` cut at spaces (or hard, for one endless word)."""
+    fitted: list[str] = []
+    for line in lines:
+        if len(line) <= limit:
+            fitted.append(line)
+            continue
+        words = re.split(r"(?<= )", line)  # keep each space with the word before it
+        for word in words:
+            fitted.extend(word[i:i + limit] for i in range(0, len(word), limit))
+        fitted[-len(words):] = _pack(fitted[-len(words):], "", limit)
+    return fitted
+
+
+def _pack(units: list[str], separator: str, limit: int) -> list[str]:
+    """Greedily join units (each at most `limit` long) into chunks of at most `limit`."""
+    chunks: list[str] = []
+    current: str | None = None
+    for unit in units:
+        if current is None:
+            current = unit
+        elif len(current) + len(separator) + len(unit) <= limit:
+            current = current + separator + unit
+        else:
+            chunks.append(current)
+            current = unit
+    if current is not None:
+        chunks.append(current)
+    return chunks

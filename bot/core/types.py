@@ -1,0 +1,56 @@
+"""Plain domain types that flow through the bot. No discord.py types past the adapters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One stored line of a channel's conversation."""
+
+    role: Role
+    content: str
+    author_name: str | None = None
+    author_id: int | None = None
+    message_id: int | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """A chat message as the adapters see it, whichever platform it came from."""
+
+    channel_id: int
+    author_id: int
+    author_name: str
+    content: str
+    guild_id: int | None = None  # None in a DM
+    message_id: int | None = None
+    author_is_bot: bool = False
+    is_system: bool = False
+    mentions_bot: bool = False
+    replies_to_bot: bool = False
+    has_attachments: bool = False
+
+    @property
+    def is_dm(self) -> bool:
+        return self.guild_id is None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the bot says back: the text, split into postable parts, and how it came about."""
+
+    parts: list[str]
+    ok: bool = True  # False when the reply is an error or refusal, not the model's answer
+    dropped_turns: int = 0  # older turns left out of the prompt to fit the model's context
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.parts)

@@ -1,0 +1,21 @@
+"""Checks on user input, before anything is stored. Each returns None or a sentence for the user."""
+
+from __future__ import annotations
+
+from .. import messages
+
+
+def problem_with_message(content: str, limit: int) -> str | None:
+    if not content.strip():
+        return messages.EMPTY_MESSAGE
+    if len(content) > limit:
+        return messages.MESSAGE_TOO_LONG.format(length=len(content), limit=limit)
+    return None
+
+
+def problem_with_persona(text: str, limit: int) -> str | None:
+    if not text.strip():
+        return messages.PERSONA_EMPTY
+    if len(text) > limit:
+        return messages.PERSONA_TOO_LONG.format(length=len(text), limit=limit)
+    return None

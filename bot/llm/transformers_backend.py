@@ -1,0 +1,138 @@
+"""The local backend: a Hugging Face transformers causal LM on this machine's CPU or GPU."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+
+from ..config import GenerationSettings, ModelSettings
+from . import embedded
+from .worker import ChatMessages, StopSignal
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(Exception):
+    """The model could not be loaded. str() tells the operator what to do."""
+
+
+class _StopWhenAsked(StoppingCriteria):
+    """Lets the event loop stop a generation between two tokens (time limit, cancel)."""
+
+    def __init__(self, should_stop: StopSignal):
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.should_stop(), dtype=torch.bool, device=input_ids.device)
+
+
+class TransformersBackend:
+    def __init__(self, model, tokenizer, name: str, thinking: bool, context_tokens: int = 0):
+        self.model = model
+        self.tokenizer = tokenizer
+        # Counting runs on other threads than generation; a tokenizer of its own avoids
+        # the Rust tokenizer's "already borrowed" errors under concurrent use.
+        self._counting_tokenizer = copy.deepcopy(tokenizer)
+        self.name = name
+        self.thinking = thinking
+        self.context_tokens = context_tokens or _model_context_length(model)
+        self._stop_ids = _stop_token_ids(model, tokenizer)
+
+    def render(self, messages: ChatMessages, tokenizer=None) -> list[int]:
+        """Token ids of the prompt, built by the model's own chat template."""
+        tokenizer = tokenizer or self.tokenizer
+        return tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False,
+            enable_thinking=self.thinking)
+
+    def count_tokens(self, messages: ChatMessages) -> int:
+        return len(self.render(messages, self._counting_tokenizer))
+
+    def generate(self, messages: ChatMessages, params: GenerationSettings, should_stop: StopSignal) -> str:
+        input_ids = torch.tensor([self.render(messages)], device=self.model.device)
+        output = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            stopping_criteria=StoppingCriteriaList([_StopWhenAsked(should_stop)]),
+            pad_token_id=self.tokenizer.pad_token_id or self._stop_ids[0],
+            eos_token_id=self._stop_ids,
+            **sampling_arguments(params),
+        )
+        return self.decode(output[0, input_ids.shape[1]:].tolist())
+
+    def decode(self, token_ids: list[int]) -> str:
+        """Text of the new tokens up to the end-of-turn token. Special tokens are kept in the
+        decode and removed after, so that <think> markers survive for the cleaner to strip
+        the whole reasoning block (skipping them would leave the reasoning text behind)."""
+        for position, token in enumerate(token_ids):
+            if token in self._stop_ids:
+                token_ids = token_ids[:position]
+                break
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=False)
+        for special in self.tokenizer.all_special_tokens:
+            if special not in ("<think>", "</think>"):
+                text = text.replace(special, "")
+        return text
+
+
+def sampling_arguments(params: GenerationSettings) -> dict:
+    arguments = {"max_new_tokens": params.max_new_tokens, "repetition_penalty": params.repetition_penalty,
+                 "do_sample": params.do_sample}
+    if params.do_sample:  # transformers warns when these are given for greedy decoding
+        arguments.update(temperature=params.temperature, top_p=params.top_p)
+    return arguments
+
+
+def _model_context_length(model) -> int:
+    return int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+
+
+def _stop_token_ids(model, tokenizer) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = list(ids) if isinstance(ids, (list, tuple)) else ([ids] if ids is not None else [])
+    for token in ("<|im_end|>", tokenizer.eos_token):
+        token_id = tokenizer.convert_tokens_to_ids(token) if token else None
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id not in ids:
+            ids.append(token_id)
+    return ids
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return getattr(torch, name)
+
+
+def load_transformers_backend(settings: ModelSettings) -> TransformersBackend:
+    """Load the configured model once, with progress on the console."""
+    source, label = settings.name, settings.name
+    try:
+        if settings.name == embedded.EMBEDDED_NAME:
+            source = embedded.converted_model_dir()
+            label = "embedded SmolLM2-135M-Instruct"
+    except embedded.EmbeddedModelMissing as error:
+        raise ModelLoadError(str(error)) from None
+    dtype = resolve_dtype(settings.dtype)
+    started = time.monotonic()
+    log.info("Loading model %s (%s, device_map=%s)...", label, str(dtype).removeprefix("torch."),
+             settings.device_map)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=settings.device_map)
+    except OSError as error:
+        raise ModelLoadError(_explain_load_error(settings.name, error)) from None
+    model.eval()
+    log.info("Model ready in %.1f s on %s.", time.monotonic() - started, model.device)
+    return TransformersBackend(model, tokenizer, name=label, thinking=settings.thinking,
+                               context_tokens=settings.context_tokens)
+
+
+def _explain_load_error(name: str, error: OSError) -> str:
+    return (f'Could not load the model "{name}": it is not in the local cache and the Hugging Face hub '
+            f'could not be reached ({str(error).splitlines()[0][:200]}). '
+            'Set [model] name = "embedded" in config.toml (or BOT_MODEL_NAME=embedded) '
+            "to use the built-in SmolLM2-135M-Instruct.")

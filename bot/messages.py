@@ -1,0 +1,25 @@
+"""Every sentence the bot says to users, in one place, so wording stays consistent
+and can be changed (or translated) without hunting through the code."""
+
+EMPTY_MESSAGE = "Your message is empty, so there is nothing for me to answer. Type some text."
+MESSAGE_TOO_LONG = ("Your message is {length:,} characters; the limit is {limit:,}. "
+                    "Nothing was saved. Please shorten it or send it in parts.")
+ATTACHMENTS_ONLY = "I can only read text, not attachments. Please type your message."
+PROMPT_TOO_LONG = ("Your message is too long for the model's context ({needed:,} tokens with the persona; "
+                   "{budget:,} fit). Nothing was saved. Please shorten it.")
+NOTHING_TO_SAY = "(The model gave an empty answer. Try rephrasing your message.)"
+GENERATION_FAILED = "Sorry, I could not write a reply: {reason} Please try again in a moment."
+STORAGE_FAILED = "Sorry, I could not reach my memory (the database) just now. Please try again in a moment."
+TURNS_DROPPED = "{count} older message(s) no longer fit in my memory and were left out of this answer."
+
+PERSONA_EMPTY = "A persona needs some text. To go back to the default, use /persona reset."
+PERSONA_TOO_LONG = "That persona is {length:,} characters; the limit is {limit:,}. The persona was not changed."
+PERSONA_SET = "Persona set ({length:,} characters). It applies to every channel of this server from the next message."
+PERSONA_RESET = "Persona reset to the default."
+PERSONA_SHOW_CUSTOM = "This server's persona:\n{persona}"
+PERSONA_SHOW_DEFAULT = "This server uses the default persona:\n{persona}"
+
+HISTORY_RESET = "History cleared: {count} message(s) forgotten in this channel."
+HISTORY_EMPTY = "This channel has no history yet."
+AUTOREPLY_ON = "Auto-reply is on: I will answer every message in this channel."
+AUTOREPLY_OFF = "Auto-reply is off: mention me or reply to me to talk."

@@ -1,0 +1,180 @@
+"""The conversation flow, written once and used by every front end (Discord, terminal).
+
+    incoming message -> checks -> channel window + persona -> prompt within the
+    token budget -> model worker -> cleaned reply -> stored -> split into parts
+
+Turns in one channel are handled one at a time, in arrival order (a FIFO lock per
+channel), so a message that arrives while the previous one is being answered
+waits and then sees that answer in its history. Different channels run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import AsyncIterator, Protocol
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import messages
+from .config import GenerationSettings, Settings
+from .core.cleaning import clean_reply
+from .core.prompt import ChatMessages, Prompt, PromptTooLong, build_prompt
+from .core.split import DISCORD_MESSAGE_LIMIT, split_message
+from .core.types import IncomingMessage, Reply, Turn
+from .core.validate import problem_with_message, problem_with_persona
+from .llm.worker import GenerationError
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Model(Protocol):
+    """What the flow needs of a model: the ModelWorker provides it."""
+
+    name: str
+    context_tokens: int
+
+    def count_tokens(self, messages: ChatMessages) -> int: ...
+
+    async def generate(self, messages: ChatMessages, params: GenerationSettings) -> str: ...
+
+
+class UserError(Exception):
+    """A request that cannot be done as asked. str() is the sentence to show the user."""
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asked for a command (for the audit log)."""
+
+    id: int
+    name: str
+
+
+class ChannelLocks:
+    """One FIFO lock per channel, forgotten when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._users: defaultdict[int, int] = defaultdict(int)
+
+    @asynccontextmanager
+    async def hold(self, channel_id: int) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(channel_id, asyncio.Lock())
+        self._users[channel_id] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[channel_id] -= 1
+            if not self._users[channel_id]:
+                del self._users[channel_id], self._locks[channel_id]
+
+
+class ChatService:
+    def __init__(self, store: Store, model: Model, settings: Settings,
+                 part_limit: int = DISCORD_MESSAGE_LIMIT):
+        self.store = store
+        self.model = model
+        self.settings = settings
+        self.part_limit = part_limit
+        self._channels = ChannelLocks()
+
+    # Chatting -----------------------------------------------------------
+
+    async def reply(self, message: IncomingMessage) -> Reply:
+        """Answer one message: store it, ask the model, store and return the answer."""
+        problem = problem_with_message(message.content, self.settings.history.max_message_chars)
+        if problem:
+            return refusal(problem)
+        async with self._channels.hold(message.channel_id):
+            try:
+                return await self._answer(message)
+            except SQLAlchemyError:
+                log.exception("database error while answering in channel %s", message.channel_id)
+                return refusal(messages.STORAGE_FAILED)
+
+    async def _answer(self, message: IncomingMessage) -> Reply:
+        user_turn = Turn(role="user", content=message.content, author_name=message.author_name,
+                         author_id=message.author_id, message_id=message.message_id)
+        try:
+            prompt = await self._prompt_with(message, user_turn)
+        except PromptTooLong as error:
+            return refusal(messages.PROMPT_TOO_LONG.format(needed=error.needed, budget=error.budget))
+        await self.store.add_turn(channel_id=message.channel_id, guild_id=message.guild_id, role="user",
+                                  content=message.content, author_id=message.author_id,
+                                  author_name=message.author_name, message_id=message.message_id)
+        try:
+            raw = await self.model.generate(prompt.messages, self.settings.generation)
+        except GenerationError as error:
+            return refusal(messages.GENERATION_FAILED.format(reason=str(error)))
+        text = clean_reply(raw)
+        if not text:
+            return Reply(parts=[messages.NOTHING_TO_SAY], ok=False, dropped_turns=prompt.dropped_turns)
+        await self.store.add_turn(channel_id=message.channel_id, guild_id=message.guild_id,
+                                  role="assistant", content=text)
+        notes = [messages.TURNS_DROPPED.format(count=prompt.dropped_turns)] if prompt.dropped_turns else []
+        return Reply(parts=split_message(text, self.part_limit), dropped_turns=prompt.dropped_turns, notes=notes)
+
+    async def _prompt_with(self, message: IncomingMessage, new_turn: Turn) -> Prompt:
+        history = self.settings.history
+        turns = await self.store.recent_turns(message.channel_id, history.max_turns - 1)
+        persona = await self.persona_for(message.guild_id)
+        budget = self.model.context_tokens - self.settings.generation.max_new_tokens
+        # Rendering the chat template for the token count is CPU work: keep it off the loop.
+        return await asyncio.to_thread(build_prompt, persona, [*turns, new_turn], self.model.count_tokens, budget)
+
+    # Persona ------------------------------------------------------------
+
+    async def persona_for(self, guild_id: int | None) -> str:
+        custom = await self.store.persona(guild_id) if guild_id is not None else None
+        return custom or self.settings.persona.default
+
+    async def set_persona(self, guild_id: int, actor: Actor, text: str) -> str:
+        problem = problem_with_persona(text, self.settings.history.max_persona_chars)
+        if problem:
+            raise UserError(problem)
+        text = text.strip()
+        await self.store.set_persona(guild_id, text, actor.id)
+        await self.store.record_audit(action="persona.set", actor_id=actor.id, actor_name=actor.name,
+                                      guild_id=guild_id, detail=f"{len(text)} characters")
+        return messages.PERSONA_SET.format(length=len(text))
+
+    async def show_persona(self, guild_id: int) -> str:
+        custom = await self.store.persona(guild_id)
+        if custom:
+            return messages.PERSONA_SHOW_CUSTOM.format(persona=custom)
+        return messages.PERSONA_SHOW_DEFAULT.format(persona=self.settings.persona.default)
+
+    async def reset_persona(self, guild_id: int, actor: Actor) -> str:
+        await self.store.set_persona(guild_id, None, actor.id)
+        await self.store.record_audit(action="persona.reset", actor_id=actor.id, actor_name=actor.name,
+                                      guild_id=guild_id)
+        return messages.PERSONA_RESET
+
+    # Channel history and settings ---------------------------------------
+
+    async def reset_channel(self, guild_id: int | None, channel_id: int, actor: Actor) -> str:
+        """Forget a channel's history. Waits for the turn in progress, so no answer lands after the wipe."""
+        async with self._channels.hold(channel_id):
+            count = await self.store.clear_channel(channel_id)
+        await self.store.record_audit(action="history.reset", actor_id=actor.id, actor_name=actor.name,
+                                      guild_id=guild_id, channel_id=channel_id, detail=f"{count} turns")
+        return messages.HISTORY_RESET.format(count=count)
+
+    async def history(self, channel_id: int, limit: int | None = None) -> list[Turn]:
+        return await self.store.recent_turns(channel_id, limit or self.settings.history.max_turns)
+
+    async def set_auto_reply(self, guild_id: int | None, channel_id: int, actor: Actor, enabled: bool) -> str:
+        await self.store.set_auto_reply(channel_id, guild_id, enabled, actor.id)
+        await self.store.record_audit(action="autoreply.on" if enabled else "autoreply.off", actor_id=actor.id,
+                                      actor_name=actor.name, guild_id=guild_id, channel_id=channel_id)
+        return messages.AUTOREPLY_ON if enabled else messages.AUTOREPLY_OFF
+
+
+def refusal(text: str) -> Reply:
+    return Reply(parts=[text], ok=False)

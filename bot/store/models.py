@@ -1,0 +1,92 @@
+"""SQLAlchemy models. Alembic migrations under migrations/ must match these (a test checks)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Named constraints make migrations reproducible across SQLite and PostgreSQL.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+# 64-bit row ids on PostgreSQL; on SQLite only INTEGER PRIMARY KEY is the fast rowid alias.
+RowId = BigInteger().with_variant(Integer, "sqlite")
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Message(Base):
+    """One turn of a channel's conversation, a user's or the bot's."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    guild_id: Mapped[int | None] = mapped_column(BigInteger)  # None for DMs
+    channel_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    discord_message_id: Mapped[int | None] = mapped_column(BigInteger)
+    author_id: Mapped[int | None] = mapped_column(BigInteger)
+    author_name: Mapped[str | None] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    content: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, nullable=False)
+
+    __table_args__ = (
+        # The window read is "newest N of one channel": this index makes it a
+        # short range scan whatever the table's size.
+        Index("ix_messages_channel_id_id", "channel_id", "id"),
+        Index("ix_messages_discord_message_id", "discord_message_id"),
+        Index("ix_messages_guild_id", "guild_id"),
+        Index("ix_messages_author_id", "author_id"),
+    )
+
+
+class GuildSettings(Base):
+    """Per-server settings: the persona and who set it."""
+
+    __tablename__ = "guild_settings"
+
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    persona: Mapped[str | None] = mapped_column(Text)
+    persona_set_by: Mapped[int | None] = mapped_column(BigInteger)
+    persona_set_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ChannelSettings(Base):
+    """Per-channel settings: whether the bot answers every message there."""
+
+    __tablename__ = "channel_settings"
+
+    channel_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    guild_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    auto_reply: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    updated_by: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEntry(Base):
+    """Who reset or changed what, where and when."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    guild_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    channel_id: Mapped[int | None] = mapped_column(BigInteger)
+    actor_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    actor_name: Mapped[str | None] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, nullable=False)

@@ -1,0 +1,142 @@
+"""The async repository: every read and write the bot makes, one short transaction each."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import DatabaseError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from ..core.types import Turn
+from .database import create_engine, upgrade
+from .models import AuditEntry, ChannelSettings, GuildSettings, Message, utc_now
+
+log = logging.getLogger(__name__)
+
+
+class StoreError(Exception):
+    """The database cannot be used. str() is a sentence an operator can act on."""
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine):
+        self.engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    async def open(cls, url: str, migrate: bool = True) -> "Store":
+        """Connect and (by default) upgrade the schema to the newest migration."""
+        engine = create_engine(url)
+        try:
+            if migrate:
+                await upgrade(engine)
+        except DatabaseError as error:
+            await engine.dispose()
+            raise StoreError(_explain_open_error(url, error)) from error
+        return cls(engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # Conversation turns -------------------------------------------------
+
+    async def add_turn(self, *, channel_id: int, role: str, content: str, guild_id: int | None = None,
+                       author_id: int | None = None, author_name: str | None = None,
+                       message_id: int | None = None) -> int:
+        row = Message(guild_id=guild_id, channel_id=channel_id, role=role, content=content,
+                      author_id=author_id, author_name=author_name, discord_message_id=message_id)
+        async with self._sessions.begin() as session:
+            session.add(row)
+        return row.id
+
+    async def recent_turns(self, channel_id: int, limit: int) -> list[Turn]:
+        """The newest `limit` turns of a channel, oldest first."""
+        query = (select(Message).where(Message.channel_id == channel_id)
+                 .order_by(Message.id.desc()).limit(limit))
+        async with self._sessions() as session:
+            rows = (await session.scalars(query)).all()
+        return [_to_turn(row) for row in reversed(rows)]
+
+    async def count_turns(self, channel_id: int) -> int:
+        async with self._sessions() as session:
+            return await session.scalar(select(func.count()).where(Message.channel_id == channel_id))
+
+    async def clear_channel(self, channel_id: int) -> int:
+        async with self._sessions.begin() as session:
+            result = await session.execute(delete(Message).where(Message.channel_id == channel_id))
+        return result.rowcount
+
+    async def edit_turn(self, message_id: int, content: str) -> bool:
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(Message).where(Message.discord_message_id == message_id).values(content=content))
+        return result.rowcount > 0
+
+    async def delete_turn(self, message_id: int) -> bool:
+        async with self._sessions.begin() as session:
+            result = await session.execute(delete(Message).where(Message.discord_message_id == message_id))
+        return result.rowcount > 0
+
+    async def delete_guild_data(self, guild_id: int) -> int:
+        """Forget a server: its turns, its settings and its channels' settings."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(delete(Message).where(Message.guild_id == guild_id))
+            await session.execute(delete(ChannelSettings).where(ChannelSettings.guild_id == guild_id))
+            await session.execute(delete(GuildSettings).where(GuildSettings.guild_id == guild_id))
+        return result.rowcount
+
+    # Settings -----------------------------------------------------------
+
+    async def persona(self, guild_id: int) -> str | None:
+        async with self._sessions() as session:
+            row = await session.get(GuildSettings, guild_id)
+        return row.persona if row else None
+
+    async def set_persona(self, guild_id: int, persona: str | None, actor_id: int) -> None:
+        """Set (or with None, clear) a server's persona."""
+        async with self._sessions.begin() as session:
+            row = await session.get(GuildSettings, guild_id) or GuildSettings(guild_id=guild_id)
+            row.persona, row.persona_set_by, row.persona_set_at = persona, actor_id, utc_now()
+            session.add(row)
+
+    async def auto_reply(self, channel_id: int) -> bool:
+        async with self._sessions() as session:
+            row = await session.get(ChannelSettings, channel_id)
+        return bool(row and row.auto_reply)
+
+    async def set_auto_reply(self, channel_id: int, guild_id: int | None, enabled: bool, actor_id: int) -> None:
+        async with self._sessions.begin() as session:
+            row = await session.get(ChannelSettings, channel_id) or ChannelSettings(channel_id=channel_id)
+            row.guild_id, row.auto_reply = guild_id, enabled
+            row.updated_by, row.updated_at = actor_id, utc_now()
+            session.add(row)
+
+    # Audit log ----------------------------------------------------------
+
+    async def record_audit(self, *, action: str, actor_id: int, actor_name: str | None = None,
+                           guild_id: int | None = None, channel_id: int | None = None,
+                           detail: str | None = None) -> None:
+        async with self._sessions.begin() as session:
+            session.add(AuditEntry(action=action, actor_id=actor_id, actor_name=actor_name,
+                                   guild_id=guild_id, channel_id=channel_id, detail=detail))
+
+    async def audit_entries(self, guild_id: int | None = None) -> list[AuditEntry]:
+        query = select(AuditEntry).order_by(AuditEntry.id)
+        if guild_id is not None:
+            query = query.where(AuditEntry.guild_id == guild_id)
+        async with self._sessions() as session:
+            return list((await session.scalars(query)).all())
+
+
+def _to_turn(row: Message) -> Turn:
+    return Turn(role=row.role, content=row.content, author_name=row.author_name, author_id=row.author_id,
+                message_id=row.discord_message_id, created_at=row.created_at)
+
+
+def _explain_open_error(url: str, error: SQLAlchemyError) -> str:
+    text = str(error.orig if getattr(error, "orig", None) else error)
+    if "not a database" in text or "malformed" in text:
+        return (f"The database at {url} is not a valid SQLite database (or is damaged). "
+                "Move the file aside to start afresh, or point [database] url at another file.")
+    return f"The database at {url} could not be opened: {text}"

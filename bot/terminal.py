@@ -1,0 +1,142 @@
+"""The terminal chat: the same conversation flow as the Discord bot, in a shell.
+
+Works interactively (a prompt and a spinner while the model thinks) and with
+piped input (`printf 'hi\\n/history\\n/quit\\n' | python -m bot chat`), which is
+how scripts and tests drive it. End of input ends the chat cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import itertools
+import sys
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, TextIO
+
+from . import messages
+from .core.types import IncomingMessage, Turn
+from .service import Actor, ChatService, UserError
+
+# The terminal is a "server" of its own; Discord ids are never 0, so these never collide.
+TERMINAL_GUILD_ID = 0
+TERMINAL_CHANNEL_ID = 0
+
+HELP = """Commands:
+  /persona show         show the persona the bot is using
+  /persona set <text>   give the bot a new persona
+  /persona reset        go back to the default persona
+  /history              show this chat's stored history
+  /reset                forget this chat's history
+  /help                 this list
+  /quit                 leave (so does end of input, Ctrl-D)"""
+
+
+class TerminalChat:
+    def __init__(self, service: ChatService, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
+                 channel_id: int = TERMINAL_CHANNEL_ID, user_name: str | None = None):
+        self.service = service
+        self.stdin, self.stdout = stdin, stdout
+        self.channel_id = channel_id
+        self.interactive = stdin.isatty() and stdout.isatty()
+        name = user_name or _login_name()
+        self.actor = Actor(id=0, name=name)
+
+    def say(self, text: str) -> None:
+        print(text, file=self.stdout, flush=True)
+
+    async def run(self) -> None:
+        self.say(f"Chatting with {self.service.model.name}. Type /help for commands, /quit to leave.")
+        while (line := await self._read_line()) is not None:
+            line = line.strip()
+            if line in ("/quit", "/exit"):
+                break
+            if line.startswith("/"):
+                await self._command(line)
+            elif line:
+                await self._chat(line)
+        self.say("Bye.")
+
+    async def _read_line(self) -> str | None:
+        if self.interactive:
+            try:
+                return await asyncio.to_thread(input, "you> ")
+            except EOFError:
+                return None
+        line = await asyncio.to_thread(self.stdin.readline)
+        return line if line else None
+
+    async def _chat(self, text: str) -> None:
+        message = IncomingMessage(channel_id=self.channel_id, guild_id=TERMINAL_GUILD_ID,
+                                  author_id=self.actor.id, author_name=self.actor.name, content=text)
+        async with self._spinner():
+            reply = await self.service.reply(message)
+        for note in reply.notes:
+            self.say(f"({note})")
+        self.say("bot> " + "\n".join(reply.parts))
+
+    async def _command(self, line: str) -> None:
+        name, _, argument = line.partition(" ")
+        try:
+            self.say(await self._run_command(name, argument.strip()))
+        except UserError as error:
+            self.say(str(error))
+
+    async def _run_command(self, name: str, argument: str) -> str:
+        service = self.service
+        if name == "/help":
+            return HELP
+        if name == "/reset":
+            return await service.reset_channel(TERMINAL_GUILD_ID, self.channel_id, self.actor)
+        if name == "/history":
+            return format_history(await service.history(self.channel_id))
+        if name == "/persona":
+            action, _, text = argument.partition(" ")
+            if action == "show" or not action:
+                return await service.show_persona(TERMINAL_GUILD_ID)
+            if action == "set":
+                return await service.set_persona(TERMINAL_GUILD_ID, self.actor, text)
+            if action == "reset":
+                return await service.reset_persona(TERMINAL_GUILD_ID, self.actor)
+        return f"Unknown command {line_head(name, argument)}. " + HELP
+
+    @asynccontextmanager
+    async def _spinner(self) -> AsyncIterator[None]:
+        """A spinner on the terminal while the model works (nothing when output is piped)."""
+        if not self.interactive:
+            yield
+            return
+        task = asyncio.create_task(_spin(self.stdout))
+        try:
+            yield
+        finally:
+            task.cancel()
+            self.stdout.write("\r" + " " * 20 + "\r")
+
+
+async def _spin(out: TextIO) -> None:
+    for frame in itertools.cycle("|/-\\"):
+        out.write(f"\r{frame} thinking...")
+        out.flush()
+        await asyncio.sleep(0.1)
+
+
+def format_history(turns: list[Turn]) -> str:
+    if not turns:
+        return messages.HISTORY_EMPTY
+    lines = []
+    for turn in turns:
+        who = (turn.author_name or "user") if turn.role == "user" else "bot"
+        lines.append(f"[{who}] {turn.content}")
+    return "\n".join(lines)
+
+
+def line_head(name: str, argument: str) -> str:
+    return f"{name} {argument}".strip()[:40]
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user database entry (some containers)
+        return "you"
