@@ -41,6 +41,8 @@ def _is_user_fixable(error: Exception) -> bool:
     fixable: tuple[type[Exception], ...] = (ConfigError, StoreError, EmbeddedModelMissing)
     if "bot.llm.transformers_backend" in sys.modules:
         fixable += (sys.modules["bot.llm.transformers_backend"].ModelLoadError,)
+    if "bot.discord_bot.launch" in sys.modules:
+        fixable += (sys.modules["bot.discord_bot.launch"].DiscordSetupError,)
     return isinstance(error, fixable)
 
 
@@ -50,14 +52,27 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    chat = commands.add_parser("chat", help="chat with the bot in this terminal")
-    chat.add_argument("--model", help='model to load (overrides config), e.g. "embedded"')
+    model_option = argparse.ArgumentParser(add_help=False)
+    model_option.add_argument("--model", help='model to load (overrides config), e.g. "embedded"')
+
+    run = commands.add_parser("run", parents=[model_option],
+                              help="connect to Discord and chat there (needs DISCORD_TOKEN)")
+    run.set_defaults(handler=_run)
+
+    chat = commands.add_parser("chat", parents=[model_option], help="chat with the bot in this terminal")
     chat.add_argument("--channel", type=int, default=0, help="terminal conversation number (default 0)")
+    chat.add_argument("--user", help="your name as the model sees it (default: your login name)")
     chat.set_defaults(handler=_chat)
 
     migrate = commands.add_parser("migrate", help="upgrade the database schema to the newest version")
     migrate.set_defaults(handler=_migrate)
     return parser
+
+
+async def _run(settings: Settings, _args: argparse.Namespace) -> int:
+    from .discord_bot.launch import run_on_discord
+
+    return await run_on_discord(settings)
 
 
 async def _chat(settings: Settings, args: argparse.Namespace) -> int:
@@ -66,7 +81,7 @@ async def _chat(settings: Settings, args: argparse.Namespace) -> int:
 
     app = await open_app(settings)
     try:
-        await TerminalChat(app.service, channel_id=args.channel).run()
+        await TerminalChat(app.service, channel_id=args.channel, user_name=args.user).run()
     finally:
         await app.close()
     return 0

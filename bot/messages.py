@@ -23,3 +23,22 @@ HISTORY_RESET = "History cleared: {count} message(s) forgotten in this channel."
 HISTORY_EMPTY = "This channel has no history yet."
 AUTOREPLY_ON = "Auto-reply is on: I will answer every message in this channel."
 AUTOREPLY_OFF = "Auto-reply is off: mention me or reply to me to talk."
+
+# Discord ----------------------------------------------------------------
+
+SERVER_ONLY = "This command only works in a server, not in direct messages."
+NEEDS_PERMISSION = "You need the {permission} permission to use this command."
+COMMAND_FAILED = "Sorry, that command failed on my side. Please try again in a moment."
+
+# Said to the operator who starts `python -m bot run` (printed after "error: ").
+DISCORD_TOKEN_MISSING = (
+    "DISCORD_TOKEN is not set. Create a bot at https://discord.com/developers/applications "
+    "(Bot > Reset Token), copy its token, and run DISCORD_TOKEN=... python -m bot run "
+    "(or put DISCORD_TOKEN=... in a .env file in this folder).")
+DISCORD_TOKEN_REJECTED = (
+    "Discord rejected DISCORD_TOKEN. Copy a fresh token from https://discord.com/developers/applications "
+    "(your application > Bot > Reset Token) and try again.")
+DISCORD_INTENT_MISSING = (
+    "Discord refused the Message Content intent. Switch it on at https://discord.com/developers/applications "
+    "(your application > Bot > Privileged Gateway Intents > Message Content Intent) and start again.")
+DISCORD_UNREACHABLE = "Could not reach Discord ({reason}). Check this machine's network connection and try again."

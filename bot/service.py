@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol
@@ -75,6 +75,33 @@ class ChannelLocks:
                 del self._users[channel_id], self._locks[channel_id]
 
 
+@dataclass(frozen=True)
+class ChannelPrompt:
+    prompt: Prompt
+    first_turn_id: int | None  # row id of the oldest turn kept; None if that is the new turn
+
+
+class PromptStarts:
+    """Per channel, the row id of the oldest turn in its last prompt (bounded, least recently used out)."""
+
+    def __init__(self, capacity: int = 50_000):
+        self._starts: OrderedDict[int, int] = OrderedDict()
+        self._capacity = capacity
+
+    def remember(self, channel_id: int, turn_id: int) -> None:
+        self._starts[channel_id] = turn_id
+        self._starts.move_to_end(channel_id)
+        while len(self._starts) > self._capacity:
+            self._starts.popitem(last=False)
+
+    def index_in(self, channel_id: int, turns: list[Turn]) -> int | None:
+        turn_id = self._starts.get(channel_id)
+        return next((i for i, turn in enumerate(turns) if turn.id == turn_id), None) if turn_id else None
+
+    def forget(self, channel_id: int) -> None:
+        self._starts.pop(channel_id, None)
+
+
 class ChatService:
     def __init__(self, store: Store, model: Model, settings: Settings,
                  part_limit: int = DISCORD_MESSAGE_LIMIT):
@@ -83,6 +110,7 @@ class ChatService:
         self.settings = settings
         self.part_limit = part_limit
         self._channels = ChannelLocks()
+        self._prompt_starts = PromptStarts()
 
     # Chatting -----------------------------------------------------------
 
@@ -102,31 +130,40 @@ class ChatService:
         user_turn = Turn(role="user", content=message.content, author_name=message.author_name,
                          author_id=message.author_id, message_id=message.message_id)
         try:
-            prompt = await self._prompt_with(message, user_turn)
+            planned = await self._prompt_with(message, user_turn)
         except PromptTooLong as error:
             return refusal(messages.PROMPT_TOO_LONG.format(needed=error.needed, budget=error.budget))
-        await self.store.add_turn(channel_id=message.channel_id, guild_id=message.guild_id, role="user",
-                                  content=message.content, author_id=message.author_id,
-                                  author_name=message.author_name, message_id=message.message_id)
+        user_turn_id = await self.store.add_turn(
+            channel_id=message.channel_id, guild_id=message.guild_id, role="user", content=message.content,
+            author_id=message.author_id, author_name=message.author_name, message_id=message.message_id)
+        self._prompt_starts.remember(message.channel_id, planned.first_turn_id or user_turn_id)
         try:
-            raw = await self.model.generate(prompt.messages, self.settings.generation)
+            raw = await self.model.generate(planned.prompt.messages, self.settings.generation)
         except GenerationError as error:
             return refusal(messages.GENERATION_FAILED.format(reason=str(error)))
         text = clean_reply(raw)
         if not text:
-            return Reply(parts=[messages.NOTHING_TO_SAY], ok=False, dropped_turns=prompt.dropped_turns)
+            return refusal(messages.NOTHING_TO_SAY)
         await self.store.add_turn(channel_id=message.channel_id, guild_id=message.guild_id,
                                   role="assistant", content=text)
-        notes = [messages.TURNS_DROPPED.format(count=prompt.dropped_turns)] if prompt.dropped_turns else []
-        return Reply(parts=split_message(text, self.part_limit), dropped_turns=prompt.dropped_turns, notes=notes)
+        dropped = planned.prompt.first_turn if planned.prompt.trimmed else 0
+        notes = [messages.TURNS_DROPPED.format(count=dropped)] if dropped else []
+        return Reply(parts=split_message(text, self.part_limit), dropped_turns=dropped, notes=notes)
 
-    async def _prompt_with(self, message: IncomingMessage, new_turn: Turn) -> Prompt:
-        history = self.settings.history
-        turns = await self.store.recent_turns(message.channel_id, history.max_turns - 1)
+    async def _prompt_with(self, message: IncomingMessage, new_turn: Turn) -> "ChannelPrompt":
+        """Build the prompt from where the channel's previous prompt started, so it only grows
+        at the end until a limit forces a cut (see build_prompt): that keeps prefix caches valid."""
+        max_turns = self.settings.history.max_turns
+        turns = [*await self.store.recent_turns(message.channel_id, 2 * max_turns), new_turn]
+        start = self._prompt_starts.index_in(message.channel_id, turns)
+        if start is None:
+            start = max(0, len(turns) - max_turns)
         persona = await self.persona_for(message.guild_id)
         budget = self.model.context_tokens - self.settings.generation.max_new_tokens
         # Rendering the chat template for the token count is CPU work: keep it off the loop.
-        return await asyncio.to_thread(build_prompt, persona, [*turns, new_turn], self.model.count_tokens, budget)
+        prompt = await asyncio.to_thread(build_prompt, persona, turns, self.model.count_tokens, budget,
+                                         max_turns=max_turns, start=start)
+        return ChannelPrompt(prompt, turns[prompt.first_turn].id)
 
     # Persona ------------------------------------------------------------
 
@@ -162,6 +199,7 @@ class ChatService:
         """Forget a channel's history. Waits for the turn in progress, so no answer lands after the wipe."""
         async with self._channels.hold(channel_id):
             count = await self.store.clear_channel(channel_id)
+            self._prompt_starts.forget(channel_id)
         await self.store.record_audit(action="history.reset", actor_id=actor.id, actor_name=actor.name,
                                       guild_id=guild_id, channel_id=channel_id, detail=f"{count} turns")
         return messages.HISTORY_RESET.format(count=count)

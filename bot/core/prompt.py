@@ -14,10 +14,11 @@ from .types import Turn
 ChatMessages = list[dict[str, str]]
 TokenCounter = Callable[[ChatMessages], int]
 
-# When the history no longer fits, trim it down to this share of the budget in
+# When the history no longer fits, trim it down to this share of the limit in
 # one go. Dropping a single turn each time would change the start of the prompt
-# on every turn; trimming in a large chunk keeps the prompt's prefix stable for
-# many turns after, which is what a prefix (KV) cache needs to be reused.
+# on every turn; trimming in a large chunk (and then keeping that start while it
+# fits) keeps the prompt's prefix stable for many turns, which is what a prefix
+# (KV) cache needs to be reused.
 TRIM_TO_SHARE = 0.75
 
 
@@ -34,7 +35,12 @@ class PromptTooLong(Exception):
 class Prompt:
     messages: ChatMessages
     tokens: int
-    dropped_turns: int
+    first_turn: int  # index into the given turns of the oldest turn kept
+    trimmed: bool  # this call had to cut older turns (the previous prompt's start no longer fit)
+
+    @property
+    def dropped_turns(self) -> int:
+        return self.first_turn
 
 
 def turn_to_message(turn: Turn) -> dict[str, str]:
@@ -44,33 +50,42 @@ def turn_to_message(turn: Turn) -> dict[str, str]:
     return {"role": turn.role, "content": turn.content}
 
 
-def build_prompt(persona: str, turns: Sequence[Turn], count_tokens: TokenCounter,
-                 budget: int, trim_to_share: float = TRIM_TO_SHARE) -> Prompt:
-    """The persona as system message, then as many of the newest turns as fit in `budget` tokens.
+def build_prompt(persona: str, turns: Sequence[Turn], count_tokens: TokenCounter, budget: int, *,
+                 max_turns: int | None = None, start: int = 0,
+                 trim_to_share: float = TRIM_TO_SHARE) -> Prompt:
+    """The persona as system message, then the channel's turns from `start` on, within limits.
 
-    The oldest turns go first; the persona and the newest turn are never dropped.
-    Raises PromptTooLong when those two alone do not fit.
+    `start` is where the channel's previous prompt began: keeping it while it still
+    fits keeps the prompt append-only. When the turns from there exceed `max_turns`
+    or `budget` tokens, older turns are cut in one chunk, down to `trim_to_share` of
+    the limit. The persona and the newest turn are never dropped; PromptTooLong is
+    raised when those two alone do not fit.
     """
     system = [{"role": "system", "content": persona}]
     history = [turn_to_message(t) for t in turns]
-    tokens = count_tokens(system + history)
-    if tokens <= budget:
-        return Prompt(system + history, tokens, dropped_turns=0)
-
-    newest_only = count_tokens(system + history[-1:])
-    if newest_only > budget:
-        raise PromptTooLong(newest_only, budget)
-    target = max(newest_only, int(budget * trim_to_share))
-    start = _first_turn_that_fits(system, history, count_tokens, target)
-    start = _start_at_user_turn(history, start)
-    kept = system + history[start:]
-    return Prompt(kept, count_tokens(kept), dropped_turns=start)
+    start = min(max(start, 0), len(history) - 1)
+    trimmed = False
+    if max_turns and len(history) - start > max_turns:
+        start = len(history) - max(1, int(max_turns * trim_to_share))
+        trimmed = True
+    tokens = count_tokens(system + history[start:])
+    if tokens > budget:
+        newest_only = count_tokens(system + history[-1:])
+        if newest_only > budget:
+            raise PromptTooLong(newest_only, budget)
+        target = max(newest_only, int(budget * trim_to_share))
+        start = _first_turn_that_fits(system, history, count_tokens, target, start)
+        trimmed = True
+    if trimmed:
+        start = _start_at_user_turn(history, start)
+        tokens = count_tokens(system + history[start:])
+    return Prompt(system + history[start:], tokens, first_turn=start, trimmed=trimmed)
 
 
 def _first_turn_that_fits(system: ChatMessages, history: ChatMessages,
-                          count_tokens: TokenCounter, target: int) -> int:
+                          count_tokens: TokenCounter, target: int, low: int) -> int:
     """Smallest start index whose suffix fits in `target` tokens (binary search: counts grow with length)."""
-    low, high = 0, len(history) - 1  # the newest turn alone is known to fit
+    high = len(history) - 1  # the newest turn alone is known to fit
     while low < high:
         middle = (low + high) // 2
         if count_tokens(system + history[middle:]) <= target:

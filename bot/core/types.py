@@ -16,6 +16,7 @@ class Turn:
     role: Role
     content: str
     author_name: str | None = None
+    id: int | None = None  # the database row, once stored
     author_id: int | None = None
     message_id: int | None = None
     created_at: datetime | None = None

@@ -130,7 +130,7 @@ class Store:
 
 
 def _to_turn(row: Message) -> Turn:
-    return Turn(role=row.role, content=row.content, author_name=row.author_name, author_id=row.author_id,
+    return Turn(id=row.id, role=row.role, content=row.content, author_name=row.author_name, author_id=row.author_id,
                 message_id=row.discord_message_id, created_at=row.created_at)
 
 

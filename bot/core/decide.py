@@ -1,0 +1,66 @@
+"""Should the bot answer this message? A pure decision, with the reason, for every front end.
+
+The bot answers when it is spoken to: mentioned, replied to, in a DM, or in a
+channel where auto-reply is on. It never answers bots (itself included, so two
+bots can never talk each other into a loop), system messages ("X joined",
+"pinned a message") or messages with nothing to read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from .types import IncomingMessage
+
+
+class Action(Enum):
+    ANSWER = "answer"
+    EXPLAIN_TEXT_ONLY = "say that only text can be read"
+    IGNORE = "ignore"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str  # why, for the debug log and the tests
+
+    @property
+    def ignored(self) -> bool:
+        return self.action is Action.IGNORE
+
+
+def is_addressed(message: IncomingMessage) -> bool:
+    """Spoken to directly, whatever the channel's auto-reply setting."""
+    return message.is_dm or message.mentions_bot or message.replies_to_bot
+
+
+def needs_auto_reply_setting(message: IncomingMessage) -> bool:
+    """Whether the decision depends on the channel's auto-reply switch, so callers can
+    skip reading it (a database read) for the many messages where it does not matter."""
+    return not (message.author_is_bot or message.is_system or is_addressed(message))
+
+
+def should_answer(message: IncomingMessage, auto_reply: bool) -> Decision:
+    """`auto_reply`: whether auto-reply is switched on in the message's channel."""
+    if message.author_is_bot:
+        return Decision(Action.IGNORE, "the author is a bot")
+    if message.is_system:
+        return Decision(Action.IGNORE, "a system message")
+    if not (is_addressed(message) or auto_reply):
+        return Decision(Action.IGNORE, "not addressed to the bot")
+    if not message.content.strip():
+        if message.has_attachments:
+            return Decision(Action.EXPLAIN_TEXT_ONLY, "attachments without text")
+        return Decision(Action.IGNORE, "no text")
+    return Decision(Action.ANSWER, _why_answered(message))
+
+
+def _why_answered(message: IncomingMessage) -> str:
+    if message.is_dm:
+        return "a direct message"
+    if message.mentions_bot:
+        return "mentions the bot"
+    if message.replies_to_bot:
+        return "replies to the bot"
+    return "auto-reply is on in this channel"

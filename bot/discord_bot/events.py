@@ -1,0 +1,76 @@
+"""What the bot does with Discord's events: answer messages, follow edits and deletes,
+forget a server that removed it.
+
+Order: Discord delivers a channel's events in order, and discord.py starts one
+task per event, in that order. Each handler enters its channel's queue before
+its first await, so a channel's messages are answered (and posted) one after
+another in arrival order, and an edit or delete waits for the message it
+concerns to be stored. Different channels never wait for each other.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+
+from .. import messages
+from ..core.decide import Action, Decision, is_addressed, should_answer
+from ..core.types import IncomingMessage
+from ..service import ChannelLocks, ChatService
+from .convert import readable_content, to_incoming
+from .posting import parts_to_post, post_reply, typing_in
+
+log = logging.getLogger(__name__)
+
+
+class DiscordEvents:
+    def __init__(self, service: ChatService, delete_data_on_guild_remove: bool):
+        self.service = service
+        self.store = service.store
+        self.delete_data_on_guild_remove = delete_data_on_guild_remove
+        self._channels = ChannelLocks()
+
+    async def message(self, message: discord.Message, bot_user_id: int) -> None:
+        incoming = to_incoming(message, bot_user_id)
+        if should_answer(incoming, auto_reply=True).ignored:
+            return  # ignored whatever the channel's settings: no need to queue
+        async with self._channels.hold(incoming.channel_id):
+            decision = await self._decide(incoming)
+            if decision.action is Action.EXPLAIN_TEXT_ONLY:
+                await post_reply(message, [messages.ATTACHMENTS_ONLY])
+            elif decision.action is Action.ANSWER:
+                async with typing_in(message.channel):
+                    reply = await self.service.reply(incoming)
+                await post_reply(message, parts_to_post(reply))
+
+    async def _decide(self, incoming: IncomingMessage) -> Decision:
+        """The reply decision; the channel's auto-reply switch is read only when it matters."""
+        auto_reply = not is_addressed(incoming) and await self.store.auto_reply(incoming.channel_id)
+        decision = should_answer(incoming, auto_reply)
+        log.debug("message %s in channel %s: %s (%s)", incoming.message_id, incoming.channel_id,
+                  decision.action.value, decision.reason)
+        return decision
+
+    async def message_edited(self, event: discord.RawMessageUpdateEvent, bot_user_id: int) -> None:
+        if "content" not in event.data:
+            return  # an embed or flag update (a link preview appearing), not a new text
+        text = readable_content(event.message, bot_user_id)
+        async with self._channels.hold(event.channel_id):
+            if text:
+                await self.store.edit_turn(event.message_id, text)
+            else:  # only attachments are left: there is no text for the history any more
+                await self.store.delete_turn(event.message_id)
+
+    async def messages_deleted(self, channel_id: int, message_ids: set[int]) -> None:
+        async with self._channels.hold(channel_id):
+            for message_id in message_ids:
+                await self.store.delete_turn(message_id)
+
+    async def guild_removed(self, guild: discord.Guild) -> None:
+        if not self.delete_data_on_guild_remove:
+            log.info("removed from server %s (%s); its data is kept, as configured", guild.name, guild.id)
+            return
+        count = await self.store.delete_guild_data(guild.id)
+        log.info("removed from server %s (%s): deleted its settings and %d stored message(s)",
+                 guild.name, guild.id, count)

@@ -1,0 +1,88 @@
+"""`python -m bot run`: find the token, check it, load the model, connect and chat until stopped."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import aiohttp
+import discord
+
+from .. import messages
+from ..app import open_app
+from ..config import Settings
+from ..llm.worker import ModelWorker
+from .client import ChatBot
+
+DOTENV_PATH = Path(".env")
+
+
+class DiscordSetupError(Exception):
+    """The bot cannot connect until the operator fixes something. str() is one line saying what."""
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """KEY=value lines of a .env file; blank lines, # comments, `export ` and quotes allowed."""
+    if not path.is_file():
+        return {}
+    values = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def discord_token(settings: Settings, dotenv: Path = DOTENV_PATH) -> str:
+    """DISCORD_TOKEN from the environment, else from .env. Never logged."""
+    token = settings.discord_token or read_dotenv(dotenv).get("DISCORD_TOKEN", "").strip()
+    if not token:
+        raise DiscordSetupError(messages.DISCORD_TOKEN_MISSING)
+    return token
+
+
+@contextmanager
+def explained_setup_errors() -> Iterator[None]:
+    """What only the operator can fix, as one line saying how, instead of a traceback."""
+    try:
+        yield
+    except discord.LoginFailure:
+        raise DiscordSetupError(messages.DISCORD_TOKEN_REJECTED) from None
+    except discord.PrivilegedIntentsRequired:
+        raise DiscordSetupError(messages.DISCORD_INTENT_MISSING) from None
+    except aiohttp.ClientConnectionError as error:
+        # Only the first connection gets here: once connected, discord.py reconnects by itself.
+        raise DiscordSetupError(messages.DISCORD_UNREACHABLE.format(reason=error)) from None
+
+
+async def check_token(token: str) -> None:
+    """Log in once without connecting: a wrong token fails here in a second, before the model
+    spends a minute loading."""
+    probe = discord.Client(intents=discord.Intents.none())
+    try:
+        with explained_setup_errors():
+            await probe.login(token)
+    finally:
+        await probe.close()
+
+
+async def run_on_discord(settings: Settings, model: ModelWorker | None = None) -> int:
+    """Chat on Discord until stopped (Ctrl-C). Reconnects on its own after network trouble."""
+    token = discord_token(settings)
+    # A text-only bot: discord.py's warnings that voice libraries are missing are only noise.
+    discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
+    await check_token(token)
+    app = await open_app(settings, model)
+    try:
+        with explained_setup_errors():
+            async with ChatBot(app.service, settings.discord) as bot:
+                await bot.start(token)
+    finally:
+        await app.close()
+    return 0

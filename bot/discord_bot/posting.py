@@ -1,0 +1,95 @@
+"""Posting to Discord: replies in parts, the typing indicator, and command answers.
+
+Nothing the bot posts may ping anyone: every send passes AllowedMentions.none()
+(also the client's default), on top of the cleaner breaking @everyone in the text.
+A failed post is logged for the operator and never raised: it must not take
+down the handler, and other channels carry on regardless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import aiohttp
+import discord
+
+from ..core.split import DISCORD_MESSAGE_LIMIT, split_message
+from ..core.types import Reply
+
+log = logging.getLogger(__name__)
+
+NO_PINGS = discord.AllowedMentions.none()
+
+# What a post can fail with: Discord refusing it (after discord.py's own retries on rate
+# limits and server errors), or the network failing under it.
+POSTING_ERRORS = (discord.HTTPException, aiohttp.ClientError, asyncio.TimeoutError)
+
+
+def parts_to_post(reply: Reply, limit: int = DISCORD_MESSAGE_LIMIT) -> list[str]:
+    """The reply's parts, with its notes as small subtext lines under the last part (or after it)."""
+    parts = list(reply.parts)
+    if not reply.notes:
+        return parts
+    subtext = "\n".join(f"-# {note}" for note in reply.notes)
+    if parts and len(parts[-1]) + 1 + len(subtext) <= limit:
+        parts[-1] = f"{parts[-1]}\n{subtext}"
+    else:
+        parts.extend(split_message(subtext, limit))
+    return parts
+
+
+async def post_reply(message: discord.Message, parts: list[str]) -> None:
+    """The first part as a reply to `message`, the others after it, in order.
+
+    Stops at the first part that cannot be posted: the rest would read as a
+    broken answer. The reply survives its trigger being deleted meanwhile
+    (fail_if_not_exists=False): it is then posted as a plain message.
+    """
+    reference = message.to_reference(fail_if_not_exists=False)
+    for index, part in enumerate(parts):
+        try:
+            if index == 0:
+                await message.channel.send(part, reference=reference, mention_author=False,
+                                           allowed_mentions=NO_PINGS)
+            else:
+                await message.channel.send(part, allowed_mentions=NO_PINGS)
+        except POSTING_ERRORS as error:
+            log.warning("could not post part %d of %d of the answer in channel %s: %s",
+                        index + 1, len(parts), message.channel.id, describe(error))
+            return
+
+
+@asynccontextmanager
+async def typing_in(channel: discord.abc.Messageable) -> AsyncIterator[None]:
+    """Show "Bot is typing..." for as long as the block runs. The indicator is a nicety:
+    if Discord refuses it, the answer still comes."""
+    indicator = channel.typing()
+    try:
+        await indicator.__aenter__()
+    except POSTING_ERRORS as error:
+        log.info("no typing indicator in channel %s: %s", getattr(channel, "id", "?"), describe(error))
+        yield
+        return
+    try:
+        yield
+    finally:
+        await indicator.__aexit__(None, None, None)
+
+
+async def answer_privately(interaction: discord.Interaction, text: str) -> None:
+    """Answer a slash command so only its user sees it, in as many parts as the text needs."""
+    for part in split_message(text) or [text]:
+        if interaction.response.is_done():
+            await interaction.followup.send(part, ephemeral=True, allowed_mentions=NO_PINGS)
+        else:
+            await interaction.response.send_message(part, ephemeral=True, allowed_mentions=NO_PINGS)
+
+
+def describe(error: Exception) -> str:
+    """One line for the log: the HTTP status, Discord's error code and its text, or the network error."""
+    if isinstance(error, discord.HTTPException):
+        return f"HTTP {error.status} (code {error.code}): {error.text or type(error).__name__}"
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,64 @@
+"""Shared fixtures. The real embedded model is loaded once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.config import Settings, load_settings
+from bot.llm.worker import ModelWorker
+from bot.service import ChatService
+from bot.store import Store
+from tests.support.scripted import ScriptedBackend
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def settings_for(database: Path, **generation) -> Settings:
+    """The repository's config.toml, with a test database and (optionally) generation overrides."""
+    settings = load_settings(REPO_ROOT / "config.toml", environ={
+        "BOT_DATABASE_URL": f"sqlite+aiosqlite:///{database}"})
+    return settings.with_overrides("generation", **generation) if generation else settings
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return settings_for(tmp_path / "bot.db")
+
+
+@pytest.fixture
+async def store(settings):
+    store = await Store.open(settings.database.url)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def scripted() -> ScriptedBackend:
+    return ScriptedBackend()
+
+
+@pytest.fixture
+async def scripted_service(store, settings, scripted):
+    worker = ModelWorker(scripted, timeout_s=5)
+    yield ChatService(store, worker, settings)
+    worker.close()
+
+
+@pytest.fixture(scope="session")
+def embedded_worker():
+    """The real SmolLM2-135M-Instruct, loaded once per session. Pair it with
+    settings_for(..., do_sample=False) so that its answers are repeatable."""
+    from bot.llm.loading import load_model
+
+    worker = load_model(load_settings(REPO_ROOT / "config.toml", environ={"BOT_MODEL_NAME": "embedded"}))
+    yield worker
+    worker.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_smollm3_dir(tmp_path_factory) -> Path:
+    from tests.support.tiny_smollm3 import build_tiny_smollm3
+
+    return build_tiny_smollm3(tmp_path_factory.mktemp("tiny-smollm3"))

@@ -1,0 +1,731 @@
+"""End to end: the real discord.py client, our ChatBot, against the local fake Discord.
+
+Each test builds its own world (a server, members, channels), its own database
+and its own bot, and asserts on what the bot sent to "Discord" (the recorded
+requests) and on what it stored (the database). The model is scripted where
+the words do not matter (tests/support/scripted.py, run inside the real
+ModelWorker); the memory test uses the real embedded model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from bot import messages
+from bot.core.cleaning import ZERO_WIDTH_SPACE
+from bot.core.split import split_message
+from bot.discord_bot.client import ChatBot, required_intents
+from bot.discord_bot.launch import DiscordSetupError, run_on_discord
+from bot.llm.worker import ModelWorker
+from bot.service import ChatService
+from bot.store import Store
+from tests.conftest import REPO_ROOT, settings_for
+from tests.fakediscord import messages as fake_messages
+from tests.fakediscord import (CommandNotPermitted, FakeChannel, FakeDiscord, FakeUser, RecordedRequest, World,
+                               build_world, make_client, permissions, point_discord_py_at, running_client)
+from tests.support.scripted import ScriptedBackend
+
+MESSAGES = "/channels/{id}/messages"
+TYPING = "/channels/{id}/typing"
+EPHEMERAL = 1 << 6
+
+
+# --------------------------------------------------------------------------- the scene
+
+
+class Gate:
+    """Holds the scripted model inside generate() until the test opens it, so a test can act
+    while an answer is being written (without guessing how long anything takes)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    def wrap(self, reply: Callable[[list], str]) -> Callable[[list], str]:
+        def held(messages_: list) -> str:
+            self.entered.set()
+            if not self.opened.wait(timeout=10):
+                raise TimeoutError("the test never opened the gate")
+            return reply(messages_)
+        return held
+
+    async def wait_entered(self) -> None:
+        assert await asyncio.to_thread(self.entered.wait, 5), "the model was never asked"
+
+
+@dataclass
+class Scene:
+    fake: FakeDiscord
+    world: World
+    store: Store
+    service: ChatService
+    model: ScriptedBackend | None
+    bot: ChatBot
+
+    @property
+    def general(self) -> FakeChannel:
+        return self.world.general
+
+    async def say(self, text: str, *, channel: FakeChannel | None = None, author: FakeUser | None = None,
+                  **options) -> dict:
+        """A user posts (nothing more). Returns the message as Discord stored it."""
+        return await self.fake.send_message(channel or self.general, author or self.world.alice, text, **options)
+
+    async def ask(self, text: str, *, timeout: float = 5.0, **options) -> RecordedRequest:
+        """A user mentions the bot; returns the bot's reply (the first part) once posted."""
+        message = await self.say(f"{self.fake.bot.mention} {text}", **options)
+        return await self.reply_to(message, timeout)
+
+    async def reply_to(self, message: dict, timeout: float = 5.0) -> RecordedRequest:
+        return await self.fake.wait_for_request("POST", MESSAGES, predicate=replying_to(message), timeout=timeout)
+
+    async def command(self, user: FakeUser, name: str, *, channel: FakeChannel | None = None, **options) -> dict:
+        """`user` runs a slash command; returns the answer they see, once complete."""
+        interaction = await self.fake.send_interaction(channel or self.general, user, name, **options)
+        callback = await self.fake.wait_for_interaction_response(interaction, timeout=5)
+        if callback["type"] == 5:  # deferred: the answer follows on the interaction's webhook
+            await self.fake.wait_for_request("POST", f"/webhooks/{{app}}/{interaction.token}", timeout=5)
+        return self.fake.original_response(interaction)
+
+    def posted(self, channel: FakeChannel | None = None) -> list[RecordedRequest]:
+        """Messages the bot posted successfully in a channel, in order."""
+        path = f"/channels/{(channel or self.general).id}/messages"
+        return [r for r in self.fake.requests_to("POST", MESSAGES) if r.path == path and r.status == 200]
+
+    async def turns(self, channel: FakeChannel | None = None) -> list[tuple[str, str]]:
+        turns = await self.store.recent_turns((channel or self.general).id, 100)
+        return [(turn.role, turn.content) for turn in turns]
+
+
+def pings_no_one(request: RecordedRequest) -> bool:
+    """Allowed mentions that parse nothing and name no one, the replied-to author included."""
+    allowed = request.json["allowed_mentions"]
+    return (allowed["parse"] == [] and not allowed.get("replied_user")
+            and not allowed.get("users") and not allowed.get("roles"))
+
+
+def replying_to(message: dict) -> Callable[[RecordedRequest], bool]:
+    def check(request: RecordedRequest) -> bool:
+        reference = (request.json or {}).get("message_reference") or {}
+        return request.status == 200 and str(reference.get("message_id")) == message["id"]
+    return check
+
+
+@asynccontextmanager
+async def running_bot(tmp_path: Path, *, worker: ModelWorker | None = None, reply=None,
+                      heartbeat_interval_ms: int = 41_250, generation: dict | None = None,
+                      in_dev_guild: bool = False, **discord_settings) -> AsyncIterator[Scene]:
+    """A fake Discord with a small world, and our bot connected to it. Without `worker`, the
+    model is a ScriptedBackend (echoing by default) inside a real ModelWorker."""
+    scripted = None if worker else ScriptedBackend(reply) if reply else ScriptedBackend()
+    model = worker or ModelWorker(scripted, timeout_s=10)
+    try:
+        async with FakeDiscord(heartbeat_interval_ms=heartbeat_interval_ms) as fake:
+            world = build_world(fake)
+            if in_dev_guild:
+                discord_settings["dev_guild_id"] = world.guild.id
+            settings = settings_for(tmp_path / "bot.db", **(generation or {}))
+            settings = settings.with_overrides("discord", **discord_settings)
+            store = await Store.open(settings.database.url)
+            try:
+                service = ChatService(store, model, settings)
+                bot = make_client(ChatBot, intents=required_intents(), service=service, settings=settings.discord)
+                async with running_client(fake, bot):
+                    yield Scene(fake, world, store, service, scripted, bot)
+            finally:
+                await store.close()
+    finally:
+        if scripted is not None:
+            model.close()
+
+
+@pytest.fixture
+async def scene(tmp_path) -> AsyncIterator[Scene]:
+    async with running_bot(tmp_path) as scene:
+        yield scene
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    """Wait for an effect that sends nothing to Discord (a database change)."""
+    async def poll() -> None:
+        while not await condition():
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(poll(), timeout)
+
+
+def last_prompt(scene: Scene) -> list[dict]:
+    return scene.model.prompts[-1]
+
+
+# --------------------------------------------------------------------------- answering
+
+
+async def test_a_mention_gets_typing_then_a_reply_that_pings_no_one(scene: Scene):
+    message = await scene.say(f"{scene.fake.bot.mention} hello there")
+    reply = await scene.reply_to(message)
+
+    typing = scene.fake.requests_to("POST", TYPING)
+    assert typing and typing[0].path == f"/channels/{scene.general.id}/typing"
+    assert scene.fake.requests.index(typing[0]) < scene.fake.requests.index(reply)
+    assert pings_no_one(reply)
+    assert reply.json["message_reference"]["message_id"] == int(message["id"])
+    assert reply.json["message_reference"]["fail_if_not_exists"] is False
+    # The bot's mention is gone from what the model read; the speaker's name is there.
+    assert reply.json["content"] == "echo: Alice: hello there"
+    posted = scene.fake.messages[int(reply.response["id"])]
+    assert posted["mentions"] == [] and posted["referenced_message"]["id"] == message["id"]
+
+    assert await scene.turns() == [("user", "hello there"), ("assistant", "echo: Alice: hello there")]
+    [user_turn, _] = await scene.store.recent_turns(scene.general.id, 10)
+    assert (user_turn.author_id, user_turn.author_name, user_turn.message_id) == (
+        scene.world.alice.id, "Alice", int(message["id"]))
+
+
+async def test_mentions_reach_the_model_as_names(scene: Scene):
+    fake, world = scene.fake, scene.world
+    await scene.ask(f"say hi to {world.mod.mention} in {world.general.mention}")
+    assert last_prompt(scene)[-1] == {"role": "user", "content": "Alice: say hi to @mod in #general"}
+
+
+async def test_a_reply_to_the_bot_is_answered_without_a_mention(scene: Scene):
+    first = await scene.ask("hi")
+    follow_up = await scene.say("and another thing", referenced_message_id=int(first.response["id"]),
+                                ping_reply=False)
+    await scene.reply_to(follow_up)
+    assert last_prompt(scene)[-1]["content"] == "Alice: and another thing"
+
+
+async def test_ignores_bots_and_messages_not_meant_for_it(scene: Scene):
+    fake, world = scene.fake, scene.world
+    other_bot = fake.add_user("otherbot", bot=True)
+    fake.add_member(world.guild, other_bot)
+    await scene.say(f"{fake.bot.mention} beep boop", author=other_bot)
+    await scene.say("just chatting among humans")
+    await scene.say(fake.bot.mention)  # a bare mention: nothing to answer
+    # The channel's events are handled in order, so once this is answered, the ones above were seen.
+    last = await scene.ask("are you there?")
+
+    assert [r.json["message_reference"]["message_id"] for r in scene.posted()] == [
+        last.json["message_reference"]["message_id"]]
+    assert await scene.turns() == [("user", "are you there?"), ("assistant", "echo: Alice: are you there?")]
+
+
+async def test_ignores_system_messages_even_with_auto_reply_on(scene: Scene):
+    fake, world = scene.fake, scene.world
+    await scene.store.set_auto_reply(world.general.id, world.guild.id, True, world.mod.id)
+    thread_created = 18  # a system message whose content is the new thread's name
+    notice = fake_messages.build_message(fake.state, channel=world.general, author=world.alice,
+                                         content="Weekend plans", message_type=thread_created)
+    fake.state.store_message(notice)
+    await fake.dispatch("MESSAGE_CREATE", fake_messages.gateway_form(fake.state, notice))
+    last = await scene.say("hello everyone")
+    await scene.reply_to(last)
+    assert len(scene.posted()) == 1 and await scene.turns() == [
+        ("user", "hello everyone"), ("assistant", "echo: Alice: hello everyone")]
+
+
+async def test_attachments_alone_get_a_note_that_only_text_is_read(scene: Scene):
+    message = await scene.say(scene.fake.bot.mention, attachments=[("cat.png", b"\x89PNG...", "image/png")])
+    reply = await scene.reply_to(message)
+    assert reply.json["content"] == messages.ATTACHMENTS_ONLY
+    assert pings_no_one(reply)
+    assert scene.model.prompts == [] and await scene.turns() == []
+
+
+async def test_two_channels_never_see_each_others_history(scene: Scene):
+    fake, world = scene.fake, scene.world
+    random = fake.add_text_channel(world.guild, "random")
+    await scene.ask("the password is swordfish")
+    await scene.ask("what is the password?", channel=random, author=world.mod)
+
+    assert not any("swordfish" in m["content"] for m in last_prompt(scene))
+    assert await scene.turns(random) == [("user", "what is the password?"),
+                                         ("assistant", "echo: mod: what is the password?")]
+    assert [role for role, _ in await scene.turns()] == ["user", "assistant"]
+
+
+async def test_a_dm_is_answered_and_server_commands_are_refused_there(scene: Scene):
+    fake, alice = scene.fake, scene.world.alice
+    dm = fake.dm_channel(alice)
+    message = await scene.say("hello in private", channel=dm)  # no mention needed in a DM
+    reply = await scene.reply_to(message)
+    assert reply.path == f"/channels/{dm.id}/messages" and reply.json["content"] == "echo: Alice: hello in private"
+    assert await scene.turns(dm) == [("user", "hello in private"), ("assistant", "echo: Alice: hello in private")]
+
+    for command, options in [("persona set", {"text": "a pirate"}), ("persona show", None), ("autoreply on", None)]:
+        answer = await scene.command(alice, command, channel=dm, options=options)
+        assert answer["content"] == messages.SERVER_ONLY and answer["flags"] & EPHEMERAL
+    assert await scene.store.audit_entries() == []
+
+    # /reset is not server-only: in a DM it forgets the user's own conversation.
+    answer = await scene.command(alice, "reset", channel=dm)
+    assert answer["content"] == messages.HISTORY_RESET.format(count=2)
+    assert await scene.turns(dm) == []
+
+
+# --------------------------------------------------------------------------- what is posted
+
+
+async def test_a_5000_character_answer_arrives_in_order_with_code_fences_intact(tmp_path):
+    paragraphs = [f"Paragraph {n:02d}. " + " ".join(["words"] * 60) for n in range(1, 8)]
+    code = "```python\n" + "\n".join(f"line_{n:03d} = {n}  # a comment to make it longer" for n in range(60)) + "\n```"
+    answer = "\n\n".join(paragraphs[:3] + [code] + paragraphs[3:])
+    assert len(answer) > 5000
+
+    async with running_bot(tmp_path, reply=lambda _: answer) as scene:
+        message = await scene.say(f"{scene.fake.bot.mention} tell me everything")
+        first = await scene.reply_to(message)
+        count = len(split_message(answer))
+        await scene.fake.wait_for_request("POST", MESSAGES, count=count)
+        parts = scene.posted()
+        assert count >= 3 and len(parts) == count and parts[0] is first
+        assert all("message_reference" not in p.json for p in parts[1:])  # one reply, then the rest in order
+        contents = [p.json["content"] for p in parts]
+        assert all(len(c) <= 2000 and c.count("```") % 2 == 0 for c in contents)
+        assert all(pings_no_one(p) for p in parts)
+
+        text = "\n".join(contents)
+        numbers = [int(n) for n in re.findall(r"Paragraph (\d+)", text)]
+        lines = [int(n) for n in re.findall(r"line_(\d+) =", text)]
+        assert numbers == list(range(1, 8)) and lines == list(range(60))
+        # Every cut inside the code block is closed and reopened with its language.
+        assert text.count("```python") >= 2
+        assert await scene.turns() == [("user", "tell me everything"), ("assistant", answer)]
+
+
+async def test_mass_mentions_in_model_output_ping_no_one(scene: Scene):
+    role = scene.fake.add_role(scene.world.guild, "Moderators", mentionable=True)
+    scene.model.reply = lambda _: f"@everyone and @here, ask {role.mention} or {scene.world.mod.mention}"
+    reply = await scene.ask("ping everybody please")
+
+    assert pings_no_one(reply)
+    content = reply.json["content"]
+    assert "@everyone" not in content and f"@{ZERO_WIDTH_SPACE}everyone" in content and "@here" not in content
+    assert role.mention not in content
+    posted = scene.fake.messages[int(reply.response["id"])]
+    assert (posted["mention_everyone"], posted["mentions"], posted["mention_roles"]) == (False, [], [])
+
+
+async def test_a_note_about_forgotten_turns_is_shown_as_subtext(tmp_path):
+    # A context of a few dozen "tokens" (the scripted model counts words) fills up quickly.
+    async with running_bot(tmp_path, generation={"max_new_tokens": 8}) as scene:
+        scene.model.context_tokens = 60
+        for n in range(4):
+            reply = await scene.ask(f"message number {n} with a few extra words in it")
+    assert "\n-# " in reply.json["content"]
+    note = reply.json["content"].split("\n-# ")[1]
+    assert "older message(s)" in note
+
+
+# --------------------------------------------------------------------------- order and concurrency
+
+
+@pytest.mark.parametrize("addressed_by", ["mention", "auto-reply"])
+async def test_three_messages_sent_at_once_are_answered_in_order(tmp_path, addressed_by):
+    async with running_bot(tmp_path) as scene:
+        scene.model.delay_s = 0.05  # each answer takes a moment, so the three overlap
+        prefix = f"{scene.fake.bot.mention} " if addressed_by == "mention" else ""
+        if addressed_by == "auto-reply":  # each message then reads the channel's setting first
+            await scene.store.set_auto_reply(scene.general.id, scene.world.guild.id, True, scene.world.mod.id)
+        sent = [await scene.say(f"{prefix}question {n}") for n in (1, 2, 3)]
+        for message in sent:
+            await scene.reply_to(message)
+        posted = scene.posted()
+        prompts = scene.model.prompts
+
+    assert [str(r.json["message_reference"]["message_id"]) for r in posted] == [m["id"] for m in sent]
+    # Each turn saw the ones before it.
+    assert [len(p) for p in prompts] == [2, 4, 6]
+    assert prompts[2][1:] == [
+        {"role": "user", "content": "Alice: question 1"}, {"role": "assistant", "content": "echo: Alice: question 1"},
+        {"role": "user", "content": "Alice: question 2"}, {"role": "assistant", "content": "echo: Alice: question 2"},
+        {"role": "user", "content": "Alice: question 3"}]
+
+
+async def test_a_message_arriving_while_an_answer_is_written_waits_and_sees_it(tmp_path):
+    gate = Gate()
+    async with running_bot(tmp_path) as scene:
+        scene.model.reply = gate.wrap(lambda m: "first answer" if len(m) == 2 else "second answer")
+        first = await scene.say(f"{scene.fake.bot.mention} first")
+        await gate.wait_entered()
+        second = await scene.say(f"{scene.fake.bot.mention} second")
+        gate.opened.set()
+        await scene.reply_to(first)
+        await scene.reply_to(second)
+        assert scene.model.prompts[1][-2:] == [{"role": "assistant", "content": "first answer"},
+                                               {"role": "user", "content": "Alice: second"}]
+        assert [r.json["content"] for r in scene.posted()] == ["first answer", "second answer"]
+
+
+async def test_channels_do_not_wait_for_each_other(tmp_path):
+    gate = Gate()
+    async with running_bot(tmp_path) as scene:
+        random = scene.fake.add_text_channel(scene.world.guild, "random")
+        scene.model.reply = gate.wrap(lambda m: "done")
+        await scene.say(f"{scene.fake.bot.mention} a long question", channel=scene.general)
+        await gate.wait_entered()
+        # While general's answer is being written, random's message is taken in at once:
+        # its typing indicator and its stored turn do not wait for general.
+        await scene.say(f"{scene.fake.bot.mention} meanwhile", channel=random)
+        await scene.fake.wait_for_request("POST", f"/channels/{random.id}/typing")
+        await eventually(lambda: has_turns(scene, random, 1))
+        assert scene.posted() == [] and scene.posted(random) == []
+        gate.opened.set()
+        await scene.fake.wait_for_request("POST", MESSAGES, count=2)
+
+
+async def has_turns(scene: Scene, channel: FakeChannel, count: int) -> bool:
+    return len(await scene.turns(channel)) == count
+
+
+async def test_the_gateway_heartbeats_while_the_model_works(tmp_path):
+    gate = Gate()
+    async with running_bot(tmp_path, heartbeat_interval_ms=20) as scene:
+        scene.model.reply = gate.wrap(lambda m: "done")
+        message = await scene.say(f"{scene.fake.bot.mention} think hard")
+        await gate.wait_entered()
+        before = heartbeats(scene.fake)
+        await eventually(async_true(lambda: heartbeats(scene.fake) >= before + 3))
+        gate.opened.set()
+        await scene.reply_to(message)
+
+
+def heartbeats(fake: FakeDiscord) -> int:
+    return sum(1 for payload in fake.gateway_received if payload["op"] == 1)
+
+
+def async_true(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def condition() -> bool:
+        return check()
+    return condition
+
+
+# --------------------------------------------------------------------------- memory (real model)
+
+
+async def test_the_second_turn_remembers_the_first_with_the_embedded_model(tmp_path, embedded_worker):
+    # Greedy decoding makes the small model's words repeatable; this exchange shows memory with it.
+    generation = {"do_sample": False, "max_new_tokens": 40}
+    async with running_bot(tmp_path, worker=embedded_worker, generation=generation) as scene:
+        sam = scene.fake.add_user("sam", global_name="Sam")
+        scene.fake.add_member(scene.world.guild, sam)
+        random = scene.fake.add_text_channel(scene.world.guild, "random")
+        await scene.ask("My favourite fruit is mango.", author=sam, timeout=60)
+        remembered = await scene.ask("What is my favourite fruit?", author=sam, timeout=60)
+        # The same question where nobody said it: the model has no way to know.
+        control = await scene.ask("What is my favourite fruit?", channel=random, author=sam, timeout=60)
+        assert len(await scene.turns()) == 4
+    assert "mango" in remembered.json["content"]
+    assert "mango" not in control.json["content"]
+
+
+# --------------------------------------------------------------------------- slash commands
+
+
+async def test_commands_are_registered_with_both_guards(scene: Scene):
+    registered = {c["name"]: c for c in scene.fake.registered_commands()}
+    assert set(registered) == {"persona", "reset", "autoreply"}
+    assert registered["persona"]["default_member_permissions"] == str(permissions.MANAGE_GUILD)
+    assert registered["reset"]["default_member_permissions"] == str(permissions.MANAGE_MESSAGES)
+    assert registered["autoreply"]["default_member_permissions"] == str(permissions.MANAGE_CHANNELS)
+    assert registered["persona"]["dm_permission"] is False and registered["autoreply"]["dm_permission"] is False
+    assert registered["persona"]["contexts"] == [0] and registered["autoreply"]["contexts"] == [0]
+    persona_set = next(o for o in registered["persona"]["options"] if o["name"] == "set")
+    [text] = persona_set["options"]
+    assert text["max_length"] == 4000 and "4,000" in persona_set["description"]
+
+
+async def test_commands_sync_to_the_development_server_when_configured(tmp_path):
+    async with running_bot(tmp_path, in_dev_guild=True) as scene:
+        guild = scene.world.guild
+        assert scene.fake.requests_to("PUT", f"/applications/{{app}}/guilds/{guild.id}/commands")
+        assert {c["name"] for c in scene.fake.registered_commands(guild)} == {"persona", "reset", "autoreply"}
+
+
+async def test_an_admin_sets_the_persona_and_a_member_cannot(scene: Scene):
+    fake, world = scene.fake, scene.world
+    # Discord itself hides the command from members without Manage Server...
+    with pytest.raises(CommandNotPermitted):
+        await fake.send_interaction(world.general, world.alice, "persona set", options={"text": "a cat"})
+    # ...and where a server lets everyone see it, the bot still refuses.
+    refused = await scene.command(world.alice, "persona set", options={"text": "a cat"},
+                                  enforce_default_permissions=False)
+    assert refused["content"] == messages.NEEDS_PERMISSION.format(permission="Manage Server")
+    assert refused["flags"] & EPHEMERAL
+    assert await scene.store.persona(world.guild.id) is None and await scene.store.audit_entries() == []
+
+    answer = await scene.command(world.mod, "persona set", options={"text": "You are a pirate. Say arr."})
+    assert answer["content"] == messages.PERSONA_SET.format(length=26) and answer["flags"] & EPHEMERAL
+    assert await scene.store.persona(world.guild.id) == "You are a pirate. Say arr."
+    [entry] = await scene.store.audit_entries()
+    assert (entry.action, entry.actor_id, entry.guild_id) == ("persona.set", world.mod.id, world.guild.id)
+
+    await scene.ask("hello")
+    assert last_prompt(scene)[0] == {"role": "system", "content": "You are a pirate. Say arr."}
+
+    shown = await scene.command(world.mod, "persona show")
+    assert shown["content"] == messages.PERSONA_SHOW_CUSTOM.format(persona="You are a pirate. Say arr.")
+    reset = await scene.command(world.mod, "persona reset")
+    assert reset["content"] == messages.PERSONA_RESET and await scene.store.persona(world.guild.id) is None
+
+
+async def test_a_persona_over_the_limit_is_refused_with_the_limit_stated(scene: Scene):
+    too_long = "x" * 4001
+    answer = await scene.command(scene.world.mod, "persona set", options={"text": too_long})
+    assert answer["content"] == messages.PERSONA_TOO_LONG.format(length=4001, limit=4000)
+    assert await scene.store.persona(scene.world.guild.id) is None
+
+
+async def test_a_long_persona_is_shown_in_parts_that_fit(scene: Scene):
+    persona = " ".join(["Always answer like a patient teacher."] * 80)  # about 3,000 characters
+    await scene.command(scene.world.mod, "persona set", options={"text": persona})
+    expected = messages.PERSONA_SHOW_CUSTOM.format(persona=persona)
+    interaction = await scene.fake.send_interaction(scene.general, scene.world.mod, "persona show")
+    await scene.fake.wait_for_request("POST", f"/webhooks/{{app}}/{interaction.token}",
+                                      count=len(split_message(expected)))
+    shown = [scene.fake.original_response(interaction)] + [
+        scene.fake.messages[i] for i in interaction.followup_message_ids]
+    assert len(shown) > 1 and all(len(m["content"]) <= 2000 and m["flags"] & EPHEMERAL for m in shown)
+    assert " ".join(m["content"] for m in shown).split() == expected.split()  # all of it, in order
+
+
+async def test_a_failing_command_says_so_and_logs_why(scene: Scene, caplog, monkeypatch):
+    async def broken(guild_id):
+        raise RuntimeError("the database is on fire")
+    monkeypatch.setattr(scene.service, "show_persona", broken)
+    with caplog.at_level(logging.ERROR, logger="bot.discord_bot"):
+        answer = await scene.command(scene.world.mod, "persona show")
+    assert answer["content"] == messages.COMMAND_FAILED and answer["flags"] & EPHEMERAL
+    assert any("the command persona show failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_moderator_resets_the_channel_and_it_is_audited(scene: Scene):
+    world = scene.world
+    await scene.ask("remember this")
+    await scene.ask("and this")
+
+    refused = await scene.command(world.alice, "reset", enforce_default_permissions=False)
+    assert refused["content"] == messages.NEEDS_PERMISSION.format(permission="Manage Messages")
+    assert len(await scene.turns()) == 4 and await scene.store.audit_entries() == []
+
+    answer = await scene.command(world.mod, "reset")
+    assert answer["content"] == messages.HISTORY_RESET.format(count=4) and answer["flags"] & EPHEMERAL
+    assert await scene.turns() == []
+    [entry] = await scene.store.audit_entries()
+    assert (entry.action, entry.actor_id, entry.actor_name, entry.guild_id, entry.channel_id, entry.detail) == (
+        "history.reset", world.mod.id, "mod", world.guild.id, world.general.id, "4 turns")
+    assert entry.created_at is not None
+
+    await scene.ask("what did I say?")
+    assert len(last_prompt(scene)) == 2  # the persona and this message: nothing older
+
+
+async def test_reset_waits_for_the_answer_being_written(tmp_path):
+    gate = Gate()
+    async with running_bot(tmp_path) as scene:
+        scene.model.reply = gate.wrap(lambda m: "an answer")
+        message = await scene.say(f"{scene.fake.bot.mention} a question")
+        await gate.wait_entered()
+        interaction = await scene.fake.send_interaction(scene.general, scene.world.mod, "reset")
+        # Acknowledged at once (Discord allows three seconds), answered once the turn is done.
+        callback = await scene.fake.wait_for_interaction_response(interaction)
+        assert callback["type"] == 5 and callback["data"]["flags"] & EPHEMERAL
+        gate.opened.set()
+        await scene.reply_to(message)
+        await scene.fake.wait_for_request("POST", f"/webhooks/{{app}}/{interaction.token}")
+        assert scene.fake.original_response(interaction)["content"] == messages.HISTORY_RESET.format(count=2)
+        assert await scene.turns() == []
+
+
+async def test_auto_reply_answers_every_message_in_that_channel_only(scene: Scene):
+    fake, world = scene.fake, scene.world
+    channel_mod = fake.add_user("chanmod")
+    fake.add_member(world.guild, channel_mod, permissions=permissions.MANAGE_CHANNELS)
+
+    refused = await scene.command(world.alice, "autoreply on", enforce_default_permissions=False)
+    assert refused["content"] == messages.NEEDS_PERMISSION.format(permission="Manage Channels")
+    assert (await scene.command(channel_mod, "autoreply on"))["content"] == messages.AUTOREPLY_ON
+
+    message = await scene.say("no mention needed now")
+    assert (await scene.reply_to(message)).json["content"] == "echo: Alice: no mention needed now"
+    elsewhere = fake.add_text_channel(world.guild, "quiet")
+    await scene.say("not here though", channel=elsewhere)
+
+    assert (await scene.command(channel_mod, "autoreply off"))["content"] == messages.AUTOREPLY_OFF
+    await scene.say("and not any more here")
+    await scene.ask("but a mention still works")
+    assert scene.posted(elsewhere) == [] and len(scene.posted()) == 2
+    assert [entry.action for entry in await scene.store.audit_entries()] == ["autoreply.on", "autoreply.off"]
+
+
+# --------------------------------------------------------------------------- history follows Discord
+
+
+async def test_edits_and_deletes_reach_the_history(scene: Scene):
+    fake = scene.fake
+    colour = await scene.say(f"{fake.bot.mention} my favourite colour is blue")
+    await scene.reply_to(colour)
+    pet = await scene.say(f"{fake.bot.mention} my pet is a hamster")
+    await scene.reply_to(pet)
+
+    await fake.edit_message(scene.general, int(colour["id"]), content=f"{fake.bot.mention} my favourite colour is green")
+    await fake.delete_message(scene.general, int(pet["id"]))
+    # Edits and deletes are applied in order with the channel's messages, before this is answered.
+    await scene.ask("what do you know about me?")
+
+    assert await scene.turns() == [
+        ("user", "my favourite colour is green"), ("assistant", "echo: Alice: my favourite colour is blue"),
+        ("assistant", "echo: Alice: my pet is a hamster"),
+        ("user", "what do you know about me?"), ("assistant", "echo: Alice: what do you know about me?")]
+    assert [m["content"] for m in last_prompt(scene) if m["role"] == "user"] == [
+        "Alice: my favourite colour is green", "Alice: what do you know about me?"]
+
+
+async def test_removal_from_a_server_deletes_its_data(scene: Scene):
+    world = scene.world
+    await scene.ask("remember me")
+    await scene.command(world.mod, "persona set", options={"text": "You are terse."})
+    dm = scene.fake.dm_channel(world.alice)
+    await scene.reply_to(await scene.say("a private chat", channel=dm))
+
+    await scene.fake.remove_bot_from_guild(world.guild)
+
+    async def forgotten() -> bool:
+        return await scene.turns() == [] and await scene.store.persona(world.guild.id) is None
+    await eventually(forgotten)
+    assert len(await scene.turns(dm)) == 2  # other conversations are untouched
+
+
+async def test_removal_keeps_the_data_when_so_configured(tmp_path, caplog):
+    async with running_bot(tmp_path, delete_data_on_guild_remove=False) as scene:
+        await scene.ask("remember me")
+        with caplog.at_level(logging.INFO, logger="bot.discord_bot"):
+            await scene.fake.remove_bot_from_guild(scene.world.guild)
+            await eventually(async_true(lambda: any("data is kept" in r.getMessage() for r in caplog.records)))
+        assert len(await scene.turns()) == 2
+
+
+async def test_a_bulk_delete_reaches_the_history(scene: Scene):
+    first, second = await scene.ask("one"), await scene.ask("two")
+    user_ids = [str(r.json["message_reference"]["message_id"]) for r in (first, second)]
+    await scene.fake.dispatch("MESSAGE_DELETE_BULK", {"ids": user_ids, "channel_id": str(scene.general.id),
+                                                      "guild_id": str(scene.world.guild.id)})
+    await scene.ask("three")
+    assert [content for role, content in await scene.turns() if role == "user"] == ["three"]
+
+
+# --------------------------------------------------------------------------- when Discord misbehaves
+
+
+async def test_a_429_is_waited_out_and_the_answer_arrives(scene: Scene):
+    scene.fake.fail_next("POST", TYPING, 429, retry_after=0.05)
+    scene.fake.fail_next("POST", MESSAGES, 429, retry_after=0.05)
+    reply = await scene.ask("still there?")
+    assert reply.json["content"] == "echo: Alice: still there?"
+    assert [r.status for r in scene.fake.requests_to("POST", MESSAGES)] == [429, 200]
+
+
+async def test_a_failed_post_is_logged_and_the_channel_carries_on(scene: Scene, caplog):
+    scene.fake.fail_next("POST", MESSAGES, 503)  # discord.py does not retry a 503
+    scene.fake.fail_next("POST", TYPING, 403, body={"message": "Missing Permissions", "code": 50013})
+    with caplog.at_level(logging.INFO, logger="bot.discord_bot"):
+        lost = await scene.say(f"{scene.fake.bot.mention} first")
+        await scene.fake.wait_for_request("POST", MESSAGES, predicate=lambda r: r.status == 503)
+        reply = await scene.ask("second")
+    assert reply.json["content"] == "echo: Alice: second"
+    assert any("could not post part 1 of 1" in r.getMessage() and "HTTP 503" in r.getMessage()
+               for r in caplog.records)
+    assert any("no typing indicator" in r.getMessage() for r in caplog.records)
+    assert lost["id"] not in [str(r.json["message_reference"]["message_id"]) for r in scene.posted()]
+
+
+async def test_after_the_gateway_drops_the_bot_resumes_and_answers(scene: Scene):
+    fake = scene.fake
+    await scene.ask("before the drop")
+    await fake.drop_gateway()
+    message = await scene.say(f"{fake.bot.mention} while reconnecting")  # replayed on resume
+    await fake.wait_for_resume()
+    await scene.reply_to(message)
+    after = await scene.ask("after the drop")
+    assert after.json["content"] == "echo: Alice: after the drop"
+    assert (fake.identify_count, fake.resume_count) == (1, 1)
+    assert [content for _, content in await scene.turns()][::2] == [
+        "before the drop", "while reconnecting", "after the drop"]
+
+
+# --------------------------------------------------------------------------- running it
+
+
+def test_run_without_a_token_says_how_to_get_one(tmp_path):
+    environment = {k: v for k, v in os.environ.items() if k != "DISCORD_TOKEN"}
+    environment["BOT_CONFIG"] = str(REPO_ROOT / "config.toml")
+    result = subprocess.run([sys.executable, "-m", "bot", "run"], cwd=tmp_path, env=environment,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [f"error: {messages.DISCORD_TOKEN_MISSING}"]
+    assert result.stdout == ""
+
+
+async def test_a_rejected_token_fails_before_the_model_loads(tmp_path):
+    settings = dataclasses.replace(settings_for(tmp_path / "bot.db"), discord_token="not-the-token")
+    async with FakeDiscord() as fake:
+        with point_discord_py_at(fake):
+            with pytest.raises(DiscordSetupError) as error:
+                await run_on_discord(settings)  # would load the 3B model next, if the token were good
+    assert str(error.value) == messages.DISCORD_TOKEN_REJECTED
+
+
+async def test_a_refused_message_content_intent_is_one_line(tmp_path):
+    async with FakeDiscord() as fake:
+        settings = dataclasses.replace(settings_for(tmp_path / "bot.db"), discord_token=fake.token)
+        worker = ModelWorker(ScriptedBackend())
+        with point_discord_py_at(fake):
+            running = asyncio.create_task(run_on_discord(settings, model=worker))
+            await fake.wait_until_connected(timeout=5)
+            await fake.drop_gateway(4014)  # what Discord does when a privileged intent is not enabled
+            with pytest.raises(DiscordSetupError) as error:
+                await asyncio.wait_for(running, 5)
+    assert str(error.value) == messages.DISCORD_INTENT_MISSING
+
+
+async def test_an_unreachable_discord_is_one_line_too(tmp_path):
+    settings = dataclasses.replace(settings_for(tmp_path / "bot.db"), discord_token="any")
+    async with FakeDiscord() as fake:
+        pass  # started and stopped: nothing listens at its address any more
+    with point_discord_py_at(fake), pytest.raises(DiscordSetupError) as error:
+        await run_on_discord(settings)
+    assert str(error.value).startswith("Could not reach Discord (")
+
+
+async def test_run_connects_and_chats(tmp_path):
+    async with FakeDiscord() as fake:
+        world = build_world(fake)
+        settings = dataclasses.replace(settings_for(tmp_path / "bot.db"), discord_token=fake.token)
+        worker = ModelWorker(ScriptedBackend())
+        with point_discord_py_at(fake):
+            running = asyncio.create_task(run_on_discord(settings, model=worker))
+            try:
+                await fake.wait_until_connected(timeout=5)
+                message = await fake.send_message(world.general, world.alice, f"{fake.bot.mention} hi")
+                reply = await fake.wait_for_request("POST", MESSAGES, predicate=replying_to(message), timeout=5)
+            finally:
+                running.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await running
+    assert reply.json["content"] == "echo: Alice: hi"
+    identify = next(p for p in fake.gateway_received if p["op"] == 2)
+    assert identify["d"]["intents"] == required_intents().value
+    assert not required_intents().members  # the privileged members intent is not needed

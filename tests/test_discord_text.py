@@ -1,0 +1,53 @@
+"""The Discord adapter's pure parts: mention markup to names, notes under a reply, .env files."""
+
+from __future__ import annotations
+
+from bot.core.types import Reply
+from bot.discord_bot.launch import read_dotenv
+from bot.discord_bot.mentions import MentionNames, readable_text
+from bot.discord_bot.posting import parts_to_post
+
+BOT, BOT_ROLE, MOD, ADMINS, GENERAL = 100, 101, 200, 300, 400
+NAMES = MentionNames(users={MOD: "Mod", BOT: "Bot"}, roles={ADMINS: "Admins"}, channels={GENERAL: "general"},
+                     own=frozenset({BOT, BOT_ROLE}))
+
+
+def test_the_bots_own_mention_is_removed():
+    assert readable_text(f"<@{BOT}> hello", NAMES) == "hello"
+    assert readable_text(f"hey <@!{BOT}>, how are you?", NAMES) == "hey, how are you?"
+    assert readable_text(f"<@&{BOT_ROLE}> what is 2+2?", NAMES) == "what is 2+2?"
+
+
+def test_other_mentions_become_names():
+    text = f"<@{BOT}> ask <@!{MOD}> or <@&{ADMINS}> in <#{GENERAL}>"
+    assert readable_text(text, NAMES) == "ask @Mod or @Admins in #general"
+
+
+def test_unknown_mentions_and_custom_emoji_read_plainly():
+    assert readable_text("<@999> <@&998> <#997> nice <:pepe:123> <a:dance:456>", NAMES) == (
+        "@deleted-user @deleted-role #deleted-channel nice :pepe: :dance:")
+
+
+def test_lines_and_indentation_are_kept():
+    assert readable_text(f"<@{BOT}> fix this:\n```py\n    x = 1\n```", NAMES) == "fix this:\n```py\n    x = 1\n```"
+
+
+def test_notes_go_under_the_last_part_as_subtext():
+    reply = Reply(parts=["one", "two"], notes=["3 older message(s) were left out."])
+    assert parts_to_post(reply) == ["one", "two\n-# 3 older message(s) were left out."]
+
+
+def test_a_note_that_does_not_fit_gets_its_own_part():
+    reply = Reply(parts=["x" * 1995], notes=["a note"])
+    assert parts_to_post(reply) == ["x" * 1995, "-# a note"]
+
+
+def test_a_reply_without_notes_is_posted_as_is():
+    assert parts_to_post(Reply(parts=["just this"])) == ["just this"]
+
+
+def test_dotenv(tmp_path):
+    path = tmp_path / ".env"
+    path.write_text("# secrets\n\nexport DISCORD_TOKEN='abc.def'\nOTHER = \"x y\"\nnot a pair\n")
+    assert read_dotenv(path) == {"DISCORD_TOKEN": "abc.def", "OTHER": "x y"}
+    assert read_dotenv(tmp_path / "missing") == {}

@@ -1,0 +1,166 @@
+"""The conversation flow as a user meets it: memory, personas, limits, failures, order."""
+
+import asyncio
+
+import pytest
+
+from bot import messages
+from bot.config import ModelSettings
+from bot.core.types import IncomingMessage
+from bot.llm.worker import ModelWorker
+from bot.service import Actor, ChatService, UserError
+from tests.conftest import settings_for
+from tests.support.scripted import ScriptedBackend
+
+ADMIN = Actor(id=1, name="Admin")
+
+
+def said(text, channel=10, guild=20, author="Ann", author_id=30):
+    return IncomingMessage(channel_id=channel, guild_id=guild, author_id=author_id, author_name=author, content=text)
+
+
+async def stored(store, channel=10):
+    return [(t.role, t.content) for t in await store.recent_turns(channel, 100)]
+
+
+async def test_the_real_model_remembers_the_first_turn(tmp_path, store, embedded_worker):
+    service = ChatService(store, embedded_worker, settings_for(tmp_path / "bot.db", do_sample=False,
+                                                               max_new_tokens=40))
+    first = await service.reply(said("My favourite fruit is mango."))
+    second = await service.reply(said("What is my favourite fruit?"))
+    assert first.ok and second.ok
+    assert "mango" in second.text
+    assert [role for role, _ in await stored(store)] == ["user", "assistant", "user", "assistant"]
+    # The control: asked in a fresh channel, the model does not come up with the name.
+    fresh = await service.reply(said("What is my favourite fruit?", channel=11))
+    assert "mango" not in fresh.text
+
+
+async def test_the_model_is_given_persona_speakers_and_history(scripted_service, scripted):
+    await scripted_service.set_persona(20, ADMIN, "You are a pirate.")
+    await scripted_service.reply(said("hello", author="Ann"))
+    await scripted_service.reply(said("hi all", author="Bob", author_id=31))
+    assert scripted.prompts[-1] == [
+        {"role": "system", "content": "You are a pirate."},
+        {"role": "user", "content": "Ann: hello"},
+        {"role": "assistant", "content": "echo: Ann: hello"},
+        {"role": "user", "content": "Bob: hi all"},
+    ]
+
+
+async def test_channels_never_see_each_others_history(scripted_service, scripted):
+    await scripted_service.reply(said("secret of channel one", channel=1))
+    await scripted_service.reply(said("hello from channel two", channel=2))
+    assert not any("secret" in m["content"] for m in scripted.prompts[-1])
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", messages.EMPTY_MESSAGE),
+    ("   \n\t ", messages.EMPTY_MESSAGE),
+    ("x" * 20_000, "Your message is 20,000 characters; the limit is 4,000."),
+])
+async def test_bad_messages_get_a_clear_answer_and_lose_nothing(scripted_service, scripted, store, text, expected):
+    await scripted_service.reply(said("an earlier message"))
+    before = await stored(store)
+    reply = await scripted_service.reply(said(text))
+    assert not reply.ok and expected in reply.text
+    assert await stored(store) == before
+    assert len(scripted.prompts) == 1  # the model was never bothered
+    assert (await scripted_service.reply(said("still here?"))).ok
+
+
+async def test_a_4000_character_message_is_answered(scripted_service):
+    assert (await scripted_service.reply(said("word " * 800))).ok
+
+
+async def test_an_oversized_persona_is_refused_with_the_limit_and_the_old_one_kept(scripted_service):
+    await scripted_service.set_persona(20, ADMIN, "Be brief.")
+    with pytest.raises(UserError, match="100,000 characters; the limit is 4,000"):
+        await scripted_service.set_persona(20, ADMIN, "p" * 100_000)
+    with pytest.raises(UserError, match="needs some text"):
+        await scripted_service.set_persona(20, ADMIN, "  ")
+    assert "Be brief." in await scripted_service.show_persona(20)
+
+
+async def test_persona_reset_goes_back_to_the_default_and_is_audited(scripted_service, store, settings):
+    await scripted_service.set_persona(20, ADMIN, "Be brief.")
+    await scripted_service.reset_persona(20, ADMIN)
+    assert settings.persona.default in await scripted_service.show_persona(20)
+    assert [e.action for e in await store.audit_entries(20)] == ["persona.set", "persona.reset"]
+
+
+async def test_reset_forgets_the_channel_and_writes_the_audit_log(scripted_service, store):
+    await scripted_service.reply(said("one"))
+    await scripted_service.reply(said("two"))
+    answer = await scripted_service.reset_channel(20, 10, ADMIN)
+    assert "4 message(s)" in answer
+    assert await stored(store) == []
+    [entry] = await store.audit_entries(20)
+    assert (entry.action, entry.actor_id, entry.channel_id, entry.detail) == ("history.reset", 1, 10, "4 turns")
+
+
+async def test_think_blocks_and_mass_mentions_never_reach_the_database_or_the_user(scripted_service, scripted, store):
+    scripted.reply = lambda m: "<think>my secret plan</think>Hello @everyone!"
+    reply = await scripted_service.reply(said("hi"))
+    assert "secret" not in reply.text and "@everyone" not in reply.text
+    assert all("secret" not in content and "@everyone" not in content for _, content in await stored(store))
+
+
+async def test_a_failing_model_is_reported_and_the_question_is_kept(scripted_service, scripted, store):
+    scripted.reply = RuntimeError("CUDA out of memory")
+    reply = await scripted_service.reply(said("are you there?"))
+    assert not reply.ok and "could not write a reply" in reply.text
+    assert await stored(store) == [("user", "are you there?")]
+    scripted.reply = lambda m: "back"
+    assert (await scripted_service.reply(said("now?"))).text == "back"
+
+
+async def test_history_beyond_the_context_is_cut_and_the_user_is_told(tmp_path, store):
+    backend = ScriptedBackend(context_tokens=150)
+    settings = settings_for(tmp_path / "bot.db", max_new_tokens=30)
+    service = ChatService(store, ModelWorker(backend, timeout_s=5), settings)
+    replies = [await service.reply(said(f"message number {i} with some words in it")) for i in range(12)]
+    assert all(r.ok for r in replies)
+    assert any(r.dropped_turns and r.notes for r in replies)
+    assert all(backend.count_tokens(p) <= 120 for p in backend.prompts)
+    assert backend.prompts[-1][-1]["content"] == "Ann: message number 11 with some words in it"
+    assert await store.count_turns(10) == 24  # cut from the prompt, never from the database
+
+
+async def test_a_message_too_long_for_the_context_is_refused_and_not_stored(tmp_path, store):
+    service = ChatService(store, ModelWorker(ScriptedBackend(context_tokens=100), timeout_s=5),
+                          settings_for(tmp_path / "bot.db", max_new_tokens=30))
+    reply = await service.reply(said("word " * 200))
+    assert not reply.ok and "too long for the model's context" in reply.text
+    assert await stored(store) == []
+
+
+async def test_turns_in_one_channel_are_answered_in_arrival_order(store, settings):
+    backend = ScriptedBackend(delay_s=0.05)
+    service = ChatService(store, ModelWorker(backend, timeout_s=5), settings)
+    replies = await asyncio.gather(*(service.reply(said(f"msg {i}")) for i in range(3)))
+    assert [r.text for r in replies] == ["echo: Ann: msg 0", "echo: Ann: msg 1", "echo: Ann: msg 2"]
+    # Each later turn saw the earlier answers.
+    assert {"role": "assistant", "content": "echo: Ann: msg 1"} in backend.prompts[2]
+    assert [c for _, c in await stored(store)] == [
+        "msg 0", "echo: Ann: msg 0", "msg 1", "echo: Ann: msg 1", "msg 2", "echo: Ann: msg 2"]
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+async def test_smollm3_thinking_switch_and_no_think_block_is_ever_stored(tiny_smollm3_dir, tmp_path, store,
+                                                                          thinking):
+    from bot.llm.transformers_backend import load_transformers_backend
+
+    backend = load_transformers_backend(ModelSettings(name=str(tiny_smollm3_dir), device_map="cpu",
+                                                      thinking=thinking))
+    prompt_text = backend.tokenizer.decode(backend.render([{"role": "user", "content": "hi"}]))
+    assert ("Reasoning Mode: /no_think" in prompt_text) is not thinking
+    assert prompt_text.endswith("<think>\n\n</think>\n") is not thinking
+    # A reply that reasons first: the decode keeps the markers so the whole block is removed.
+    ids = backend.tokenizer.encode("<think>I should greet.</think>Hello!<|im_end|>", add_special_tokens=False)
+    assert backend.decode(ids) == "<think>I should greet.</think>Hello!"
+
+    service = ChatService(store, ModelWorker(backend, timeout_s=60),
+                          settings_for(tmp_path / "bot.db", do_sample=False, max_new_tokens=12))
+    await service.reply(said("hello there"))
+    assert all("<think>" not in content and "</think>" not in content for _, content in await stored(store))

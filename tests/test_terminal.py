@@ -1,0 +1,60 @@
+"""The terminal chat, driven as a user drives it: a real process with piped input."""
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO_ROOT
+
+
+def chat(database, text, *extra_args):
+    """Run the terminal chat on the embedded model, greedy, as user Ann; return the finished process."""
+    env = {**os.environ, "BOT_MODEL_NAME": "embedded", "BOT_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
+           "BOT_GENERATION_DO_SAMPLE": "false", "BOT_GENERATION_MAX_NEW_TOKENS": "40"}
+    return subprocess.run([sys.executable, "-m", "bot", "chat", "--user", "Ann", *extra_args], input=text, capture_output=True,
+                          text=True, cwd=REPO_ROOT, env=env, timeout=300)
+
+
+def bot_lines(output):
+    return [line for line in output.splitlines() if line.startswith("bot> ")]
+
+
+def test_two_turns_with_memory_commands_and_history_kept_across_runs(tmp_path):
+    database = tmp_path / "chat.db"
+    first = chat(database, "My favourite fruit is mango.\nWhat is my favourite fruit?\n/history\n"
+                           "/persona set You are a grumpy pirate.\n/persona show\n/quit\n")
+    assert first.returncode == 0, first.stderr
+    replies = bot_lines(first.stdout)
+    assert len(replies) == 2
+    assert "mango" in replies[1]  # the second answer uses the first turn
+    assert "[bot] " in first.stdout and "My favourite fruit is mango." in first.stdout
+    assert "This server's persona:\nYou are a grumpy pirate." in first.stdout
+    assert first.stdout.rstrip().endswith("Bye.")
+
+    # A new process on the same database: history and persona are still there; end of input ends cleanly.
+    second = chat(database, "/history\n/persona show\n/reset\n/history\n")
+    assert second.returncode == 0, second.stderr
+    assert "My favourite fruit is mango." in second.stdout
+    assert "You are a grumpy pirate." in second.stdout
+    assert "History cleared: 4 message(s) forgotten" in second.stdout
+    assert second.stdout.rstrip().endswith("This channel has no history yet.\nBye.")
+
+
+def test_bad_input_in_the_terminal_gets_clear_answers(tmp_path):
+    result = chat(tmp_path / "chat.db", "/persona set " + "p" * 100_000 + "\n" + "x" * 20_000 + "\n/frobnicate\n"
+                                        "/history\n")
+    assert result.returncode == 0, result.stderr
+    assert "That persona is 100,013 characters; the limit is 4,000." not in result.stdout  # counted without the command
+    assert "That persona is 100,000 characters; the limit is 4,000. The persona was not changed." in result.stdout
+    assert "Your message is 20,000 characters; the limit is 4,000. Nothing was saved." in result.stdout
+    assert "Unknown command /frobnicate." in result.stdout
+    assert "This channel has no history yet." in result.stdout
+
+
+def test_a_database_that_is_not_a_database_is_one_clear_line(tmp_path):
+    database = tmp_path / "chat.db"
+    database.write_text("not a database " * 100)
+    result = chat(database, "hello\n")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: The database at ")
+    assert "Traceback" not in result.stderr

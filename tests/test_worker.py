@@ -1,0 +1,64 @@
+"""The model worker: off the event loop, time limits, failures, and a worker that keeps working."""
+
+import asyncio
+
+import pytest
+
+from bot.config import GenerationSettings
+from bot.llm.worker import GenerationFailed, GenerationTimeout, ModelWorker
+from tests.support.scripted import ScriptedBackend
+
+PROMPT = [{"role": "user", "content": "hello"}]
+
+
+async def test_the_event_loop_keeps_running_while_the_model_works():
+    worker = ModelWorker(ScriptedBackend(delay_s=0.3), timeout_s=5)
+    ticks = 0
+
+    async def heartbeat():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    beating = asyncio.create_task(heartbeat())
+    reply = await worker.generate(PROMPT, GenerationSettings())
+    beating.cancel()
+    assert reply == "echo: hello"
+    assert ticks > 5  # a blocking generate on the loop would have allowed one tick at most
+    worker.close()
+
+
+async def test_a_generation_past_its_time_limit_is_stopped_and_the_worker_goes_on():
+    backend = ScriptedBackend(delay_s=30)
+    worker = ModelWorker(backend, timeout_s=0.2)
+    with pytest.raises(GenerationTimeout, match="longer than 0 seconds|longer than"):
+        await worker.generate(PROMPT, GenerationSettings())
+    await asyncio.to_thread(backend.stopped_early.wait, 5)
+    assert backend.stopped_early.is_set()  # the thread was told to stop, not left running
+    backend.delay_s = 0
+    assert await worker.generate(PROMPT, GenerationSettings()) == "echo: hello"
+    worker.close()
+
+
+async def test_a_model_that_raises_gives_a_clear_error_and_the_worker_goes_on():
+    backend = ScriptedBackend(reply=RuntimeError("CUDA out of memory"))
+    worker = ModelWorker(backend, timeout_s=5)
+    with pytest.raises(GenerationFailed, match="RuntimeError"):
+        await worker.generate(PROMPT, GenerationSettings())
+    backend.reply = lambda messages: "fine again"
+    assert await worker.generate(PROMPT, GenerationSettings()) == "fine again"
+    worker.close()
+
+
+async def test_the_real_model_generates_and_its_time_limit_stops_it(embedded_worker):
+    greedy = GenerationSettings(do_sample=False, max_new_tokens=8)
+    first = await embedded_worker.generate(PROMPT, greedy)
+    assert first.strip() and first == await embedded_worker.generate(PROMPT, greedy)
+    embedded_worker.timeout_s = 0.05
+    try:
+        with pytest.raises(GenerationTimeout):
+            await embedded_worker.generate(PROMPT, GenerationSettings(max_new_tokens=2000))
+    finally:
+        embedded_worker.timeout_s = 120
+    assert await embedded_worker.generate(PROMPT, greedy) == first
