@@ -37,7 +37,7 @@ def setting(default: Any, doc: str, *, choices: tuple | None = None,
 class ModelSettings:
     name: str = setting("HuggingFaceTB/SmolLM3-3B",
                         'Hugging Face model id or local path; "embedded" is the built-in SmolLM2-135M-Instruct')
-    dtype: str = setting("auto", "weights dtype; auto = bfloat16 on a GPU, float32 on a CPU",
+    dtype: str = setting("auto", "weights dtype; auto = bfloat16 on a GPU or a CPU with native bf16, else float32",
                          choices=("auto", "bfloat16", "float16", "float32"))
     device_map: str = setting("auto", 'where the weights go: "auto", "cpu", "cuda", "cuda:0", ...')
     thinking: bool = setting(False, "let SmolLM3 reason in <think> blocks (never stored or posted)")

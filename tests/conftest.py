@@ -52,7 +52,10 @@ def embedded_worker():
     settings_for(..., do_sample=False) so that its answers are repeatable."""
     from bot.llm.loading import load_model
 
-    worker = load_model(load_settings(REPO_ROOT / "config.toml", environ={"BOT_MODEL_NAME": "embedded"}))
+    # float32 pinned: "auto" picks bfloat16 on CPUs with native bf16, and the greedy answers
+    # that the memory tests check were verified in float32.
+    worker = load_model(load_settings(REPO_ROOT / "config.toml",
+                                      environ={"BOT_MODEL_NAME": "embedded", "BOT_MODEL_DTYPE": "float32"}))
     yield worker
     worker.close()
 

@@ -62,3 +62,19 @@ async def test_the_real_model_generates_and_its_time_limit_stops_it(embedded_wor
     finally:
         embedded_worker.timeout_s = 120
     assert await embedded_worker.generate(PROMPT, greedy) == first
+
+
+def test_auto_dtype_is_bfloat16_only_where_the_cpu_runs_it_natively(tmp_path):
+    import torch
+
+    from bot.llm.transformers_backend import cpu_has_native_bf16, resolve_dtype
+
+    with_bf16 = tmp_path / "cpuinfo-bf16"
+    with_bf16.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n")
+    without = tmp_path / "cpuinfo-plain"
+    without.write_text("flags\t\t: fpu sse2 avx2\n")
+    assert cpu_has_native_bf16(str(with_bf16)) and not cpu_has_native_bf16(str(without))
+    assert not cpu_has_native_bf16(str(tmp_path / "missing"))
+    assert resolve_dtype("float16") == torch.float16
+    if not torch.cuda.is_available():
+        assert resolve_dtype("auto") == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
