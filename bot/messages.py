@@ -10,6 +10,8 @@ PROMPT_TOO_LONG = ("Your message is too long for the model's context ({needed:,}
 NOTHING_TO_SAY = "(The model gave an empty answer. Try rephrasing your message.)"
 GENERATION_FAILED = "Sorry, I could not write a reply: {reason} Please try again in a moment."
 STORAGE_FAILED = "Sorry, I could not reach my memory (the database) just now. Please try again in a moment."
+CUT_SHORT_TIMEOUT = "This answer was cut short: the model ran out of time."
+CUT_SHORT_RESET = "This answer was cut short: the channel's history was reset."
 TURNS_DROPPED = "{count} older message(s) no longer fit in my memory and were left out of this answer."
 
 PERSONA_EMPTY = "A persona needs some text. To go back to the default, use /persona reset."

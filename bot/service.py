@@ -13,20 +13,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict, defaultdict
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Protocol
+from typing import AsyncIterator, Awaitable, Callable, Hashable, Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import messages
 from .config import GenerationSettings, Settings
-from .core.cleaning import clean_reply
+from .core.cleaning import clean_reply, visible_so_far
 from .core.prompt import ChatMessages, Prompt, PromptTooLong, build_prompt
 from .core.split import DISCORD_MESSAGE_LIMIT, split_message
 from .core.types import IncomingMessage, Reply, Turn
 from .core.validate import problem_with_message, problem_with_persona
-from .llm.worker import GenerationError
+from .llm.worker import GenerationError, GenerationTimeout
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,12 @@ class Model(Protocol):
 
     def count_tokens(self, messages: ChatMessages) -> int: ...
 
-    async def generate(self, messages: ChatMessages, params: GenerationSettings) -> str: ...
+    def stream(self, messages: ChatMessages, params: GenerationSettings, *,
+               cache_key: Hashable | None = None) -> AsyncIterator[str]: ...
+
+
+# Called with the visible text so far while a reply is being written (adapters throttle it).
+ProgressCallback = Callable[[str], Awaitable[None]]
 
 
 class UserError(Exception):
@@ -73,6 +78,15 @@ class ChannelLocks:
             self._users[channel_id] -= 1
             if not self._users[channel_id]:
                 del self._users[channel_id], self._locks[channel_id]
+
+
+@dataclass(frozen=True)
+class Written:
+    """How writing an answer went."""
+
+    text: str  # cleaned; may be partial when it was stopped
+    error: GenerationError | None
+    stopped_by_reset: bool
 
 
 @dataclass(frozen=True)
@@ -111,22 +125,26 @@ class ChatService:
         self.part_limit = part_limit
         self._channels = ChannelLocks()
         self._prompt_starts = PromptStarts()
+        self._resets: dict[int, asyncio.Event] = {}  # set to stop the answer being written in a channel
 
     # Chatting -----------------------------------------------------------
 
-    async def reply(self, message: IncomingMessage) -> Reply:
-        """Answer one message: store it, ask the model, store and return the answer."""
+    async def reply(self, message: IncomingMessage, on_progress: ProgressCallback | None = None) -> Reply:
+        """Answer one message: store it, ask the model, store and return the answer.
+
+        `on_progress`, if given, is awaited with the visible text so far as the model writes.
+        """
         problem = problem_with_message(message.content, self.settings.history.max_message_chars)
         if problem:
             return refusal(problem)
         async with self._channels.hold(message.channel_id):
             try:
-                return await self._answer(message)
+                return await self._answer(message, on_progress)
             except SQLAlchemyError:
                 log.exception("database error while answering in channel %s", message.channel_id)
                 return refusal(messages.STORAGE_FAILED)
 
-    async def _answer(self, message: IncomingMessage) -> Reply:
+    async def _answer(self, message: IncomingMessage, on_progress: ProgressCallback | None) -> Reply:
         user_turn = Turn(role="user", content=message.content, author_name=message.author_name,
                          author_id=message.author_id, message_id=message.message_id)
         try:
@@ -137,18 +155,42 @@ class ChatService:
             channel_id=message.channel_id, guild_id=message.guild_id, role="user", content=message.content,
             author_id=message.author_id, author_name=message.author_name, message_id=message.message_id)
         self._prompt_starts.remember(message.channel_id, planned.first_turn_id or user_turn_id)
-        try:
-            raw = await self.model.generate(planned.prompt.messages, self.settings.generation)
-        except GenerationError as error:
-            return refusal(messages.GENERATION_FAILED.format(reason=str(error)))
-        text = clean_reply(raw)
-        if not text:
+        written = await self._write(message.channel_id, planned.prompt.messages, on_progress)
+        if written.error and not written.text:
+            return refusal(messages.GENERATION_FAILED.format(reason=str(written.error)))
+        if not written.text:
             return refusal(messages.NOTHING_TO_SAY)
+        if written.stopped_by_reset:  # the history it belongs to is being wiped: keep nothing
+            return Reply(parts=split_message(written.text, self.part_limit), ok=False,
+                         notes=[messages.CUT_SHORT_RESET])
         await self.store.add_turn(channel_id=message.channel_id, guild_id=message.guild_id,
-                                  role="assistant", content=text)
+                                  role="assistant", content=written.text)
         dropped = planned.prompt.first_turn if planned.prompt.trimmed else 0
         notes = [messages.TURNS_DROPPED.format(count=dropped)] if dropped else []
-        return Reply(parts=split_message(text, self.part_limit), dropped_turns=dropped, notes=notes)
+        if written.error:  # stopped by its time limit after writing part of the answer
+            notes.append(messages.CUT_SHORT_TIMEOUT)
+        return Reply(parts=split_message(written.text, self.part_limit), dropped_turns=dropped, notes=notes)
+
+    async def _write(self, channel_id: int, prompt: ChatMessages, on_progress: ProgressCallback | None) -> "Written":
+        """Stream the model's answer, passing progress on, until it ends, fails, or the channel is reset."""
+        raw, error = "", None
+        reset = self._resets.setdefault(channel_id, asyncio.Event())
+        try:
+            stream = self.model.stream(prompt, self.settings.generation, cache_key=channel_id)
+            async with aclosing(stream):
+                async for delta in stream:
+                    raw += delta
+                    if reset.is_set():
+                        break
+                    if on_progress is not None:
+                        await on_progress(visible_so_far(raw))
+        except GenerationError as failure:
+            error = failure
+            if not isinstance(failure, GenerationTimeout):
+                raw = ""  # a failed model's half-answer is not worth keeping
+        finally:
+            self._resets.pop(channel_id, None)
+        return Written(clean_reply(raw), error, reset.is_set())
 
     async def _prompt_with(self, message: IncomingMessage, new_turn: Turn) -> "ChannelPrompt":
         """Build the prompt from where the channel's previous prompt started, so it only grows
@@ -196,7 +238,10 @@ class ChatService:
     # Channel history and settings ---------------------------------------
 
     async def reset_channel(self, guild_id: int | None, channel_id: int, actor: Actor) -> str:
-        """Forget a channel's history. Waits for the turn in progress, so no answer lands after the wipe."""
+        """Forget a channel's history. An answer being written there is stopped (and not stored),
+        and the wipe waits for it to end, so nothing lands in the history after it."""
+        if channel_id in self._resets:
+            self._resets[channel_id].set()
         async with self._channels.hold(channel_id):
             count = await self.store.clear_channel(channel_id)
             self._prompt_starts.forget(channel_id)

@@ -11,8 +11,7 @@ import asyncio
 import getpass
 import itertools
 import sys
-from contextlib import asynccontextmanager
-from typing import AsyncIterator, TextIO
+from typing import TextIO
 
 from . import messages
 from .core.types import IncomingMessage, Turn
@@ -69,11 +68,14 @@ class TerminalChat:
     async def _chat(self, text: str) -> None:
         message = IncomingMessage(channel_id=self.channel_id, guild_id=TERMINAL_GUILD_ID,
                                   author_id=self.actor.id, author_name=self.actor.name, content=text)
-        async with self._spinner():
-            reply = await self.service.reply(message)
+        printer = LivePrinter(self.stdout, spinner=self.interactive)
+        try:
+            reply = await self.service.reply(message, on_progress=printer.update)
+        finally:
+            printer.stop_spinner()
+        printer.finish("\n".join(reply.parts))
         for note in reply.notes:
             self.say(f"({note})")
-        self.say("bot> " + "\n".join(reply.parts))
 
     async def _command(self, line: str) -> None:
         name, _, argument = line.partition(" ")
@@ -100,18 +102,47 @@ class TerminalChat:
                 return await service.reset_persona(TERMINAL_GUILD_ID, self.actor)
         return f"Unknown command {line_head(name, argument)}. " + HELP
 
-    @asynccontextmanager
-    async def _spinner(self) -> AsyncIterator[None]:
-        """A spinner on the terminal while the model works (nothing when output is piped)."""
-        if not self.interactive:
-            yield
+
+
+class LivePrinter:
+    """Prints the answer as the model writes it ("bot> " then the words as they come), with a
+    spinner before the first word when a person is watching."""
+
+    PREFIX = "bot> "
+
+    def __init__(self, out: TextIO, spinner: bool):
+        self.out = out
+        self.printed: str | None = None
+        self._spinner = asyncio.ensure_future(_spin(out)) if spinner else None
+
+    async def update(self, text: str) -> None:
+        if not text:
             return
-        task = asyncio.create_task(_spin(self.stdout))
-        try:
-            yield
-        finally:
-            task.cancel()
-            self.stdout.write("\r" + " " * 20 + "\r")
+        if self.printed is None:
+            self.stop_spinner()
+            self._write(self.PREFIX)
+            self.printed = ""
+        if text.startswith(self.printed):  # it only grows; a revised start waits for the end
+            self._write(text[len(self.printed):])
+            self.printed = text
+
+    def finish(self, final: str) -> None:
+        if self.printed is None:
+            self._write(self.PREFIX + final + "\n")
+        elif final.startswith(self.printed):
+            self._write(final[len(self.printed):] + "\n")
+        else:  # the cleaned final text differs from what streamed: show it whole
+            self._write("\n" + self.PREFIX + final + "\n")
+
+    def stop_spinner(self) -> None:
+        if self._spinner is not None:
+            self._spinner.cancel()
+            self._spinner = None
+            self._write("\r" + " " * 20 + "\r")
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
 
 
 async def _spin(out: TextIO) -> None:

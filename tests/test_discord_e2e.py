@@ -533,7 +533,7 @@ async def test_a_moderator_resets_the_channel_and_it_is_audited(scene: Scene):
     assert len(last_prompt(scene)) == 2  # the persona and this message: nothing older
 
 
-async def test_reset_waits_for_the_answer_being_written(tmp_path):
+async def test_reset_stops_the_answer_being_written_and_keeps_none_of_it(tmp_path):
     gate = Gate()
     async with running_bot(tmp_path) as scene:
         scene.model.reply = gate.wrap(lambda m: "an answer")
@@ -544,9 +544,11 @@ async def test_reset_waits_for_the_answer_being_written(tmp_path):
         callback = await scene.fake.wait_for_interaction_response(interaction)
         assert callback["type"] == 5 and callback["data"]["flags"] & EPHEMERAL
         gate.opened.set()
-        await scene.reply_to(message)
+        cut = await scene.reply_to(message)
+        assert messages.CUT_SHORT_RESET in cut.json["content"]  # the asker is told why the answer stopped
         await scene.fake.wait_for_request("POST", f"/webhooks/{{app}}/{interaction.token}")
-        assert scene.fake.original_response(interaction)["content"] == messages.HISTORY_RESET.format(count=2)
+        # Only the question was there to forget: the interrupted answer was never stored.
+        assert scene.fake.original_response(interaction)["content"] == messages.HISTORY_RESET.format(count=1)
         assert await scene.turns() == []
 
 
@@ -729,3 +731,33 @@ async def test_run_connects_and_chats(tmp_path):
     identify = next(p for p in fake.gateway_received if p["op"] == 2)
     assert identify["d"]["intents"] == required_intents().value
     assert not required_intents().members  # the privileged members intent is not needed
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+async def test_a_slow_answer_appears_early_and_grows_by_throttled_edits(tmp_path):
+    long_answer = " ".join(f"word{i}" for i in range(60))
+    async with running_bot(tmp_path, stream_edit_interval=0.1) as scene:
+        scene.model.reply = lambda m: long_answer
+        scene.model.word_delay_s = 0.02  # about 1.2 s of writing
+        message = await scene.say(f"{scene.fake.bot.mention} tell me a long story")
+        first = await scene.reply_to(message)
+        assert first.json["content"].endswith("\u2026") and len(first.json["content"]) < len(long_answer)
+        assert first.json["allowed_mentions"]["parse"] == []
+        sent_id = first.response["id"]
+        edit_path = f"/channels/{scene.general.id}/messages/{sent_id}"
+        await scene.fake.wait_for_request("PATCH", edit_path, predicate=lambda r: r.json["content"] == long_answer)
+        edits = [r.json["content"] for r in scene.fake.requests_to("PATCH", edit_path)]
+        assert 2 <= len(edits) <= 20  # grew in steps, throttled: never one edit per word
+        assert all(long_answer.startswith(e.removesuffix(" \u2026")) for e in edits)
+        assert all(r.json["allowed_mentions"]["parse"] == [] for r in scene.fake.requests_to("PATCH", edit_path))
+        assert len(scene.posted()) == 1  # one message, edited, not a new one per step
+        assert (await scene.turns())[-1] == ("assistant", long_answer)
+
+
+async def test_a_quick_answer_is_posted_once_whole(scene: Scene):
+    message = await scene.say(f"{scene.fake.bot.mention} hi")
+    reply = await scene.reply_to(message)
+    assert reply.json["content"] == "echo: Alice: hi"
+    assert scene.fake.requests_to("PATCH", f"/channels/{scene.general.id}/messages/{{id}}") == []

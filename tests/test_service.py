@@ -164,3 +164,45 @@ async def test_smollm3_thinking_switch_and_no_think_block_is_ever_stored(tiny_sm
                           settings_for(tmp_path / "bot.db", do_sample=False, max_new_tokens=12))
     await service.reply(said("hello there"))
     assert all("<think>" not in content and "</think>" not in content for _, content in await stored(store))
+
+
+async def test_progress_shows_the_answer_growing_without_its_think_block(store, settings):
+    backend = ScriptedBackend(reply=lambda m: "<think>plan it</think>The answer grows word by word.")
+    service = ChatService(store, ModelWorker(backend, timeout_s=5), settings)
+    seen = []
+
+    async def progress(text):
+        seen.append(text)
+
+    reply = await service.reply(said("go"), on_progress=progress)
+    assert reply.text == "The answer grows word by word."
+    assert len(seen) > 3 and seen[-1] == reply.text
+    assert all(reply.text.startswith(text) for text in seen)  # only ever grows
+    assert not any("plan" in text or "<think" in text for text in seen)
+
+
+async def test_reset_stops_the_answer_being_written_and_nothing_of_it_is_kept(store, settings):
+    backend = ScriptedBackend(reply=lambda m: "word " * 400, word_delay_s=0.01)
+    service = ChatService(store, ModelWorker(backend, timeout_s=30), settings)
+    started = asyncio.Event()
+
+    async def progress(text):
+        started.set()
+
+    answering = asyncio.create_task(service.reply(said("talk a lot"), on_progress=progress))
+    await started.wait()
+    assert "message(s) forgotten" in await service.reset_channel(20, 10, ADMIN)
+    reply = await answering
+    assert not reply.ok and messages.CUT_SHORT_RESET in reply.notes
+    assert len(reply.text) < len("word " * 400)
+    assert await stored(store) == []
+    await asyncio.to_thread(backend.stopped_early.wait, 5)
+    assert backend.stopped_early.is_set()  # the model itself stopped
+
+
+async def test_an_answer_cut_by_the_time_limit_keeps_what_was_written_and_says_so(store, settings):
+    backend = ScriptedBackend(reply=lambda m: "slow " * 200, word_delay_s=0.01)
+    service = ChatService(store, ModelWorker(backend, timeout_s=0.3), settings)
+    reply = await service.reply(said("take your time"))
+    assert reply.ok and reply.text.startswith("slow slow") and messages.CUT_SHORT_TIMEOUT in reply.notes
+    assert await stored(store) == [("user", "take your time"), ("assistant", reply.text)]

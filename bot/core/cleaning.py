@@ -34,3 +34,9 @@ def neutralise_mentions(text: str) -> str:
 def clean_reply(text: str) -> str:
     """What the model wrote, made ready to store and post."""
     return neutralise_mentions(strip_thinking(text)).strip()
+
+
+def visible_so_far(partial: str) -> str:
+    """What may be shown of a reply still being written: finished think blocks removed, an
+    unfinished one hidden until it closes, mass mentions broken as in the final text."""
+    return neutralise_mentions(strip_thinking(partial)).lstrip()

@@ -43,7 +43,7 @@ class ChatBot(discord.Client):
         super().__init__(intents=intents or required_intents(),
                          allowed_mentions=discord.AllowedMentions.none(), **options)
         self.settings = settings
-        self.events = DiscordEvents(service, settings.delete_data_on_guild_remove)
+        self.events = DiscordEvents(service, settings)
         self.tree = app_commands.CommandTree(self)
         add_commands(self.tree, service)
 

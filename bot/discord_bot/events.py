@@ -16,19 +16,21 @@ import discord
 
 from .. import messages
 from ..core.decide import Action, Decision, is_addressed, should_answer
+from ..config import DiscordSettings
 from ..core.types import IncomingMessage
 from ..service import ChannelLocks, ChatService
 from .convert import readable_content, to_incoming
-from .posting import parts_to_post, post_reply, typing_in
+from .posting import StreamedReply, parts_to_post, post_reply, typing_in
 
 log = logging.getLogger(__name__)
 
 
 class DiscordEvents:
-    def __init__(self, service: ChatService, delete_data_on_guild_remove: bool):
+    def __init__(self, service: ChatService, settings: DiscordSettings):
         self.service = service
         self.store = service.store
-        self.delete_data_on_guild_remove = delete_data_on_guild_remove
+        self.delete_data_on_guild_remove = settings.delete_data_on_guild_remove
+        self.stream_edit_interval = settings.stream_edit_interval
         self._channels = ChannelLocks()
 
     async def message(self, message: discord.Message, bot_user_id: int) -> None:
@@ -40,9 +42,10 @@ class DiscordEvents:
             if decision.action is Action.EXPLAIN_TEXT_ONLY:
                 await post_reply(message, [messages.ATTACHMENTS_ONLY])
             elif decision.action is Action.ANSWER:
+                streamed = StreamedReply(message, self.stream_edit_interval)
                 async with typing_in(message.channel):
-                    reply = await self.service.reply(incoming)
-                await post_reply(message, parts_to_post(reply))
+                    reply = await self.service.reply(incoming, on_progress=streamed.update)
+                await streamed.finish(parts_to_post(reply))
 
     async def _decide(self, incoming: IncomingMessage) -> Decision:
         """The reply decision; the channel's auto-reply switch is read only when it matters."""

@@ -62,6 +62,80 @@ async def post_reply(message: discord.Message, parts: list[str]) -> None:
             return
 
 
+class StreamedReply:
+    """An answer that appears while the model writes it: posted as a reply once there is
+    text, then edited at most once per `interval` seconds, then finished with the final parts.
+
+    Edits run in the background and one at a time: a slow or rate-limited edit never holds
+    the model up; updates that come meanwhile are folded into the next edit.
+    """
+
+    def __init__(self, trigger: discord.Message, interval: float, limit: int = DISCORD_MESSAGE_LIMIT):
+        self.trigger = trigger
+        self.interval = interval
+        self.limit = limit
+        self.message: discord.Message | None = None
+        self._shown = ""
+        # Counting from now, an answer that is done within `interval` is posted once, whole.
+        self._last_post = asyncio.get_running_loop().time()
+        self._in_flight: asyncio.Task | None = None
+
+    async def update(self, text: str) -> None:
+        """Called with the visible text so far; posts or edits when the throttle allows."""
+        now = asyncio.get_running_loop().time()
+        if self.interval <= 0 or not text.strip() or now - self._last_post < self.interval:
+            return
+        if self._in_flight and not self._in_flight.done():
+            return
+        self._last_post = now
+        self._in_flight = asyncio.create_task(self._show(preview(text, self.limit)))
+
+    async def finish(self, parts: list[str]) -> None:
+        """The final text: the streamed message becomes the first part, the others follow."""
+        if self._in_flight:
+            await self._in_flight
+        if self.message is None:
+            await post_reply(self.trigger, parts)
+            return
+        if parts and parts[0] != self._shown and not await self._edit(parts[0]):
+            return
+        for index, part in enumerate(parts[1:], start=2):
+            try:
+                await self.trigger.channel.send(part, allowed_mentions=NO_PINGS)
+            except POSTING_ERRORS as error:
+                log.warning("could not post part %d of %d of the answer in channel %s: %s",
+                            index, len(parts), self.trigger.channel.id, describe(error))
+                return
+
+    async def _show(self, text: str) -> None:
+        if self.message is None:
+            try:
+                self.message = await self.trigger.channel.send(
+                    text, reference=self.trigger.to_reference(fail_if_not_exists=False),
+                    mention_author=False, allowed_mentions=NO_PINGS)
+                self._shown = text
+            except POSTING_ERRORS as error:
+                log.info("could not post the start of an answer in channel %s: %s",
+                         self.trigger.channel.id, describe(error))
+        else:
+            await self._edit(text)
+
+    async def _edit(self, text: str) -> bool:
+        try:
+            await self.message.edit(content=text, allowed_mentions=NO_PINGS)
+        except POSTING_ERRORS as error:
+            log.warning("could not update the answer in channel %s: %s", self.trigger.channel.id, describe(error))
+            return False
+        self._shown = text
+        return True
+
+
+def preview(text: str, limit: int = DISCORD_MESSAGE_LIMIT) -> str:
+    """The growing answer as one message: its first part, marked as still being written."""
+    first = (split_message(text, limit - 2) or [text[: limit - 2]])[0]
+    return first + " …"
+
+
 @asynccontextmanager
 async def typing_in(channel: discord.abc.Messageable) -> AsyncIterator[None]:
     """Show "Bot is typing..." for as long as the block runs. The indicator is a nicety:

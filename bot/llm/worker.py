@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Protocol
+from typing import AsyncIterator, Callable, Hashable, Protocol
 
 from ..config import GenerationSettings
 
@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 ChatMessages = list[dict[str, str]]
 StopSignal = Callable[[], bool]
+Emit = Callable[[str], None]
 
 
 class Backend(Protocol):
@@ -32,6 +33,9 @@ class Backend(Protocol):
     def count_tokens(self, messages: ChatMessages) -> int: ...
 
     def generate(self, messages: ChatMessages, params: GenerationSettings, should_stop: StopSignal) -> str: ...
+
+    # Optional: backends that can stream define
+    # generate_stream(messages, params, should_stop, emit) -> None, calling emit(text_delta) as they go.
 
 
 class GenerationError(Exception):
@@ -68,30 +72,68 @@ class ModelWorker:
         with self._counting_lock:
             return self.backend.count_tokens(messages)
 
-    async def generate(self, messages: ChatMessages, params: GenerationSettings) -> str:
-        """The model's raw reply. Raises GenerationTimeout / GenerationFailed; the worker stays usable."""
-        stop = threading.Event()
-        loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(self._executor, self._run, messages, params, stop)
-        try:
-            return await asyncio.wait_for(job, self.timeout_s)
-        except asyncio.TimeoutError:
-            log.warning("generation passed its %.0f s limit and was stopped", self.timeout_s)
-            raise GenerationTimeout(
-                f"The model took longer than {self.timeout_s:.0f} seconds and was stopped.") from None
-        finally:
-            # Whatever ended the wait (time limit, the caller being cancelled), the
-            # thread stops at its next token instead of running on for nothing.
-            stop.set()
+    async def generate(self, messages: ChatMessages, params: GenerationSettings, *,
+                       cache_key: Hashable | None = None) -> str:
+        """The model's raw reply. Raises GenerationTimeout / GenerationFailed; the worker stays usable.
+        (`cache_key` is accepted for the Model interface; this worker keeps no prefix caches.)"""
+        return "".join([delta async for delta in self.stream(messages, params)])
 
-    def _run(self, messages: ChatMessages, params: GenerationSettings, stop: threading.Event) -> str:
-        if stop.is_set():  # cancelled while it waited in the queue
-            return ""
+    async def stream(self, messages: ChatMessages, params: GenerationSettings, *,
+                     cache_key: Hashable | None = None) -> AsyncIterator[str]:
+        """The reply as it is written, in text pieces (one piece if the backend cannot stream).
+
+        Stopping the iteration early (break, cancel, time limit) stops the model at its next token.
+        """
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        pieces: asyncio.Queue[str] = asyncio.Queue()
+
+        def emit(delta: str) -> None:
+            loop.call_soon_threadsafe(pieces.put_nowait, delta)
+
+        job = asyncio.ensure_future(loop.run_in_executor(self._executor, self._run, messages, params, stop, emit))
+        deadline = loop.time() + self.timeout_s
         try:
-            return self.backend.generate(messages, params, stop.is_set)
+            while not (job.done() and pieces.empty()):
+                piece = await self._next_piece(pieces, job, deadline - loop.time())
+                if piece:
+                    yield piece
+            job.result()  # raise what the backend raised
+        finally:
+            # Whatever ended the iteration (the end, a time limit, the caller stopping or being
+            # cancelled), the thread stops at its next token instead of running on for nothing.
+            stop.set()
+            job.add_done_callback(_retrieve_outcome)
+
+    async def _next_piece(self, pieces: asyncio.Queue, job: asyncio.Future, time_left: float) -> str | None:
+        getter = asyncio.ensure_future(pieces.get())
+        done, _ = await asyncio.wait({getter, job}, timeout=max(time_left, 0), return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            return getter.result()
+        getter.cancel()
+        if not done:
+            log.warning("generation passed its %.0f s limit and was stopped", self.timeout_s)
+            raise GenerationTimeout(f"The model took longer than {self.timeout_s:.0f} seconds and was stopped.")
+        return None
+
+    def _run(self, messages: ChatMessages, params: GenerationSettings, stop: threading.Event, emit: Emit) -> None:
+        if stop.is_set():  # cancelled while it waited in the queue
+            return
+        try:
+            if hasattr(self.backend, "generate_stream"):
+                self.backend.generate_stream(messages, params, stop.is_set, emit)
+            else:
+                emit(self.backend.generate(messages, params, stop.is_set))
         except Exception as error:  # the model raising must not take the worker down
             log.exception("the model failed while generating")
             raise GenerationFailed(f"The model failed while writing a reply ({type(error).__name__}).") from error
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _retrieve_outcome(job: asyncio.Future) -> None:
+    """Mark a job's outcome as seen: a caller that stopped listening has no use for it,
+    and asyncio would otherwise log "exception was never retrieved"."""
+    if not job.cancelled():
+        job.exception()

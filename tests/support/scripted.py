@@ -7,6 +7,7 @@ the real ones; only the words are scripted.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Callable
@@ -22,8 +23,10 @@ def echo_last_user_message(messages: ChatMessages) -> str:
 
 class ScriptedBackend:
     def __init__(self, reply: Callable[[ChatMessages], str] | str = echo_last_user_message,
-                 context_tokens: int = 4096, delay_s: float = 0.0, name: str = "scripted"):
+                 context_tokens: int = 4096, delay_s: float = 0.0, name: str = "scripted",
+                 word_delay_s: float = 0.0):
         self.reply = reply
+        self.word_delay_s = word_delay_s  # when set, the reply streams out word by word
         self.context_tokens = context_tokens
         self.delay_s = delay_s
         self.name = name
@@ -45,3 +48,12 @@ class ScriptedBackend:
         if isinstance(self.reply, Exception):
             raise self.reply
         return self.reply(messages) if callable(self.reply) else self.reply
+
+    def generate_stream(self, messages: ChatMessages, params: GenerationSettings, should_stop, emit) -> None:
+        text = self.generate(messages, params, should_stop)
+        for word in re.split(r"(?<= )", text):
+            if should_stop():
+                self.stopped_early.set()
+                return
+            emit(word)
+            time.sleep(self.word_delay_s)
