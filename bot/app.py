@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .config import Settings
 from .llm.loading import load_model
-from .llm.worker import ModelWorker
+from .llm.worker import ModelFront
 from .service import ChatService
 from .store import Store
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 class App:
     settings: Settings
     store: Store
-    model: ModelWorker
+    model: ModelFront
     service: ChatService
 
     async def close(self) -> None:
@@ -27,7 +27,7 @@ class App:
         await self.store.close()
 
 
-async def open_app(settings: Settings, model: ModelWorker | None = None) -> App:
+async def open_app(settings: Settings, model: ModelFront | None = None) -> App:
     """Upgrade and open the database, then load the model (once) off the event loop."""
     store = await Store.open(settings.database.url)
     try:

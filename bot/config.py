@@ -48,6 +48,20 @@ class ModelSettings:
 
 
 @dataclass(frozen=True)
+class EngineSettings:
+    batching: bool = setting(True, "serve many channels at once with the batching engine "
+                             "(false: one reply at a time, with transformers' own generate)")
+    max_batch: int = setting(8, "replies written at the same time", low=1, high=256)
+    max_waiting: int = setting(64, "replies that may wait for a place; past this, users are told the bot is busy",
+                               low=0, high=100_000)
+    cache_budget_mb: int = setting(1024, "memory for the channels' kept prompt caches (on the model's device), in MiB",
+                                   low=0, high=1_000_000)
+    prefill_chunk_tokens: int = setting(256, "prompt tokens run per engine round, so long prompts do not stall others",
+                                        low=16, high=65_536)
+    torch_threads: int = setting(0, "CPU threads for torch (0 = torch's default)", low=0, high=1024)
+
+
+@dataclass(frozen=True)
 class GenerationSettings:
     max_new_tokens: int = setting(200, "longest answer, in tokens", low=1, high=8192)
     temperature: float = setting(0.8, "sampling temperature", low=0.0, high=5.0)
@@ -90,6 +104,7 @@ class DiscordSettings:
 class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
     history: HistorySettings = field(default_factory=HistorySettings)
     persona: PersonaSettings = field(default_factory=PersonaSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)

@@ -26,7 +26,7 @@ from .core.prompt import ChatMessages, Prompt, PromptTooLong, build_prompt
 from .core.split import DISCORD_MESSAGE_LIMIT, split_message
 from .core.types import IncomingMessage, Reply, Turn
 from .core.validate import problem_with_message, problem_with_persona
-from .llm.worker import GenerationError, GenerationTimeout
+from .llm.worker import GenerationError, GenerationTimeout, ModelBusy
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ class Model(Protocol):
 
     def stream(self, messages: ChatMessages, params: GenerationSettings, *,
                cache_key: Hashable | None = None) -> AsyncIterator[str]: ...
+
+    def forget(self, cache_key: Hashable) -> None: ...
 
 
 # Called with the visible text so far while a reply is being written (adapters throttle it).
@@ -156,6 +158,8 @@ class ChatService:
             author_id=message.author_id, author_name=message.author_name, message_id=message.message_id)
         self._prompt_starts.remember(message.channel_id, planned.first_turn_id or user_turn_id)
         written = await self._write(message.channel_id, planned.prompt.messages, on_progress)
+        if isinstance(written.error, ModelBusy):
+            return refusal(messages.BUSY.format(waiting=written.error.waiting))
         if written.error and not written.text:
             return refusal(messages.GENERATION_FAILED.format(reason=str(written.error)))
         if not written.text:
@@ -245,6 +249,7 @@ class ChatService:
         async with self._channels.hold(channel_id):
             count = await self.store.clear_channel(channel_id)
             self._prompt_starts.forget(channel_id)
+            self.model.forget(channel_id)
         await self.store.record_audit(action="history.reset", actor_id=actor.id, actor_name=actor.name,
                                       guild_id=guild_id, channel_id=channel_id, detail=f"{count} turns")
         return messages.HISTORY_RESET.format(count=count)

@@ -47,17 +47,34 @@ async def scripted_service(store, settings, scripted):
 
 
 @pytest.fixture(scope="session")
-def embedded_worker():
+def embedded_backend():
     """The real SmolLM2-135M-Instruct, loaded once per session. Pair it with
     settings_for(..., do_sample=False) so that its answers are repeatable."""
-    from bot.llm.loading import load_model
+    from bot.llm.transformers_backend import load_transformers_backend
 
     # float32 pinned: "auto" picks bfloat16 on CPUs with native bf16, and the greedy answers
     # that the memory tests check were verified in float32.
-    worker = load_model(load_settings(REPO_ROOT / "config.toml",
-                                      environ={"BOT_MODEL_NAME": "embedded", "BOT_MODEL_DTYPE": "float32"}))
+    settings = load_settings(REPO_ROOT / "config.toml",
+                             environ={"BOT_MODEL_NAME": "embedded", "BOT_MODEL_DTYPE": "float32"})
+    return load_transformers_backend(settings.model)
+
+
+@pytest.fixture(scope="session")
+def embedded_worker(embedded_backend):
+    """The embedded model behind the one-at-a-time worker (transformers' own generate)."""
+    worker = ModelWorker(embedded_backend, timeout_s=120)
     yield worker
     worker.close()
+
+
+@pytest.fixture(scope="session")
+def embedded_engine(embedded_backend):
+    """The embedded model behind the batching engine: what the bot runs by default."""
+    from bot.llm.engine import BatchingEngine
+
+    engine = BatchingEngine(embedded_backend, timeout_s=120)
+    yield engine
+    engine.close()
 
 
 @pytest.fixture(scope="session")

@@ -416,10 +416,10 @@ def async_true(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
 # --------------------------------------------------------------------------- memory (real model)
 
 
-async def test_the_second_turn_remembers_the_first_with_the_embedded_model(tmp_path, embedded_worker):
+async def test_the_second_turn_remembers_the_first_with_the_embedded_model(tmp_path, embedded_engine):
     # Greedy decoding makes the small model's words repeatable; this exchange shows memory with it.
     generation = {"do_sample": False, "max_new_tokens": 40}
-    async with running_bot(tmp_path, worker=embedded_worker, generation=generation) as scene:
+    async with running_bot(tmp_path, worker=embedded_engine, generation=generation) as scene:
         sam = scene.fake.add_user("sam", global_name="Sam")
         scene.fake.add_member(scene.world.guild, sam)
         random = scene.fake.add_text_channel(scene.world.guild, "random")

@@ -23,8 +23,8 @@ async def stored(store, channel=10):
     return [(t.role, t.content) for t in await store.recent_turns(channel, 100)]
 
 
-async def test_the_real_model_remembers_the_first_turn(tmp_path, store, embedded_worker):
-    service = ChatService(store, embedded_worker, settings_for(tmp_path / "bot.db", do_sample=False,
+async def test_the_real_model_remembers_the_first_turn(tmp_path, store, embedded_engine):
+    service = ChatService(store, embedded_engine, settings_for(tmp_path / "bot.db", do_sample=False,
                                                                max_new_tokens=40))
     first = await service.reply(said("My favourite fruit is mango."))
     second = await service.reply(said("What is my favourite fruit?"))

@@ -1,14 +1,21 @@
-"""Pick and load the configured model backend, wrapped in a ModelWorker."""
+"""Pick and load the configured model backend, and the way it is run (batching engine or worker)."""
 
 from __future__ import annotations
 
 from ..config import Settings
-from .worker import ModelWorker
+from .worker import ModelFront, ModelWorker
 
 
-def load_model(settings: Settings) -> ModelWorker:
+def load_model(settings: Settings) -> ModelFront:
     # Imported here so that commands which never load a model never import torch.
+    from .engine import BatchingEngine
     from .transformers_backend import load_transformers_backend
 
     backend = load_transformers_backend(settings.model)
-    return ModelWorker(backend, timeout_s=settings.model.generation_timeout)
+    engine = settings.engine
+    if not engine.batching:
+        return ModelWorker(backend, timeout_s=settings.model.generation_timeout)
+    return BatchingEngine(backend, timeout_s=settings.model.generation_timeout, max_batch=engine.max_batch,
+                          max_waiting=engine.max_waiting, cache_budget_bytes=engine.cache_budget_mb << 20,
+                          prefill_chunk_tokens=engine.prefill_chunk_tokens,
+                          torch_threads=engine.torch_threads or None)

@@ -40,7 +40,7 @@ class TransformersBackend:
         self.name = name
         self.thinking = thinking
         self.context_tokens = context_tokens or _model_context_length(model)
-        self._stop_ids = _stop_token_ids(model, tokenizer)
+        self.stop_ids = _stop_token_ids(model, tokenizer)
 
     def render(self, messages: ChatMessages, tokenizer=None) -> list[int]:
         """Token ids of the prompt, built by the model's own chat template."""
@@ -58,8 +58,8 @@ class TransformersBackend:
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             stopping_criteria=StoppingCriteriaList([_StopWhenAsked(should_stop)]),
-            pad_token_id=self.tokenizer.pad_token_id or self._stop_ids[0],
-            eos_token_id=self._stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id or self.stop_ids[0],
+            eos_token_id=self.stop_ids,
             **sampling_arguments(params),
         )
         return self.decode(output[0, input_ids.shape[1]:].tolist())
@@ -69,7 +69,7 @@ class TransformersBackend:
         decode and removed after, so that <think> markers survive for the cleaner to strip
         the whole reasoning block (skipping them would leave the reasoning text behind)."""
         for position, token in enumerate(token_ids):
-            if token in self._stop_ids:
+            if token in self.stop_ids:
                 token_ids = token_ids[:position]
                 break
         text = self.tokenizer.decode(token_ids, skip_special_tokens=False)

@@ -50,13 +50,20 @@ class GenerationFailed(GenerationError):
     pass
 
 
-class ModelWorker:
-    """Runs one backend on its own thread; `await worker.generate(...)` from the event loop."""
+class ModelBusy(GenerationError):
+    """Too many replies are waiting for the model already. `waiting` says how many."""
 
-    def __init__(self, backend: Backend, timeout_s: float = 120.0):
+    def __init__(self, waiting: int):
+        super().__init__(f"The model is busy: {waiting} replies are already waiting.")
+        self.waiting = waiting
+
+
+class ModelFront:
+    """What every way of running a backend shares: its name, its context length, and exact,
+    thread-safe token counting (the service counts from other threads than the model's)."""
+
+    def __init__(self, backend: Backend):
         self.backend = backend
-        self.timeout_s = timeout_s
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-worker")
         self._counting_lock = threading.Lock()
 
     @property
@@ -68,9 +75,23 @@ class ModelWorker:
         return self.backend.context_tokens
 
     def count_tokens(self, messages: ChatMessages) -> int:
-        """Exact prompt length with the model's own chat template. Thread-safe."""
+        """Exact prompt length with the model's own chat template."""
         with self._counting_lock:
             return self.backend.count_tokens(messages)
+
+    def forget(self, cache_key: Hashable) -> None:
+        """Drop whatever is kept for `cache_key` (a channel that was reset). Nothing, by default."""
+
+
+class ModelWorker(ModelFront):
+    """Runs one backend on its own thread, one reply at a time; `await worker.generate(...)`
+    from the event loop. (The BatchingEngine serves many replies at once; this worker serves
+    any backend, and is what tests with a scripted model use.)"""
+
+    def __init__(self, backend: Backend, timeout_s: float = 120.0):
+        super().__init__(backend)
+        self.timeout_s = timeout_s
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-worker")
 
     async def generate(self, messages: ChatMessages, params: GenerationSettings, *,
                        cache_key: Hashable | None = None) -> str:

@@ -1,0 +1,355 @@
+"""The batching engine: batched answers equal lone ones, channel caches change nothing but
+the work done, and cancellation, limits and failures leave the engine serving others.
+
+Most tests run the tiny random SmolLM3 (fast). As built, its weights are so small that
+every prompt gets the same greedy answer (one token repeated), which would make "equal"
+prove nothing; `varied_backend` scales its weights up, so that answers wander through the
+vocabulary and depend on every token of the prompt. Same architecture (NoPE layer included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from bot.config import GenerationSettings
+from bot.core.cleaning import clean_reply
+from bot.llm.engine import BatchingEngine
+from bot.llm.worker import ModelBusy
+from bot.llm.kv_cache import PrefixCache, RunningBatch, common_prefix_length
+from bot.llm.sampling import IncrementalText
+from bot.llm.transformers_backend import TransformersBackend
+from bot.llm.worker import GenerationFailed, GenerationTimeout
+
+GREEDY = GenerationSettings(do_sample=False, max_new_tokens=12, repetition_penalty=1.0)
+PENALISED = dataclasses.replace(GREEDY, repetition_penalty=1.3)
+LONG = dataclasses.replace(GREEDY, max_new_tokens=4000)
+PERSONA = {"role": "system", "content": "You are a friendly bot in a Discord server."}
+
+
+def chat(*texts: str) -> list[dict[str, str]]:
+    """A conversation: the persona, then alternating user and assistant turns."""
+    roles = ["user", "assistant"]
+    return [PERSONA] + [{"role": roles[i % 2], "content": text} for i, text in enumerate(texts)]
+
+
+PROMPTS = [
+    chat("Hi"),
+    chat("Tell me a long story about a dragon who loves tea and lives far away in the cold mountains."),
+    chat("What is two plus two?", "Four.", "And three plus three? Please explain your reasoning step by step."),
+    chat("Write a poem about the sea."),
+]
+
+
+def load_tiny(model_dir, weight_scale: float = 1.0) -> TransformersBackend:
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" not in name:
+                parameter.mul_(weight_scale)
+    return TransformersBackend(model, AutoTokenizer.from_pretrained(model_dir), name="tiny-smollm3", thinking=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_backend(tiny_smollm3_dir) -> TransformersBackend:
+    return load_tiny(tiny_smollm3_dir)
+
+
+@pytest.fixture(scope="module")
+def varied_backend(tiny_smollm3_dir) -> TransformersBackend:
+    return load_tiny(tiny_smollm3_dir, weight_scale=10.0)
+
+
+@pytest.fixture
+async def make_engine():
+    engines = []
+
+    def make(backend, **options) -> BatchingEngine:
+        engines.append(BatchingEngine(backend, **options))
+        return engines[-1]
+
+    yield make
+    for engine in engines:
+        engine.close()
+
+
+async def until(condition, limit_s: float = 30.0) -> None:
+    """Wait for something the engine thread does; the limit only guards against a hang."""
+    async with asyncio.timeout(limit_s):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def first_delta_then_park(engine: BatchingEngine, messages, params, started: asyncio.Event, **kwargs):
+    """Consume a stream until its first text arrives, then keep it open (it holds its place)."""
+    async for _ in engine.stream(messages, params, **kwargs):
+        started.set()
+
+
+# Batches -----------------------------------------------------------------------------
+
+
+async def test_answers_decoded_together_equal_answers_decoded_alone(varied_backend, make_engine):
+    engine = make_engine(varied_backend)
+    settings = [GREEDY, PENALISED, GREEDY, PENALISED]  # each row keeps its own settings in the batch
+    alone = [await engine.generate(p, s) for p, s in zip(PROMPTS, settings)]
+    assert engine.counters.largest_batch == 1
+    together = await asyncio.gather(*(engine.generate(p, s) for p, s in zip(PROMPTS, settings)))
+    assert together == alone
+    assert len(set(alone)) == len(alone)  # different prompts, different answers: the rows did not mix
+    assert engine.counters.largest_batch == len(PROMPTS)
+
+
+async def test_the_real_model_answers_the_same_in_a_batch(embedded_worker, make_engine):
+    engine = make_engine(embedded_worker.backend)
+    greedy = GenerationSettings(do_sample=False, max_new_tokens=8, repetition_penalty=1.0)
+    prompts = PROMPTS[:3]
+    alone = [await engine.generate(p, greedy) for p in prompts]
+    together = await asyncio.gather(*(engine.generate(p, greedy) for p in prompts))
+    assert together == alone
+    assert alone[0] == await embedded_worker.generate(prompts[0], greedy)  # and as model.generate() answers
+    assert engine.counters.largest_batch == len(prompts)
+
+
+async def test_max_new_tokens_is_honoured_per_row(varied_backend, make_engine):
+    engine = make_engine(varied_backend)
+    short, longer = dataclasses.replace(GREEDY, max_new_tokens=3), dataclasses.replace(GREEDY, max_new_tokens=9)
+    await asyncio.gather(engine.generate(PROMPTS[0], short), engine.generate(PROMPTS[1], longer))
+    assert engine.counters.generated_tokens == 3 + 9  # the tiny model never says <|im_end|> this early
+
+
+async def test_repetition_penalty_is_applied(tiny_backend, make_engine):
+    engine = make_engine(tiny_backend)
+    without = await engine.generate(PROMPTS[1], GREEDY)
+    with_penalty = await engine.generate(PROMPTS[1], PENALISED)
+    assert len(set(without)) == 1  # greedy: the same character over and over
+    assert with_penalty != without
+
+
+async def test_sampling_settings_are_applied(varied_backend, make_engine):
+    engine = make_engine(varied_backend)
+    greedy = await engine.generate(PROMPTS[1], GREEDY)
+    hot = dataclasses.replace(GREEDY, do_sample=True, temperature=5.0, top_p=1.0)
+    assert await engine.generate(PROMPTS[1], hot) != greedy  # a hot sample wanders off the greedy path
+    assert await engine.generate(PROMPTS[1], dataclasses.replace(hot, top_p=0.0)) == greedy  # only the best is left
+    assert await engine.generate(PROMPTS[1], dataclasses.replace(hot, temperature=0.0)) == greedy  # 0 reads as greedy
+
+
+# Channel caches ----------------------------------------------------------------------
+
+
+async def cached_and_fresh(engine: BatchingEngine, prompt, params) -> tuple[str, str]:
+    return await engine.generate(prompt, params, cache_key=1), await engine.generate(prompt, params)
+
+
+async def check_that_cached_turns_equal_fresh_ones(engine: BatchingEngine, params) -> None:
+    first = PROMPTS[2]
+    answer = await engine.generate(first, params, cache_key=1)
+    # As the service does: the stored (cleaned) answer goes into the channel's next prompt.
+    next_turn = first + [{"role": "assistant", "content": clean_reply(answer) or "ok"},
+                         {"role": "user", "content": "Thanks! Now something else, please."}]
+    cached, fresh = await cached_and_fresh(engine, next_turn, params)
+    assert cached == fresh
+    reused_when_appended = engine.counters.reused_tokens
+    assert reused_when_appended > 40  # the history really came from the cache
+    # An older turn reads differently now (edited, or rendered otherwise by the template):
+    # the cache is cut back to where the tokens part ways, and the rest is run again.
+    edited = [dict(m) for m in next_turn]
+    edited[2]["content"] = "Four, of course."
+    cached, fresh = await cached_and_fresh(engine, edited, params)
+    assert cached == fresh
+    assert 0 < engine.counters.reused_tokens - reused_when_appended < reused_when_appended
+
+
+async def test_cached_turns_equal_fresh_ones(varied_backend, make_engine):
+    await check_that_cached_turns_equal_fresh_ones(make_engine(varied_backend), GREEDY)
+
+
+async def test_cached_turns_equal_fresh_ones_on_the_real_model(embedded_worker, make_engine):
+    greedy = GenerationSettings(do_sample=False, max_new_tokens=8, repetition_penalty=1.1)
+    await check_that_cached_turns_equal_fresh_ones(make_engine(embedded_worker.backend), greedy)
+
+
+async def test_the_least_recently_used_channel_cache_is_evicted(varied_backend, make_engine):
+    engine = make_engine(varied_backend)
+    await engine.generate(PROMPTS[0], GREEDY, cache_key=1)
+    one_channel = engine.prefix_cache.total_bytes
+    engine.prefix_cache.budget_bytes = int(2.5 * one_channel)  # room for two channels
+    await engine.generate(PROMPTS[0], GREEDY, cache_key=2)
+    await engine.generate(PROMPTS[0], GREEDY, cache_key=1)  # channel 1 is now the most recent
+    await engine.generate(PROMPTS[0], GREEDY, cache_key=3)
+    assert engine.cached_keys() == [1, 3]
+    assert engine.prefix_cache.total_bytes <= engine.prefix_cache.budget_bytes
+
+
+def test_prefix_cache_refuses_an_entry_larger_than_its_budget():
+    cache = PrefixCache(budget_bytes=100)
+    big = [(torch.zeros(1, 1, 10, 4), torch.zeros(1, 1, 10, 4))]  # 320 bytes
+    cache.put("a", list(range(10)), big)
+    assert cache.keys() == [] and cache.total_bytes == 0
+
+
+def test_common_prefix_length():
+    assert common_prefix_length([1, 2, 3], [1, 2, 4, 5]) == 2
+    assert common_prefix_length([1, 2], [1, 2, 3]) == 2
+    assert common_prefix_length([], [1]) == 0
+
+
+def test_rows_of_different_lengths_are_left_padded_and_leave_cleanly():
+    batch = RunningBatch(config=None)
+    for length, fill in ((3, 1.0), (5, 2.0), (2, 3.0)):
+        batch.add(_fake_cache(length, fill))
+    assert batch.pads == [2, 0, 3] and batch.length == 5
+    mask, positions = batch.step_inputs("cpu")
+    assert mask.tolist() == [[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1]]
+    assert positions.flatten().tolist() == [3, 5, 2]
+    keys, _ = batch.row_layers(2)[0]
+    assert keys.shape[2] == 2 and bool((keys == 3.0).all())
+    batch.remove([1])  # the longest row leaves: the columns nobody needs are cut
+    assert batch.pads == [0, 1] and batch.length == 3
+    assert bool((batch.row_layers(0)[0][0] == 1.0).all()) and bool((batch.row_layers(1)[0][0] == 3.0).all())
+
+
+def _fake_cache(length: int, fill: float):
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    cache.update(torch.full((1, 2, length, 4), fill), torch.full((1, 2, length, 4), fill), 0)
+    return cache
+
+
+# Streaming ---------------------------------------------------------------------------
+
+
+async def test_streamed_deltas_add_up_to_the_reply(varied_backend, make_engine):
+    engine = make_engine(varied_backend)
+    deltas = [delta async for delta in engine.stream(PROMPTS[3], GREEDY)]
+    assert len(deltas) > 1
+    assert "".join(deltas) == await engine.generate(PROMPTS[3], GREEDY)
+
+
+def test_characters_split_across_tokens_are_never_emitted_half(tiny_backend):
+    tokenizer = tiny_backend.tokenizer
+    text = "Crème brûlée 🙂👍🏽 — 世界 ok"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert len(ids) > len(text.split())  # some characters do span several tokens
+    stream = IncrementalText(lambda token_ids: tokenizer.decode(token_ids))
+    deltas = [stream.push(token) for token in ids] + [stream.finish()]
+    assert not any("\ufffd" in delta for delta in deltas)
+    assert "".join(deltas) == text
+
+
+# Cancellation, limits, failures --------------------------------------------------------
+
+
+async def test_a_cancelled_generation_frees_its_place(varied_backend, make_engine):
+    engine = make_engine(varied_backend, max_batch=1)
+    started = asyncio.Event()
+    long_one = asyncio.create_task(first_delta_then_park(engine, PROMPTS[1], LONG, started, cache_key=7))
+    await started.wait()
+    long_one.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await long_one
+    # With one place only, this answer proves the cancelled row left the batch.
+    assert await engine.generate(PROMPTS[0], GREEDY)
+    await until(lambda: engine.active() == 0)
+    assert engine.counters.generated_tokens < 1000  # the long one stopped soon after it was cancelled
+    assert 7 in engine.cached_keys()  # what it had computed is kept for the channel's next turn
+
+
+async def test_closing_a_stream_early_frees_its_place(varied_backend, make_engine):
+    engine = make_engine(varied_backend, max_batch=1)
+    async with contextlib.aclosing(engine.stream(PROMPTS[1], LONG)) as deltas:
+        async for _ in deltas:
+            break
+    assert await engine.generate(PROMPTS[0], GREEDY)
+
+
+async def test_a_full_queue_says_how_many_are_waiting(varied_backend, make_engine):
+    engine = make_engine(varied_backend, max_batch=1, max_waiting=2)
+    started = asyncio.Event()
+    running = asyncio.create_task(first_delta_then_park(engine, PROMPTS[1], LONG, started))
+    await started.wait()
+    queued = [asyncio.create_task(engine.generate(PROMPTS[0], GREEDY)) for _ in range(2)]
+    await until(lambda: engine.waiting() == 2)
+    with pytest.raises(ModelBusy) as busy:
+        await engine.generate(PROMPTS[0], GREEDY)
+    assert busy.value.waiting == 2 and "2 replies are already waiting" in str(busy.value)
+    running.cancel()
+    assert all(await asyncio.gather(*queued))  # the waiting ones are answered once the place is free
+
+
+async def test_a_generation_past_its_time_limit_is_stopped_and_the_engine_goes_on(varied_backend, make_engine):
+    engine = make_engine(varied_backend, timeout_s=0.3)
+    with pytest.raises(GenerationTimeout):
+        await engine.generate(PROMPTS[1], LONG)
+    await until(lambda: engine.active() == 0)
+    engine.timeout_s = 60
+    assert await engine.generate(PROMPTS[0], GREEDY) == await engine.generate(PROMPTS[0], GREEDY)
+
+
+async def test_a_failure_in_one_request_leaves_the_others_unharmed(varied_backend, make_engine):
+    engine = make_engine(varied_backend)
+    expected = await engine.generate(PROMPTS[1], GREEDY)
+
+    def fail_channel_13(cache_key, tokens_so_far):
+        if cache_key == 13 and tokens_so_far == 3:
+            raise RuntimeError("simulated fault")
+
+    engine.before_token = fail_channel_13
+    failing = engine.generate(PROMPTS[0], GREEDY, cache_key=13)
+    healthy = engine.generate(PROMPTS[1], GREEDY, cache_key=14)
+    failed, answer = await asyncio.gather(failing, healthy, return_exceptions=True)
+    assert isinstance(failed, GenerationFailed) and "RuntimeError" in str(failed)
+    assert answer == expected
+    assert 13 not in engine.cached_keys()  # nothing half-made is kept
+    engine.before_token = None
+    assert await engine.generate(PROMPTS[0], GREEDY, cache_key=13)  # the channel works again
+
+
+async def test_closing_the_engine_stops_running_generations(varied_backend, make_engine):
+    engine = make_engine(varied_backend)
+    started = asyncio.Event()
+    running = asyncio.create_task(first_delta_then_park(engine, PROMPTS[1], LONG, started))
+    await started.wait()
+    await asyncio.to_thread(engine.close)
+    with pytest.raises(GenerationFailed, match="shutting down"):
+        await running
+    with pytest.raises(GenerationFailed, match="shutting down"):
+        await engine.generate(PROMPTS[0], GREEDY)
+
+
+# Through the service: what a user is told ----------------------------------------------
+
+
+async def test_a_user_past_the_queue_bound_is_told_the_bot_is_busy_and_others_are_answered(
+        varied_backend, make_engine, store, tmp_path):
+    from bot import messages
+    from bot.core.types import IncomingMessage
+    from bot.service import ChatService
+    from tests.conftest import settings_for
+
+    engine = make_engine(varied_backend, max_batch=1, max_waiting=1)
+    service = ChatService(store, engine, settings_for(tmp_path / "bot.db", do_sample=False, max_new_tokens=300,
+                                                      repetition_penalty=1.0))
+
+    def said(channel):
+        return IncomingMessage(channel_id=channel, guild_id=1, author_id=2, author_name="Ann", content="hello")
+
+    writing = asyncio.Event()
+
+    async def progress(_text):
+        writing.set()
+
+    first = asyncio.create_task(service.reply(said(1), on_progress=progress))
+    await writing.wait()  # channel 1 holds the only place in the batch
+    second = asyncio.create_task(service.reply(said(2)))
+    await until(lambda: engine.waiting() == 1)  # channel 2 waits in line
+    third = await service.reply(said(3))
+    assert not third.ok and third.text == messages.BUSY.format(waiting=1)
+    assert (await first).ok and (await second).ok  # nobody else was dropped
