@@ -3,9 +3,13 @@
 import asyncio
 import sys
 
-from bench import window_read
+from bench import bot_latency, engine_bench, window_read
 
-BENCHES = {"window": window_read.main}
+BENCHES = {
+    "window": window_read.main,    # window read at 10^3 vs 10^6 stored messages
+    "latency": bot_latency.main,   # P1
+    "engine": engine_bench.main,   # P2, P3, P5
+}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or BENCHES:
