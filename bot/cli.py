@@ -79,7 +79,8 @@ async def _chat(settings: Settings, args: argparse.Namespace) -> int:
     from .app import open_app
     from .terminal import TerminalChat
 
-    app = await open_app(settings)
+    # One person, the one at the keyboard: a per-user rate limit would only get in their way.
+    app = await open_app(settings.with_overrides("limits", user_messages_per_minute=0))
     try:
         await TerminalChat(app.service, channel_id=args.channel, user_name=args.user).run()
     finally:

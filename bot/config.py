@@ -101,6 +101,15 @@ class DiscordSettings:
 
 
 @dataclass(frozen=True)
+class LimitSettings:
+    user_messages_per_minute: float = setting(6.0, "messages a minute one person may send the bot, on average "
+                                              "(0 = no limit); past it they are told when to try again",
+                                              low=0, high=100_000)
+    user_burst: int = setting(4, "messages one person may send at once before the per-minute limit applies",
+                              low=1, high=100_000)
+
+
+@dataclass(frozen=True)
 class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
@@ -109,6 +118,7 @@ class Settings:
     persona: PersonaSettings = field(default_factory=PersonaSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     discord: DiscordSettings = field(default_factory=DiscordSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
     discord_token: str | None = field(default=None, repr=False)  # environment only
 
     def with_overrides(self, section: str, **values: Any) -> "Settings":

@@ -46,3 +46,16 @@ DISCORD_INTENT_MISSING = (
     "Discord refused the Message Content intent. Switch it on at https://discord.com/developers/applications "
     "(your application > Bot > Privileged Gateway Intents > Message Content Intent) and start again.")
 DISCORD_UNREACHABLE = "Could not reach Discord ({reason}). Check this machine's network connection and try again."
+
+# Load and restarts -------------------------------------------------------
+
+SLOW_DOWN = ("You're sending messages faster than I can answer. Try again in {seconds} second(s). "
+             "(That message was not saved.)")
+RESTARTING = "I'm restarting, so I could not answer that. Please send it again in a minute."
+CUT_SHORT_RESTART = "I'm restarting; this answer was cut short."
+
+# Privacy -----------------------------------------------------------------
+
+FORGOT_YOU = ("Done: I erased {count} stored message(s) of yours: everything you wrote to me in every "
+              "server and channel, and our direct-message conversations. My answers in server channels stay.")
+QUEUED = "(Many people are talking to me at once: you are number {place} in line. Your answer is coming.)"

@@ -22,8 +22,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import messages
 from .config import GenerationSettings, Settings
 from .core.cleaning import clean_reply, visible_so_far
+from .core.cooldown import UserCooldowns, whole_seconds
 from .core.prompt import ChatMessages, Prompt, PromptTooLong, build_prompt
 from .core.split import DISCORD_MESSAGE_LIMIT, split_message
+from .core.text import with_text_repaired, without_lone_surrogates
 from .core.types import IncomingMessage, Reply, Turn
 from .core.validate import problem_with_message, problem_with_persona
 from .llm.worker import GenerationError, GenerationTimeout, ModelBusy
@@ -44,6 +46,8 @@ class Model(Protocol):
                cache_key: Hashable | None = None) -> AsyncIterator[str]: ...
 
     def forget(self, cache_key: Hashable) -> None: ...
+
+    def place_in_line(self) -> int: ...
 
 
 # Called with the visible text so far while a reply is being written (adapters throttle it).
@@ -89,6 +93,7 @@ class Written:
     text: str  # cleaned; may be partial when it was stopped
     error: GenerationError | None
     stopped_by_reset: bool
+    stopped_by_shutdown: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,9 @@ class ChatService:
         self._channels = ChannelLocks()
         self._prompt_starts = PromptStarts()
         self._resets: dict[int, asyncio.Event] = {}  # set to stop the answer being written in a channel
+        self._shutting_down = asyncio.Event()  # set once: every answer stops, no new one starts
+        limits = settings.limits
+        self._cooldowns = UserCooldowns(limits.user_messages_per_minute, limits.user_burst)
 
     # Chatting -----------------------------------------------------------
 
@@ -136,10 +144,19 @@ class ChatService:
 
         `on_progress`, if given, is awaited with the visible text so far as the model writes.
         """
+        message = with_text_repaired(message)  # before anything stores, measures or tokenizes it
         problem = problem_with_message(message.content, self.settings.history.max_message_chars)
         if problem:
             return refusal(problem)
+        if self._shutting_down.is_set():
+            return refusal(messages.RESTARTING)
+        wait = self._cooldowns.wait_before(message.author_id)
+        if wait:
+            log.info("user %s is over the message rate limit; told to wait %.0f s", message.author_id, wait)
+            return refusal(messages.SLOW_DOWN.format(seconds=whole_seconds(wait)))
         async with self._channels.hold(message.channel_id):
+            if self._shutting_down.is_set():  # it waited behind another answer while the bot began to stop
+                return refusal(messages.RESTARTING)
             try:
                 return await self._answer(message, on_progress)
             except SQLAlchemyError:
@@ -164,6 +181,8 @@ class ChatService:
             return refusal(messages.GENERATION_FAILED.format(reason=str(written.error)))
         if not written.text:
             return refusal(messages.NOTHING_TO_SAY)
+        if written.stopped_by_shutdown and not written.text:
+            return refusal(messages.RESTARTING)
         if written.stopped_by_reset:  # the history it belongs to is being wiped: keep nothing
             return Reply(parts=split_message(written.text, self.part_limit), ok=False,
                          notes=[messages.CUT_SHORT_RESET])
@@ -173,6 +192,8 @@ class ChatService:
         notes = [messages.TURNS_DROPPED.format(count=dropped)] if dropped else []
         if written.error:  # stopped by its time limit after writing part of the answer
             notes.append(messages.CUT_SHORT_TIMEOUT)
+        if written.stopped_by_shutdown:  # kept, like a timed-out answer: it is posted as it stands
+            notes.append(messages.CUT_SHORT_RESTART)
         return Reply(parts=split_message(written.text, self.part_limit), dropped_turns=dropped, notes=notes)
 
     async def _write(self, channel_id: int, prompt: ChatMessages, on_progress: ProgressCallback | None) -> "Written":
@@ -180,11 +201,14 @@ class ChatService:
         raw, error = "", None
         reset = self._resets.setdefault(channel_id, asyncio.Event())
         try:
+            place = self.model.place_in_line()
+            if place and on_progress is not None:  # shown only if the wait is long enough to notice
+                await on_progress(messages.QUEUED.format(place=place))
             stream = self.model.stream(prompt, self.settings.generation, cache_key=channel_id)
             async with aclosing(stream):
                 async for delta in stream:
                     raw += delta
-                    if reset.is_set():
+                    if reset.is_set() or self._shutting_down.is_set():
                         break
                     if on_progress is not None:
                         await on_progress(visible_so_far(raw))
@@ -194,7 +218,12 @@ class ChatService:
                 raw = ""  # a failed model's half-answer is not worth keeping
         finally:
             self._resets.pop(channel_id, None)
-        return Written(clean_reply(raw), error, reset.is_set())
+        return Written(clean_reply(raw), error, reset.is_set(), self._shutting_down.is_set())
+
+    def stop_answering(self) -> None:
+        """For a clean shutdown: answers being written stop at their next piece and keep what
+        they have (with a note saying so); messages not yet started are told the bot restarts."""
+        self._shutting_down.set()
 
     async def _prompt_with(self, message: IncomingMessage, new_turn: Turn) -> "ChannelPrompt":
         """Build the prompt from where the channel's previous prompt started, so it only grows
@@ -221,7 +250,7 @@ class ChatService:
         problem = problem_with_persona(text, self.settings.history.max_persona_chars)
         if problem:
             raise UserError(problem)
-        text = text.strip()
+        text = without_lone_surrogates(text.strip())
         await self.store.set_persona(guild_id, text, actor.id)
         await self.store.record_audit(action="persona.set", actor_id=actor.id, actor_name=actor.name,
                                       guild_id=guild_id, detail=f"{len(text)} characters")
@@ -256,6 +285,18 @@ class ChatService:
 
     async def history(self, channel_id: int, limit: int | None = None) -> list[Turn]:
         return await self.store.recent_turns(channel_id, limit or self.settings.history.max_turns)
+
+    async def forget_user(self, user_id: int, guild_id: int | None = None, channel_id: int | None = None) -> str:
+        """Erase everything a person wrote (and their DM conversations); see Store.forget_author.
+        The model's cached prompts of those channels go too, since they hold the person's words.
+        The audit entry keeps the id and the count only: no name, no content."""
+        erased = await self.store.forget_author(user_id)
+        for erased_channel in erased.channel_ids:
+            self._prompt_starts.forget(erased_channel)
+            self.model.forget(erased_channel)
+        await self.store.record_audit(action="user.forget", actor_id=user_id, guild_id=guild_id,
+                                      channel_id=channel_id, detail=f"{erased.count} turns")
+        return messages.FORGOT_YOU.format(count=erased.count)
 
     async def set_auto_reply(self, guild_id: int | None, channel_id: int, actor: Actor, enabled: bool) -> str:
         await self.store.set_auto_reply(channel_id, guild_id, enabled, actor.id)

@@ -16,9 +16,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def settings_for(database: Path, **generation) -> Settings:
-    """The repository's config.toml, with a test database and (optionally) generation overrides."""
+    """The repository's config.toml, with a test database and (optionally) generation overrides.
+    Per-user cooldowns are off: most tests send one person's messages faster than a person
+    would; the cooldown tests switch them on."""
     settings = load_settings(REPO_ROOT / "config.toml", environ={
-        "BOT_DATABASE_URL": f"sqlite+aiosqlite:///{database}"})
+        "BOT_DATABASE_URL": f"sqlite+aiosqlite:///{database}", "BOT_LIMITS_USER_MESSAGES_PER_MINUTE": "0"})
     return settings.with_overrides("generation", **generation) if generation else settings
 
 

@@ -130,6 +130,8 @@ async def running_bot(tmp_path: Path, *, worker: ModelWorker | None = None, repl
                       in_dev_guild: bool = False, **discord_settings) -> AsyncIterator[Scene]:
     """A fake Discord with a small world, and our bot connected to it. Without `worker`, the
     model is a ScriptedBackend (echoing by default) inside a real ModelWorker."""
+    # Answers post once, finished, unless a test is about streaming: `ask` then returns the whole answer.
+    discord_settings.setdefault("stream_edit_interval", 0)
     scripted = None if worker else ScriptedBackend(reply) if reply else ScriptedBackend()
     model = worker or ModelWorker(scripted, timeout_s=10)
     try:
@@ -437,12 +439,15 @@ async def test_the_second_turn_remembers_the_first_with_the_embedded_model(tmp_p
 
 async def test_commands_are_registered_with_both_guards(scene: Scene):
     registered = {c["name"]: c for c in scene.fake.registered_commands()}
-    assert set(registered) == {"persona", "reset", "autoreply"}
+    assert set(registered) == {"persona", "reset", "autoreply", "forget-me"}
     assert registered["persona"]["default_member_permissions"] == str(permissions.MANAGE_GUILD)
     assert registered["reset"]["default_member_permissions"] == str(permissions.MANAGE_MESSAGES)
     assert registered["autoreply"]["default_member_permissions"] == str(permissions.MANAGE_CHANNELS)
     assert registered["persona"]["dm_permission"] is False and registered["autoreply"]["dm_permission"] is False
     assert registered["persona"]["contexts"] == [0] and registered["autoreply"]["contexts"] == [0]
+    # /forget-me is for everyone, in servers and DMs: no permission asked for.
+    assert registered["forget-me"]["default_member_permissions"] is None
+    assert sorted(registered["forget-me"]["contexts"]) == [0, 1]
     persona_set = next(o for o in registered["persona"]["options"] if o["name"] == "set")
     [text] = persona_set["options"]
     assert text["max_length"] == 4000 and "4,000" in persona_set["description"]
@@ -452,7 +457,8 @@ async def test_commands_sync_to_the_development_server_when_configured(tmp_path)
     async with running_bot(tmp_path, in_dev_guild=True) as scene:
         guild = scene.world.guild
         assert scene.fake.requests_to("PUT", f"/applications/{{app}}/guilds/{guild.id}/commands")
-        assert {c["name"] for c in scene.fake.registered_commands(guild)} == {"persona", "reset", "autoreply"}
+        assert {c["name"] for c in scene.fake.registered_commands(guild)} == {
+            "persona", "reset", "autoreply", "forget-me"}
 
 
 async def test_an_admin_sets_the_persona_and_a_member_cannot(scene: Scene):
@@ -550,6 +556,26 @@ async def test_reset_stops_the_answer_being_written_and_keeps_none_of_it(tmp_pat
         # Only the question was there to forget: the interrupted answer was never stored.
         assert scene.fake.original_response(interaction)["content"] == messages.HISTORY_RESET.format(count=1)
         assert await scene.turns() == []
+
+
+async def test_forget_me_erases_a_members_words_and_dms_and_answers_privately(scene: Scene):
+    world = scene.world
+    await scene.ask("alice says something")
+    await scene.ask("mod says something", author=world.mod)
+    dm = scene.fake.dm_channel(world.alice)
+    await scene.reply_to(await scene.say("a private chat", channel=dm))
+
+    answer = await scene.command(world.alice, "forget-me")  # a plain member: no permission needed
+    assert answer["content"] == messages.FORGOT_YOU.format(count=3) and answer["flags"] & EPHEMERAL
+    assert await scene.turns() == [("assistant", "echo: Alice: alice says something"),
+                                   ("user", "mod says something"), ("assistant", "echo: mod: mod says something")]
+    assert await scene.turns(dm) == []
+    [entry] = await scene.store.audit_entries()
+    assert (entry.action, entry.actor_id, entry.actor_name, entry.detail) == (
+        "user.forget", world.alice.id, None, "3 turns")
+    # It works in a DM too.
+    again = await scene.command(world.alice, "forget-me", channel=dm)
+    assert again["content"] == messages.FORGOT_YOU.format(count=0)
 
 
 async def test_auto_reply_answers_every_message_in_that_channel_only(scene: Scene):
@@ -756,8 +782,10 @@ async def test_a_slow_answer_appears_early_and_grows_by_throttled_edits(tmp_path
         assert (await scene.turns())[-1] == ("assistant", long_answer)
 
 
-async def test_a_quick_answer_is_posted_once_whole(scene: Scene):
-    message = await scene.say(f"{scene.fake.bot.mention} hi")
-    reply = await scene.reply_to(message)
-    assert reply.json["content"] == "echo: Alice: hi"
-    assert scene.fake.requests_to("PATCH", f"/channels/{scene.general.id}/messages/{{id}}") == []
+async def test_a_quick_answer_is_posted_once_whole(tmp_path):
+    async with running_bot(tmp_path, stream_edit_interval=1.0) as scene:  # the production default
+        message = await scene.say(f"{scene.fake.bot.mention} hi")
+        reply = await scene.reply_to(message)
+        assert reply.json["content"] == "echo: Alice: hi"
+        await scene.ask("and again")
+        assert scene.fake.requests_to("PATCH", f"/channels/{scene.general.id}/messages/{{id}}") == []

@@ -327,29 +327,58 @@ async def test_closing_the_engine_stops_running_generations(varied_backend, make
 # Through the service: what a user is told ----------------------------------------------
 
 
-async def test_a_user_past_the_queue_bound_is_told_the_bot_is_busy_and_others_are_answered(
-        varied_backend, make_engine, store, tmp_path):
-    from bot import messages
-    from bot.core.types import IncomingMessage
+def service_over(engine, store, tmp_path, max_new_tokens):
     from bot.service import ChatService
     from tests.conftest import settings_for
 
-    engine = make_engine(varied_backend, max_batch=1, max_waiting=1)
-    service = ChatService(store, engine, settings_for(tmp_path / "bot.db", do_sample=False, max_new_tokens=300,
-                                                      repetition_penalty=1.0))
+    return ChatService(store, engine, settings_for(tmp_path / "bot.db", do_sample=False,
+                                                   max_new_tokens=max_new_tokens, repetition_penalty=1.0))
 
-    def said(channel):
-        return IncomingMessage(channel_id=channel, guild_id=1, author_id=2, author_name="Ann", content="hello")
 
+def hello_in(channel):
+    from bot.core.types import IncomingMessage
+
+    return IncomingMessage(channel_id=channel, guild_id=1, author_id=2, author_name="Ann", content="hello")
+
+
+async def start_writing_in_channel_1(service):
+    """Channel 1 starts an answer and holds the (only) place in the batch; returns its task."""
     writing = asyncio.Event()
 
     async def progress(_text):
         writing.set()
 
-    first = asyncio.create_task(service.reply(said(1), on_progress=progress))
-    await writing.wait()  # channel 1 holds the only place in the batch
-    second = asyncio.create_task(service.reply(said(2)))
+    task = asyncio.create_task(service.reply(hello_in(1), on_progress=progress))
+    await writing.wait()
+    return task
+
+
+async def test_a_user_past_the_queue_bound_is_told_the_bot_is_busy_and_others_are_answered(
+        varied_backend, make_engine, store, tmp_path):
+    from bot import messages
+
+    engine = make_engine(varied_backend, max_batch=1, max_waiting=1)
+    service = service_over(engine, store, tmp_path, max_new_tokens=300)
+    first = await start_writing_in_channel_1(service)
+    second = asyncio.create_task(service.reply(hello_in(2)))
     await until(lambda: engine.waiting() == 1)  # channel 2 waits in line
-    third = await service.reply(said(3))
+    third = await service.reply(hello_in(3))
     assert not third.ok and third.text == messages.BUSY.format(waiting=1)
     assert (await first).ok and (await second).ok  # nobody else was dropped
+
+
+async def test_a_user_who_has_to_wait_is_told_their_place_in_line(varied_backend, make_engine, store, tmp_path):
+    from bot import messages
+
+    engine = make_engine(varied_backend, max_batch=1, max_waiting=5)
+    service = service_over(engine, store, tmp_path, max_new_tokens=200)
+    first = await start_writing_in_channel_1(service)
+    seen_by_second: list[str] = []
+
+    async def second_progress(text):
+        seen_by_second.append(text)
+
+    second = await service.reply(hello_in(2), on_progress=second_progress)
+    assert (await first).ok and second.ok
+    assert seen_by_second[0] == messages.QUEUED.format(place=1)
+    assert seen_by_second[-1] == second.text  # then the answer replaced the notice

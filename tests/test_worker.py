@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from bot.config import GenerationSettings
-from bot.llm.worker import GenerationFailed, GenerationTimeout, ModelWorker
+from bot.llm.worker import GenerationFailed, GenerationTimeout, ModelBusy, ModelWorker
 from tests.support.scripted import ScriptedBackend
 
 PROMPT = [{"role": "user", "content": "hello"}]
@@ -78,3 +78,14 @@ def test_auto_dtype_is_bfloat16_only_where_the_cpu_runs_it_natively(tmp_path):
     assert resolve_dtype("float16") == torch.float16
     if not torch.cuda.is_available():
         assert resolve_dtype("auto") == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+
+
+async def test_past_max_waiting_a_reply_is_refused_at_once_and_the_rest_are_written():
+    worker = ModelWorker(ScriptedBackend(delay_s=0.05), timeout_s=5, max_waiting=2)
+    results = await asyncio.gather(*(worker.generate(PROMPT, GenerationSettings()) for _ in range(5)),
+                                   return_exceptions=True)
+    busy = [r for r in results if isinstance(r, ModelBusy)]
+    assert results[:3] == ["echo: hello"] * 3  # one written, two waiting
+    assert len(busy) == 2 and all(b.waiting == 2 for b in busy)
+    assert await worker.generate(PROMPT, GenerationSettings()) == "echo: hello"  # room again once done
+    worker.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from .text import is_blank
 from .types import IncomingMessage
 
 
@@ -49,7 +50,7 @@ def should_answer(message: IncomingMessage, auto_reply: bool) -> Decision:
         return Decision(Action.IGNORE, "a system message")
     if not (is_addressed(message) or auto_reply):
         return Decision(Action.IGNORE, "not addressed to the bot")
-    if not message.content.strip():
+    if is_blank(message.content):  # invisible characters alone are no text either
         if message.has_attachments:
             return Decision(Action.EXPLAIN_TEXT_ONLY, "attachments without text")
         return Decision(Action.IGNORE, "no text")

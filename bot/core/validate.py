@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from .. import messages
+from .text import is_blank
 
 
 def problem_with_message(content: str, limit: int) -> str | None:
-    if not content.strip():
+    if is_blank(content):
         return messages.EMPTY_MESSAGE
     if len(content) > limit:
         return messages.MESSAGE_TOO_LONG.format(length=len(content), limit=limit)
@@ -14,7 +15,7 @@ def problem_with_message(content: str, limit: int) -> str | None:
 
 
 def problem_with_persona(text: str, limit: int) -> str | None:
-    if not text.strip():
+    if is_blank(text):
         return messages.PERSONA_EMPTY
     if len(text) > limit:
         return messages.PERSONA_TOO_LONG.format(length=len(text), limit=limit)

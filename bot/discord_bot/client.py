@@ -43,6 +43,7 @@ class ChatBot(discord.Client):
         super().__init__(intents=intents or required_intents(),
                          allowed_mentions=discord.AllowedMentions.none(), **options)
         self.settings = settings
+        self.service = service
         self.events = DiscordEvents(service, settings)
         self.tree = app_commands.CommandTree(self)
         add_commands(self.tree, service)
@@ -64,6 +65,13 @@ class ChatBot(discord.Client):
             log.error("could not register the slash commands for %s: %s", where, error)
             return
         log.info("registered %d slash commands for %s", len(synced), where)
+
+    async def close_gracefully(self, grace_s: float) -> None:
+        """Stop taking new work, let the answers being written stop and be posted (with a note
+        that they were cut short), then disconnect. The database is closed by the caller."""
+        self.service.stop_answering()
+        await self.events.wait_until_answered(grace_s)
+        await self.close()
 
     def invite_link(self) -> str:
         return discord.utils.oauth_url(self.application_id, permissions=INVITE_PERMISSIONS, scopes=INVITE_SCOPES)

@@ -1,4 +1,4 @@
-"""Slash commands: /persona set|show|reset, /reset, /autoreply on|off.
+"""Slash commands: /persona set|show|reset, /reset, /autoreply on|off, /forget-me.
 
 Each command is guarded twice. Default permissions tell Discord to hide it
 from members without the permission; but a server's admins can change who may
@@ -81,6 +81,7 @@ def add_commands(tree: app_commands.CommandTree, service: ChatService) -> None:
     tree.add_command(persona_commands(service))
     tree.add_command(reset_command(service))
     tree.add_command(autoreply_commands(service))
+    tree.add_command(forget_me_command(service))
     tree.error(report_command_error)
 
 
@@ -127,6 +128,18 @@ def autoreply_commands(service: ChatService) -> app_commands.Group:
     group.command(name="on", description="Answer every message in this channel")(switch(True))
     group.command(name="off", description="Answer only mentions and replies in this channel")(switch(False))
     return group
+
+
+def forget_me_command(service: ChatService) -> app_commands.Command:
+    """Anyone, anywhere (DMs too), about themselves only: no permission is needed."""
+
+    @app_commands.command(name="forget-me", description="Erase everything the bot stored of what you wrote")
+    @app_commands.allowed_contexts(guilds=True, dms=True)
+    async def forget_me(interaction: discord.Interaction) -> None:
+        await answer(interaction, lambda: service.forget_user(
+            interaction.user.id, interaction.guild_id, interaction.channel_id))
+
+    return forget_me
 
 
 async def answer(interaction: discord.Interaction, work: Callable[[], Awaitable[str]]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import discord
 
+from ..core.text import without_lone_surrogates
 from ..core.types import IncomingMessage
 from .mentions import MentionNames, readable_text
 
@@ -17,7 +18,7 @@ def to_incoming(message: discord.Message, bot_user_id: int) -> IncomingMessage:
         channel_id=message.channel.id,
         guild_id=message.guild.id if message.guild else None,
         author_id=message.author.id,
-        author_name=message.author.display_name,
+        author_name=without_lone_surrogates(message.author.display_name),
         content=readable_content(message, bot_user_id),
         message_id=message.id,
         author_is_bot=message.author.bot,
@@ -30,8 +31,9 @@ def to_incoming(message: discord.Message, bot_user_id: int) -> IncomingMessage:
 
 
 def readable_content(message: discord.Message, bot_user_id: int) -> str:
-    """The text the model is given: mentions by name, the bot's own mention removed."""
-    return readable_text(message.content, mention_names(message, bot_user_id))
+    """The text the model is given: mentions by name, the bot's own mention removed, and lone
+    surrogates (which the API can send) replaced before anything stores or tokenizes them."""
+    return without_lone_surrogates(readable_text(message.content, mention_names(message, bot_user_id)))
 
 
 def mention_names(message: discord.Message, bot_user_id: int) -> MentionNames:

@@ -10,7 +10,10 @@ concerns to be stored. Different channels never wait for each other.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from contextlib import contextmanager
+from typing import Iterator
 
 import discord
 
@@ -32,11 +35,18 @@ class DiscordEvents:
         self.delete_data_on_guild_remove = settings.delete_data_on_guild_remove
         self.stream_edit_interval = settings.stream_edit_interval
         self._channels = ChannelLocks()
+        self._handling = 0  # messages being answered (or waiting their turn to be)
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def message(self, message: discord.Message, bot_user_id: int) -> None:
         incoming = to_incoming(message, bot_user_id)
         if should_answer(incoming, auto_reply=True).ignored:
             return  # ignored whatever the channel's settings: no need to queue
+        with self._counted():
+            await self._answer_in_turn(message, incoming)
+
+    async def _answer_in_turn(self, message: discord.Message, incoming: IncomingMessage) -> None:
         async with self._channels.hold(incoming.channel_id):
             decision = await self._decide(incoming)
             if decision.action is Action.EXPLAIN_TEXT_ONLY:
@@ -46,6 +56,27 @@ class DiscordEvents:
                 async with typing_in(message.channel):
                     reply = await self.service.reply(incoming, on_progress=streamed.update)
                 await streamed.finish(parts_to_post(reply))
+
+    @contextmanager
+    def _counted(self) -> Iterator[None]:
+        self._handling += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._handling -= 1
+            if not self._handling:
+                self._idle.set()
+
+    async def wait_until_answered(self, timeout: float) -> bool:
+        """For a clean shutdown: until every message taken in has had its answer posted.
+        False if some were still going after `timeout` seconds."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("%d message(s) still being answered at shutdown; closing anyway", self._handling)
+            return False
+        return True
 
     async def _decide(self, incoming: IncomingMessage) -> Decision:
         """The reply decision; the channel's auto-reply switch is read only when it matters."""

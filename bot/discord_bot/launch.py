@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import asyncio
+import logging
+import signal
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
@@ -16,6 +19,11 @@ from ..llm.worker import ModelWorker
 from .client import ChatBot
 
 DOTENV_PATH = Path(".env")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# How long a clean shutdown waits for cut-short answers to be posted before disconnecting anyway.
+SHUTDOWN_GRACE_S = 10.0
+
+log = logging.getLogger(__name__)
 
 
 class DiscordSetupError(Exception):
@@ -64,7 +72,9 @@ def explained_setup_errors() -> Iterator[None]:
 async def check_token(token: str) -> None:
     """Log in once without connecting: a wrong token fails here in a second, before the model
     spends a minute loading."""
-    probe = discord.Client(intents=discord.Intents.none())
+    # It never connects, so intents do not matter; with none at all discord.py warns on stderr
+    # that the guilds intent is off, a stray line before the one that says what went wrong.
+    probe = discord.Client(intents=discord.Intents(guilds=True))
     try:
         with explained_setup_errors():
             await probe.login(token)
@@ -82,7 +92,33 @@ async def run_on_discord(settings: Settings, model: ModelWorker | None = None) -
     try:
         with explained_setup_errors():
             async with ChatBot(app.service, settings.discord) as bot:
-                await bot.start(token)
+                await serve_until_stopped(bot, token)
     finally:
         await app.close()
     return 0
+
+
+async def serve_until_stopped(bot: ChatBot, token: str) -> None:
+    """Run the bot until it ends by itself or SIGTERM / SIGINT (Ctrl-C) asks it to stop; then
+    shut down cleanly: answers being written are cut short and posted with a note saying so,
+    messages not yet started are told the bot is restarting, and only then does it disconnect."""
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for number in STOP_SIGNALS:
+        loop.add_signal_handler(number, stop_requested.set)
+    running = asyncio.create_task(bot.start(token))
+    waiting_for_signal = asyncio.create_task(stop_requested.wait())
+    try:
+        await asyncio.wait({running, waiting_for_signal}, return_when=asyncio.FIRST_COMPLETED)
+        if stop_requested.is_set():
+            log.info("asked to stop: finishing the answers being written, then disconnecting")
+            await bot.close_gracefully(SHUTDOWN_GRACE_S)
+        await running  # returns once closed; raises what ended it otherwise
+    finally:
+        for number in STOP_SIGNALS:
+            loop.remove_signal_handler(number)
+        for task in (running, waiting_for_signal):
+            if not task.done():  # stopped from outside (cancelled): take both down with it
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task

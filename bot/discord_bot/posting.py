@@ -9,6 +9,7 @@ down the handler, and other channels carry on regardless.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
@@ -63,11 +64,12 @@ async def post_reply(message: discord.Message, parts: list[str]) -> None:
 
 
 class StreamedReply:
-    """An answer that appears while the model writes it: posted as a reply once there is
-    text, then edited at most once per `interval` seconds, then finished with the final parts.
+    """An answer that appears while the model writes it: posted as a reply once it has taken
+    `interval` seconds, then edited at most once per `interval`, then finished with the final parts.
 
-    Edits run in the background and one at a time: a slow or rate-limited edit never holds
-    the model up; updates that come meanwhile are folded into the next edit.
+    Updates only record the newest text; one background task shows it when the throttle
+    allows, so a slow or rate-limited edit never holds the model up, and the newest text
+    (a "you are number 3 in line" notice, say) is shown even if nothing follows for a while.
     """
 
     def __init__(self, trigger: discord.Message, interval: float, limit: int = DISCORD_MESSAGE_LIMIT):
@@ -76,24 +78,37 @@ class StreamedReply:
         self.limit = limit
         self.message: discord.Message | None = None
         self._shown = ""
+        self._pending = ""
         # Counting from now, an answer that is done within `interval` is posted once, whole.
-        self._last_post = asyncio.get_running_loop().time()
-        self._in_flight: asyncio.Task | None = None
+        self._next_show = asyncio.get_running_loop().time() + interval
+        self._shower: asyncio.Task | None = None
+        self._posting = False  # a post or edit is on its way to Discord
 
     async def update(self, text: str) -> None:
-        """Called with the visible text so far; posts or edits when the throttle allows."""
-        now = asyncio.get_running_loop().time()
-        if self.interval <= 0 or not text.strip() or now - self._last_post < self.interval:
+        """Called with the visible text so far."""
+        if self.interval <= 0 or not text.strip():
             return
-        if self._in_flight and not self._in_flight.done():
-            return
-        self._last_post = now
-        self._in_flight = asyncio.create_task(self._show(preview(text, self.limit)))
+        self._pending = text
+        if self._shower is None or self._shower.done():
+            self._shower = asyncio.create_task(self._show_when_allowed())
+
+    async def _show_when_allowed(self) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, self._next_show - loop.time()))
+        self._next_show = loop.time() + self.interval
+        self._posting = True
+        try:
+            await self._show(preview(self._pending, self.limit))
+        finally:
+            self._posting = False
 
     async def finish(self, parts: list[str]) -> None:
         """The final text: the streamed message becomes the first part, the others follow."""
-        if self._in_flight:
-            await self._in_flight
+        if self._shower is not None and not self._shower.done():
+            if not self._posting:
+                self._shower.cancel()  # only waiting for its turn: the final text replaces it
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._shower
         if self.message is None:
             await post_reply(self.trigger, parts)
             return

@@ -183,6 +183,12 @@ class BatchingEngine(ModelFront):
         """Requests the engine is working on: prefilling or in the running batch."""
         return len(self._rows) + len(self._prefills)
 
+    def place_in_line(self) -> int:
+        """Where a request made now would wait: 0 when a place in the batch is free."""
+        with self._wakeup:
+            waiting = len(self._waiting)
+        return waiting + 1 if self.active() + waiting >= self.max_batch else 0
+
     def forget(self, cache_key: Hashable) -> None:
         """Drop a channel's kept cache (its history was wiped). Only frees memory sooner:
         a stale cache is never used past the tokens it shares with the new prompt anyway."""

@@ -14,7 +14,7 @@ def load_model(settings: Settings) -> ModelFront:
     backend = load_transformers_backend(settings.model)
     engine = settings.engine
     if not engine.batching:
-        return ModelWorker(backend, timeout_s=settings.model.generation_timeout)
+        return ModelWorker(backend, timeout_s=settings.model.generation_timeout, max_waiting=engine.max_waiting)
     return BatchingEngine(backend, timeout_s=settings.model.generation_timeout, max_batch=engine.max_batch,
                           max_waiting=engine.max_waiting, cache_budget_bytes=engine.cache_budget_mb << 20,
                           prefill_chunk_tokens=engine.prefill_chunk_tokens,

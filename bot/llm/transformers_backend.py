@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, 
 
 from ..config import GenerationSettings, ModelSettings
 from . import embedded
+from .chat_template import render_prompt_ids
 from .worker import ChatMessages, StopSignal
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,9 @@ class TransformersBackend:
         self.stop_ids = _stop_token_ids(model, tokenizer)
 
     def render(self, messages: ChatMessages, tokenizer=None) -> list[int]:
-        """Token ids of the prompt, built by the model's own chat template."""
-        tokenizer = tokenizer or self.tokenizer
-        return tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=False,
-            enable_thinking=self.thinking)
+        """Token ids of the prompt, built by the model's own chat template. Message contents are
+        always plain text: control tokens typed by a user cannot open or end a turn."""
+        return render_prompt_ids(tokenizer or self.tokenizer, messages, enable_thinking=self.thinking)
 
     def count_tokens(self, messages: ChatMessages) -> int:
         return len(self.render(messages, self._counting_tokenizer))

@@ -82,15 +82,23 @@ class ModelFront:
     def forget(self, cache_key: Hashable) -> None:
         """Drop whatever is kept for `cache_key` (a channel that was reset). Nothing, by default."""
 
+    def place_in_line(self) -> int:
+        """Where a reply asked for now would wait for the model (0: it starts at once)."""
+        return 0
+
 
 class ModelWorker(ModelFront):
     """Runs one backend on its own thread, one reply at a time; `await worker.generate(...)`
     from the event loop. (The BatchingEngine serves many replies at once; this worker serves
     any backend, and is what tests with a scripted model use.)"""
 
-    def __init__(self, backend: Backend, timeout_s: float = 120.0):
+    def __init__(self, backend: Backend, timeout_s: float = 120.0, max_waiting: int | None = None):
         super().__init__(backend)
         self.timeout_s = timeout_s
+        # Like the engine's: past this many replies waiting behind the one being written, a new
+        # one is refused with ModelBusy at once instead of queueing for ever. None = no bound.
+        self.max_waiting = max_waiting
+        self._queued = 0  # replies submitted and not finished, the one being written included
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-worker")
 
     async def generate(self, messages: ChatMessages, params: GenerationSettings, *,
@@ -105,6 +113,9 @@ class ModelWorker(ModelFront):
 
         Stopping the iteration early (break, cancel, time limit) stops the model at its next token.
         """
+        waiting = max(self._queued - 1, 0)
+        if self.max_waiting is not None and self._queued and waiting >= self.max_waiting:
+            raise ModelBusy(waiting)
         loop = asyncio.get_running_loop()
         stop = threading.Event()
         pieces: asyncio.Queue[str] = asyncio.Queue()
@@ -113,6 +124,8 @@ class ModelWorker(ModelFront):
             loop.call_soon_threadsafe(pieces.put_nowait, delta)
 
         job = asyncio.ensure_future(loop.run_in_executor(self._executor, self._run, messages, params, stop, emit))
+        self._queued += 1
+        job.add_done_callback(self._one_done)
         deadline = loop.time() + self.timeout_s
         try:
             while not (job.done() and pieces.empty()):
@@ -136,6 +149,9 @@ class ModelWorker(ModelFront):
             log.warning("generation passed its %.0f s limit and was stopped", self.timeout_s)
             raise GenerationTimeout(f"The model took longer than {self.timeout_s:.0f} seconds and was stopped.")
         return None
+
+    def _one_done(self, _job: asyncio.Future) -> None:
+        self._queued -= 1
 
     def _run(self, messages: ChatMessages, params: GenerationSettings, stop: threading.Event, emit: Emit) -> None:
         if stop.is_set():  # cancelled while it waited in the queue

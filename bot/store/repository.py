@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import AsyncIterator
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import DatabaseError, SQLAlchemyError
@@ -15,14 +19,43 @@ from .models import AuditEntry, ChannelSettings, GuildSettings, Message, utc_now
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Erased:
+    """How many turns were erased, and in which channels."""
+
+    count: int
+    channel_ids: frozenset[int]
+
+
 class StoreError(Exception):
     """The database cannot be used. str() is a sentence an operator can act on."""
+
+
+class OneWriterAtATime:
+    """The session maker, with write transactions (`begin()`) taken one at a time in this process.
+
+    SQLite has one writer at a time. Left to SQLite, the pool's connections wait for each other
+    in their threads, and under load (a busy event loop slow to commit) past the busy timeout:
+    "database is locked" (seen with 500 messages over 50 channels). Queued here instead, they
+    wait without a time limit; reads never wait (WAL)."""
+
+    def __init__(self, sessions: async_sessionmaker):
+        self._sessions = sessions
+        self._writing = asyncio.Lock()
+
+    def __call__(self):
+        return self._sessions()
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator:
+        async with self._writing, self._sessions.begin() as session:
+            yield session
 
 
 class Store:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._sessions = OneWriterAtATime(async_sessionmaker(engine, expire_on_commit=False))
 
     @classmethod
     async def open(cls, url: str, migrate: bool = True) -> "Store":
@@ -77,6 +110,18 @@ class Store:
         async with self._sessions.begin() as session:
             result = await session.execute(delete(Message).where(Message.discord_message_id == message_id))
         return result.rowcount > 0
+
+    async def forget_author(self, author_id: int) -> "Erased":
+        """Erase what a person wrote, everywhere, and their direct-message conversations whole
+        (the bot's answers there were written only for them). The bot's answers in shared
+        channels stay: which answer replied to whom is not recorded, and others read them too."""
+        dm_channels = (select(Message.channel_id)
+                       .where(Message.author_id == author_id, Message.guild_id.is_(None)).distinct())
+        mine = (Message.author_id == author_id) | Message.channel_id.in_(dm_channels)
+        async with self._sessions.begin() as session:
+            channel_ids = set((await session.scalars(select(Message.channel_id).where(mine).distinct())).all())
+            result = await session.execute(delete(Message).where(mine))
+        return Erased(result.rowcount, frozenset(channel_ids))
 
     async def delete_guild_data(self, guild_id: int) -> int:
         """Forget a server: its turns, its settings and its channels' settings."""

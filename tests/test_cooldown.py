@@ -1,0 +1,83 @@
+"""Per-user cooldowns: the token bucket with a fake clock, and the refusal a user sees."""
+
+import pytest
+
+from bot import messages
+from bot.core.cooldown import UserCooldowns, whole_seconds
+from bot.core.types import IncomingMessage
+from bot.service import ChatService
+from tests.conftest import settings_for
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_burst_is_allowed_then_the_rate_applies():
+    clock = FakeClock()
+    cooldowns = UserCooldowns(per_minute=6, burst=3, clock=clock)
+    assert [cooldowns.wait_before("ann") for _ in range(3)] == [0, 0, 0]
+    assert cooldowns.wait_before("ann") == 10.0  # one message every 10 s refills
+    clock.now += 4
+    assert cooldowns.wait_before("ann") == pytest.approx(6.0)  # refused attempts cost nothing
+    clock.now += 6
+    assert cooldowns.wait_before("ann") == 0
+    assert cooldowns.wait_before("ann") == 10.0
+
+
+def test_one_person_waiting_does_not_slow_anyone_else():
+    cooldowns = UserCooldowns(per_minute=6, burst=1, clock=FakeClock())
+    assert cooldowns.wait_before(1) == 0 and cooldowns.wait_before(1) > 0
+    assert cooldowns.wait_before(2) == 0
+
+
+def test_a_long_pause_refills_only_up_to_the_burst():
+    clock = FakeClock()
+    cooldowns = UserCooldowns(per_minute=60, burst=2, clock=clock)
+    clock.now += 3600
+    assert [cooldowns.wait_before("ann") for _ in range(3)] == [0, 0, 1.0]
+
+
+def test_zero_per_minute_switches_cooldowns_off():
+    cooldowns = UserCooldowns(per_minute=0, burst=1, clock=FakeClock())
+    assert not cooldowns.enabled
+    assert all(cooldowns.wait_before("ann") == 0 for _ in range(1000))
+
+
+def test_people_whose_bucket_refilled_are_forgotten():
+    clock = FakeClock()
+    cooldowns = UserCooldowns(per_minute=60, burst=1, clock=clock, prune_every=10)
+    for user in range(9):
+        cooldowns.wait_before(user)
+    clock.now += 5  # everyone's single token is back after 1 s
+    cooldowns.wait_before("last")  # the tenth call prunes
+    assert len(cooldowns) == 1
+
+
+def test_the_wait_told_is_whole_seconds_and_never_zero():
+    assert (whole_seconds(0.2), whole_seconds(9.01), whole_seconds(12.0)) == (1, 10, 12)
+
+
+async def test_past_the_limit_the_user_is_told_when_to_retry_and_nothing_is_stored(tmp_path, store, scripted):
+    from bot.llm.worker import ModelWorker
+
+    settings = settings_for(tmp_path / "bot.db").with_overrides("limits", user_messages_per_minute=6, user_burst=2)
+    worker = ModelWorker(scripted, timeout_s=5)
+    service = ChatService(store, worker, settings)
+    try:
+        def said(text: str, author_id: int = 1) -> IncomingMessage:
+            return IncomingMessage(channel_id=10, guild_id=20, author_id=author_id, author_name="Ann", content=text)
+
+        assert (await service.reply(said("one"))).ok and (await service.reply(said("two"))).ok
+        refused = await service.reply(said("three"))
+        assert not refused.ok
+        assert refused.text == messages.SLOW_DOWN.format(seconds=10)
+        assert "three" not in [t.content for t in await store.recent_turns(10, 100)]
+        assert len(scripted.prompts) == 2  # the model was not asked
+        assert (await service.reply(said("someone else", author_id=2))).ok
+    finally:
+        worker.close()
