@@ -45,6 +45,12 @@ class ModelSettings:
                                   low=0, high=1_000_000)
     generation_timeout: float = setting(120.0, "seconds one reply may take before it is abandoned",
                                         low=1, high=3600)
+    backend: str = setting("local", 'who writes replies: "local" (this process, transformers) or "openai" '
+                           "(an OpenAI-compatible server at base_url; API key from OPENAI_API_KEY or "
+                           "BOT_MODEL_API_KEY)", choices=("local", "openai"))
+    base_url: str = setting("", 'the server\'s API root for backend = "openai", e.g. "http://127.0.0.1:8000/v1"')
+    send_repetition_penalty: bool = setting(True, 'send repetition_penalty to the server (vLLM, SGLang, llama.cpp '
+                                            'honour it; false for `transformers serve`, which refuses it)')
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,10 @@ class DiscordSettings:
     delete_data_on_guild_remove: bool = setting(True, "delete a server's history and settings when the bot is removed")
     stream_edit_interval: float = setting(1.0, "seconds between edits of an answer shown while it is written "
                                           "(0 = post only the finished answer)", low=0, high=60)
+    shard_count: int = setting(0, "Discord shards in all, across every bot process (0 = one unsharded connection)",
+                               low=0, high=65_535)
+    shard_ids: str = setting("", 'the shards this process runs, comma-separated, e.g. "0,1" '
+                             "(empty = all of them); needs shard_count")
 
 
 @dataclass(frozen=True)
@@ -139,6 +149,9 @@ def load_settings(path: Path | str | None = None, environ: dict[str, str] | None
     if "discord" in raw and "token" in raw["discord"]:
         raise ConfigError(f"{path}: do not put the Discord token in the file; "
                           "set the DISCORD_TOKEN environment variable instead")
+    if isinstance(raw.get("model"), dict) and "api_key" in raw["model"]:
+        raise ConfigError(f"{path}: do not put the model server's API key in the file; "
+                          "set the OPENAI_API_KEY (or BOT_MODEL_API_KEY) environment variable instead")
     sections = {}
     for name, cls in SECTIONS.items():
         table = raw.pop(name, {})

@@ -13,6 +13,8 @@ from bot.store import Store
 from tests.support.scripted import ScriptedBackend
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# A throwaway PostgreSQL server for the storage tests (skipped, loudly, where it cannot start).
+pytest_plugins = ["tests.support.postgres"]
 
 
 def settings_for(database: Path, **generation) -> Settings:

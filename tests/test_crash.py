@@ -30,8 +30,11 @@ START_TIMEOUT_S = 60.0  # a cold Python start with SQLAlchemy and discord.py imp
 class BotProcess:
     """`python -m tests.support.bot_process` pointed at `fake`, logging to a file."""
 
-    def __init__(self, fake: FakeDiscord, database: Path, log_path: Path, word_delay_s: float):
+    def __init__(self, fake: FakeDiscord, database: Path, log_path: Path, word_delay_s: float, *,
+                 database_url: str | None = None, extra_arguments: tuple[str, ...] = ()):
         self.fake, self.database, self.log_path, self.word_delay_s = fake, database, log_path, word_delay_s
+        self.database_url = database_url or f"sqlite+aiosqlite:///{database}"
+        self.extra_arguments = extra_arguments  # e.g. --shard-id 0 --shard-count 2
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
@@ -39,8 +42,8 @@ class BotProcess:
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "tests.support.bot_process", "--api", self.fake.api_base,
-                "--gateway", self.fake.gateway_url, "--db", f"sqlite+aiosqlite:///{self.database}",
-                "--token", self.fake.token, "--word-delay", str(self.word_delay_s),
+                "--gateway", self.fake.gateway_url, "--db", self.database_url,
+                "--token", self.fake.token, "--word-delay", str(self.word_delay_s), *self.extra_arguments,
                 cwd=REPO_ROOT, stdout=log, stderr=log)
         await self.fake.wait_for_identify(identified + 1, timeout=START_TIMEOUT_S)
 

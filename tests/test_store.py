@@ -1,6 +1,7 @@
-"""The database: real SQLite files, real Alembic migrations."""
+"""The database: real SQLite files and a real PostgreSQL server, the same Alembic migrations."""
 
 import sqlite3
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -16,6 +17,21 @@ def url(path):
     return f"sqlite+aiosqlite:///{path}"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """Each storage test runs on both backends the bot supports."""
+    if request.param == "sqlite":
+        return url(tmp_path / "bot.db")
+    return request.getfixturevalue("fresh_postgres_url")
+
+
+@pytest.fixture
+async def store(database_url):
+    store = await Store.open(database_url)
+    yield store
+    await store.close()
+
+
 async def schema_differences(engine):
     async with engine.connect() as connection:
         return await connection.run_sync(
@@ -27,8 +43,8 @@ async def table_names(engine):
         return set(await connection.run_sync(lambda sync: inspect(sync).get_table_names()))
 
 
-async def test_upgrade_downgrade_upgrade_and_models_match_migrations(tmp_path):
-    engine = create_engine(url(tmp_path / "m.db"))
+async def test_upgrade_downgrade_upgrade_and_models_match_migrations(database_url):
+    engine = create_engine(database_url)
     await upgrade(engine)
     assert await schema_differences(engine) == []
     assert {"messages", "guild_settings", "channel_settings", "audit_log"} <= await table_names(engine)
@@ -39,10 +55,12 @@ async def test_upgrade_downgrade_upgrade_and_models_match_migrations(tmp_path):
     await engine.dispose()
 
 
-async def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(store):
+async def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path):
+    store = await Store.open(url(tmp_path / "wal.db"))
     async with store.engine.connect() as connection:
         assert (await connection.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
         assert (await connection.execute(text("PRAGMA busy_timeout"))).scalar() >= 1000
+    await store.close()
 
 
 async def test_window_is_the_newest_turns_of_one_channel_oldest_first(store):
@@ -66,13 +84,12 @@ async def test_edits_deletes_and_reset_change_only_their_targets(store):
     assert [t.content for t in await store.recent_turns(2, 10)] == ["other channel"]
 
 
-async def test_settings_survive_reopening_the_file(tmp_path):
-    path = tmp_path / "persist.db"
-    store = await Store.open(url(path))
+async def test_settings_survive_reopening_the_database(database_url):
+    store = await Store.open(database_url)
     await store.set_persona(5, "Talk like a pirate.", actor_id=77)
     await store.set_auto_reply(6, 5, True, actor_id=77)
     await store.close()
-    store = await Store.open(url(path))
+    store = await Store.open(database_url)
     assert await store.persona(5) == "Talk like a pirate."
     assert await store.auto_reply(6) is True
     assert await store.auto_reply(7) is False
@@ -95,3 +112,27 @@ async def test_database_directory_is_created(tmp_path):
     await store.close()
     with sqlite3.connect(tmp_path / "deep" / "er" / "bot.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+async def test_discord_sized_ids_and_times_keep_their_value(store):
+    """Discord snowflakes need 64 bits (PostgreSQL INTEGER is 32); times come back timezone-aware
+    and row ids count up (the BigInteger row id on PostgreSQL, the rowid alias on SQLite)."""
+    snowflake = 2**63 - 1
+    before = datetime.now(timezone.utc)
+    first = await store.add_turn(channel_id=snowflake, guild_id=snowflake - 1, author_id=snowflake - 2,
+                                 message_id=snowflake - 3, role="user", content="big ids")
+    second = await store.add_turn(channel_id=snowflake, role="assistant", content="answer")
+    assert second > first
+    [turn, _] = await store.recent_turns(snowflake, 10)
+    assert (turn.id, turn.author_id, turn.message_id) == (first, snowflake - 2, snowflake - 3)
+    assert turn.created_at.tzinfo is not None
+    assert abs(turn.created_at - before) < timedelta(minutes=1)
+    await store.set_persona(snowflake, "big", actor_id=snowflake)
+    assert await store.persona(snowflake) == "big"
+
+
+async def test_an_unreachable_database_server_gets_a_clear_error_without_the_password():
+    with pytest.raises(StoreError) as caught:
+        await Store.open("postgresql+asyncpg://bot:s3cret@127.0.0.1:1/bot")  # nothing listens on port 1
+    assert "could not be opened" in str(caught.value)
+    assert "s3cret" not in str(caught.value)

@@ -12,7 +12,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from ..config import DiscordSettings
+from ..config import ConfigError, DiscordSettings
 from ..service import ChatService
 from .commands import add_commands
 from .events import DiscordEvents
@@ -96,3 +96,39 @@ class ChatBot(discord.Client):
 
     async def on_guild_remove(self, guild: discord.Guild) -> None:
         await self.events.guild_removed(guild)
+
+
+class ShardedChatBot(ChatBot, discord.AutoShardedClient):
+    """The same bot over some of Discord's shards, so that several processes share the servers.
+
+    Ordering survives the split: Discord puts a server (so each of its channels) on shard
+    (guild_id >> 22) % shard_count and DMs on shard 0, so every channel's events reach one
+    process, which keeps them in order as the unsharded bot does. The processes share only the
+    database, and each writes only its own channels' rows."""
+
+
+def shard_options(settings: DiscordSettings) -> dict[str, Any]:
+    """discord.py's shard_count / shard_ids from [discord]; {} when unsharded. Checked before
+    the model loads, so a typo costs a second, not a minute."""
+    if settings.shard_count == 0:
+        if settings.shard_ids.strip():
+            raise ConfigError("[discord] shard_ids needs shard_count (the number of shards in all)")
+        return {}
+    return {"shard_count": settings.shard_count,
+            "shard_ids": parse_shard_ids(settings.shard_ids, settings.shard_count)}
+
+
+def chat_bot_for(service: ChatService, settings: DiscordSettings, sharding: dict[str, Any]) -> ChatBot:
+    """An unsharded ChatBot, or a ShardedChatBot over the shards in `sharding` (shard_options)."""
+    return ShardedChatBot(service, settings, **sharding) if sharding else ChatBot(service, settings)
+
+
+def parse_shard_ids(text: str, shard_count: int) -> list[int] | None:
+    """Read "0,2" as [0, 2]; empty is None (discord.py then runs every shard in this process)."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        return None
+    if not all(part.isdigit() and int(part) < shard_count for part in parts):
+        raise ConfigError(f"[discord] shard_ids must be shard numbers from 0 to {shard_count - 1}, "
+                          f"comma-separated (got {text!r})")
+    return sorted({int(part) for part in parts})

@@ -16,7 +16,7 @@ from .. import messages
 from ..app import open_app
 from ..config import Settings
 from ..llm.worker import ModelWorker
-from .client import ChatBot
+from .client import ChatBot, chat_bot_for, shard_options
 
 DOTENV_PATH = Path(".env")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -85,13 +85,14 @@ async def check_token(token: str) -> None:
 async def run_on_discord(settings: Settings, model: ModelWorker | None = None) -> int:
     """Chat on Discord until stopped (Ctrl-C). Reconnects on its own after network trouble."""
     token = discord_token(settings)
+    sharding = shard_options(settings.discord)
     # A text-only bot: discord.py's warnings that voice libraries are missing are only noise.
     discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
     await check_token(token)
     app = await open_app(settings, model)
     try:
         with explained_setup_errors():
-            async with ChatBot(app.service, settings.discord) as bot:
+            async with chat_bot_for(app.service, settings.discord, sharding) as bot:
                 await serve_until_stopped(bot, token)
     finally:
         await app.close()

@@ -7,6 +7,10 @@ from .worker import ModelFront, ModelWorker
 
 
 def load_model(settings: Settings) -> ModelFront:
+    if settings.model.backend == "openai":
+        # A server writes the replies: no torch, no engine here.
+        from .openai_backend import load_openai_model
+        return load_openai_model(settings.model)
     # Imported here so that commands which never load a model never import torch.
     from .engine import BatchingEngine
     from .transformers_backend import load_transformers_backend

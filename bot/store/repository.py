@@ -6,10 +6,12 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import AsyncIterator
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import DatabaseError, SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from ..core.types import Turn
@@ -55,7 +57,9 @@ class OneWriterAtATime:
 class Store:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
-        self._sessions = OneWriterAtATime(async_sessionmaker(engine, expire_on_commit=False))
+        sessions = async_sessionmaker(engine, expire_on_commit=False)
+        # PostgreSQL takes concurrent writers itself (row locks); only SQLite needs them queued.
+        self._sessions = OneWriterAtATime(sessions) if engine.dialect.name == "sqlite" else sessions
 
     @classmethod
     async def open(cls, url: str, migrate: bool = True) -> "Store":
@@ -64,7 +68,7 @@ class Store:
         try:
             if migrate:
                 await upgrade(engine)
-        except DatabaseError as error:
+        except (DBAPIError, OSError) as error:  # OSError: a database server that cannot be reached
             await engine.dispose()
             raise StoreError(_explain_open_error(url, error)) from error
         return cls(engine)
@@ -176,11 +180,20 @@ class Store:
 
 def _to_turn(row: Message) -> Turn:
     return Turn(id=row.id, role=row.role, content=row.content, author_name=row.author_name, author_id=row.author_id,
-                message_id=row.discord_message_id, created_at=row.created_at)
+                message_id=row.discord_message_id, created_at=_as_utc(row.created_at))
 
 
-def _explain_open_error(url: str, error: SQLAlchemyError) -> str:
+def _as_utc(moment: datetime | None) -> datetime | None:
+    """Times are stored in UTC; SQLite drops the zone on the way back (PostgreSQL keeps it), so
+    both backends hand out the same timezone-aware value."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=timezone.utc)
+
+
+def _explain_open_error(url: str, error: SQLAlchemyError | OSError) -> str:
     text = str(error.orig if getattr(error, "orig", None) else error)
+    url = make_url(url).render_as_string(hide_password=True)  # a PostgreSQL URL may hold one
     if "not a database" in text or "malformed" in text:
         return (f"The database at {url} is not a valid SQLite database (or is damaged). "
                 "Move the file aside to start afresh, or point [database] url at another file.")

@@ -10,6 +10,9 @@ Protocol implemented (see Discord's "Gateway" documentation):
   above the client's is replayed, then RESUMED; unknown sessions get
   INVALID_SESSION (op 9, not resumable);
 * REQUEST_GUILD_MEMBERS (op 8) is answered with one GUILD_MEMBERS_CHUNK.
+* IDENTIFY with ``shard: [id, count]`` makes a sharded session: like Discord, it
+  gets only the guilds with ``(guild_id >> 22) % count == id`` (READY, GUILD_CREATE
+  and their events), and events outside any guild (DMs) go to shard 0 only.
 
 Every DISPATCH (op 0) gets the session's next sequence number and is kept in
 the session's log, so events that happen while the bot is disconnected are
@@ -111,11 +114,20 @@ class GatewayConnection:
             await self.ws.close(code=code)
 
 
+def event_guild_id(event: str, data: dict) -> Optional[int]:
+    """The guild an event belongs to (which decides its shard); None outside guilds."""
+    guild_id = data.get("guild_id")
+    if guild_id is None and event in ("GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE"):
+        guild_id = data.get("id")
+    return int(guild_id) if guild_id is not None else None
+
+
 class GatewaySession:
     """What Discord keeps per IDENTIFY: id, intents, sequence and event log."""
 
-    def __init__(self, token: str, intents: int) -> None:
+    def __init__(self, token: str, intents: int, shard: Optional[List[int]] = None) -> None:
         self.session_id = new_token()
+        self.shard_id, self.shard_count = shard if shard else (0, 1)
         self.token = token
         self.intents = intents
         self.seq = 0
@@ -130,6 +142,12 @@ class GatewaySession:
 
     def send(self, frame: dict) -> Optional["asyncio.Future[None]"]:
         return self.connection.send(frame) if self.connection else None
+
+    def receives(self, guild_id: Optional[int]) -> bool:
+        """Whether this session's shard carries the guild's events (DMs: shard 0)."""
+        if guild_id is None:
+            return self.shard_id == 0
+        return (guild_id >> 22) % self.shard_count == self.shard_id
 
 
 class Gateway:
@@ -200,12 +218,12 @@ class Gateway:
         if data.get("token") != self._token:
             await conn.close(CLOSE_AUTHENTICATION_FAILED)
             return
-        session = GatewaySession(self._token, int(data.get("intents", 0)))
+        session = GatewaySession(self._token, int(data.get("intents", 0)), data.get("shard"))
         self.sessions[session.session_id] = session
         self.identify_count += 1
         self._attach(conn, session)
         futures = [session.send(session.frame("READY", self._ready_payload(session)))]
-        for guild in self._state.bot_guilds():
+        for guild in self._guilds_of(session):
             futures.append(session.send(session.frame("GUILD_CREATE", self._guild_create(session, guild))))
         await self._mark_connected(futures)
 
@@ -254,8 +272,9 @@ class Gateway:
         return {
             "v": 10,
             "user": payloads.current_user(self._state.bot),
-            "guilds": [{"id": str(g.id), "unavailable": True} for g in self._state.bot_guilds()],
+            "guilds": [{"id": str(g.id), "unavailable": True} for g in self._guilds_of(session)],
             "session_id": session.session_id,
+            "shard": [session.shard_id, session.shard_count],
             "session_type": "normal",
             "resume_gateway_url": self._gateway_url(),
             "application": {"id": str(self._state.application_id), "flags": self._application_flags},
@@ -268,6 +287,9 @@ class Gateway:
             "auth_session_id_hash": "",
             "_trace": ["fakediscord"],
         }
+
+    def _guilds_of(self, session: GatewaySession) -> list:
+        return [guild for guild in self._state.bot_guilds() if session.receives(guild.id)]
 
     def _guild_create(self, session: GatewaySession, guild) -> dict:
         return payloads.guild_create(
@@ -307,7 +329,10 @@ class Gateway:
         Sessions whose socket is down still log it, for replay on RESUME.
         """
         futures = []
+        guild_id = event_guild_id(event, data)
         for session in self.sessions.values():
+            if not session.receives(guild_id):
+                continue
             shaped = shape_for_intents(session.intents, event, data, self._state.bot.id)
             if shaped is None:
                 continue
@@ -320,6 +345,8 @@ class Gateway:
         """GUILD_CREATE is rendered per session: its member list depends on intents."""
         futures = []
         for session in self.sessions.values():
+            if not session.receives(guild.id):
+                continue
             future = session.send(session.frame("GUILD_CREATE", self._guild_create(session, guild)))
             if future is not None:
                 futures.append(future)

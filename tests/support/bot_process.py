@@ -1,6 +1,7 @@
 """The real bot as a separate process, talking to a fake Discord run by the test process.
 
     python -m tests.support.bot_process --api URL --gateway URL --db SQLALCHEMY_URL
+        [--shard-id N --shard-count M]
 
 It runs `run_on_discord` itself (token check, database, ChatBot, signal handling) with a
 scripted model inside the real ModelWorker, so a test can SIGKILL or SIGTERM it like an
@@ -34,6 +35,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--gateway", required=True, help="the fake's Gateway URL")
     parser.add_argument("--db", required=True, help="SQLAlchemy URL of the database")
     parser.add_argument("--token", default="fake-bot-token")
+    parser.add_argument("--shard-id", type=int, help="run only this Discord shard (with --shard-count)")
+    parser.add_argument("--shard-count", type=int, default=0, help="Discord shards in all (0 = unsharded)")
     parser.add_argument("--word-delay", type=float, default=0.01, help="seconds between streamed words")
     return parser.parse_args(argv)
 
@@ -45,7 +48,8 @@ def main(argv: list[str]) -> int:
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(arguments.gateway)
     settings = load_settings(REPO_ROOT / "config.toml", environ={
         "BOT_DATABASE_URL": arguments.db, "BOT_DISCORD_STREAM_EDIT_INTERVAL": "0",
-        "BOT_LIMITS_USER_MESSAGES_PER_MINUTE": "0"})
+        "BOT_LIMITS_USER_MESSAGES_PER_MINUTE": "0", "BOT_DISCORD_SHARD_COUNT": str(arguments.shard_count),
+        "BOT_DISCORD_SHARD_IDS": "" if arguments.shard_id is None else str(arguments.shard_id)})
     settings = dataclasses.replace(settings, discord_token=arguments.token)
     model = ModelWorker(ScriptedBackend(word_delay_s=arguments.word_delay), timeout_s=30)
     return asyncio.run(run_on_discord(settings, model=model))

@@ -1,0 +1,106 @@
+"""Scaling out: two bot processes, each running one Discord shard, sharing one database.
+
+Discord sends a server's events to one shard only ((guild_id >> 22) % shard_count), so each
+process must answer only its own servers' messages, and the two must write to the one database
+without losing, doubling or reordering any channel's turns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import AsyncExitStack
+
+import pytest
+
+from bot.config import ConfigError, DiscordSettings
+from bot.discord_bot.client import shard_options
+from bot.store import Store
+from tests.fakediscord import FakeDiscord, build_world
+from tests.test_crash import BotProcess, ask, posted_answers
+
+SHARD_COUNT = 2
+QUESTIONS_PER_CHANNEL = 3
+
+
+def shard_of(guild_id: int) -> int:
+    return (guild_id >> 22) % SHARD_COUNT
+
+
+def add_guild_on_shard(fake: FakeDiscord, shard_id: int, name: str):
+    """A guild whose id puts it on `shard_id`. Ids are time-based (the shard is the millisecond's
+    parity for two shards), so wait for the next millisecond until one fits."""
+    while True:
+        guild = fake.add_guild(name)
+        if shard_of(guild.id) == shard_id:
+            return guild
+        time.sleep(0.001)
+
+
+@pytest.fixture
+def shared_database_url(request, tmp_path) -> str:
+    """PostgreSQL, what several processes should share; a SQLite file where it cannot start."""
+    try:
+        return request.getfixturevalue("fresh_postgres_url")
+    except pytest.skip.Exception:
+        return f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+
+
+async def ask_in_turn(world, channel, label: str) -> list[str]:
+    """Questions to one channel, each after the last one's answer, as a person would."""
+    for number in range(QUESTIONS_PER_CHANNEL):
+        await ask(world, f"{label} question {number}", channel=channel)
+    return [f"{label} question {number}" for number in range(QUESTIONS_PER_CHANNEL)]
+
+
+async def test_two_shard_processes_answer_their_own_servers_into_one_database(tmp_path, shared_database_url):
+    async with FakeDiscord() as fake, AsyncExitStack() as processes:
+        world = build_world(fake)
+        first_shard = shard_of(world.guild.id)
+        other_guild = add_guild_on_shard(fake, 1 - first_shard, "Other Guild")
+        other_channel = fake.add_text_channel(other_guild, "general")
+        fake.add_member(other_guild, world.alice)
+        for shard_id in range(SHARD_COUNT):
+            bot = BotProcess(fake, tmp_path / "unused.db", tmp_path / f"shard{shard_id}.log", 0.0,
+                             database_url=shared_database_url,
+                             extra_arguments=("--shard-id", str(shard_id), "--shard-count", str(SHARD_COUNT)))
+            processes.push_async_callback(bot.kill)
+            await bot.start()
+
+        asked = await asyncio.gather(ask_in_turn(world, world.general, "first"),
+                                     ask_in_turn(world, other_channel, "other"))
+        await asyncio.sleep(0.5)  # time for a second, wrongly routed answer to show up
+
+        assert len(posted_answers(fake)) == SHARD_COUNT * QUESTIONS_PER_CHANNEL  # each answered once
+        assert sessions_by_shard(fake) == {0, 1}
+        for session in fake.gateway.sessions.values():
+            assert guilds_with_messages(session) <= {g.id for g in (world.guild, other_guild)
+                                                     if shard_of(g.id) == session.shard_id}
+        store = await Store.open(shared_database_url, migrate=False)
+        try:
+            for channel, questions in zip((world.general, other_channel), asked):
+                turns = await store.recent_turns(channel.id, 100)
+                assert [turn.role for turn in turns] == ["user", "assistant"] * QUESTIONS_PER_CHANNEL
+                users = [turn.content for turn in turns if turn.role == "user"]
+                assert all(question in stored for question, stored in zip(questions, users, strict=True))
+        finally:
+            await store.close()
+
+
+def sessions_by_shard(fake: FakeDiscord) -> set[int]:
+    return {session.shard_id for session in fake.gateway.sessions.values() if session.shard_count == SHARD_COUNT}
+
+
+def guilds_with_messages(session) -> set[int]:
+    return {int(frame["d"]["guild_id"]) for frame in session.log
+            if frame["t"] == "MESSAGE_CREATE" and frame["d"].get("guild_id")}
+
+
+def test_sharding_settings_are_checked_before_anything_starts():
+    assert shard_options(DiscordSettings()) == {}
+    assert shard_options(DiscordSettings(shard_count=4, shard_ids="2, 0")) == {"shard_count": 4, "shard_ids": [0, 2]}
+    assert shard_options(DiscordSettings(shard_count=4)) == {"shard_count": 4, "shard_ids": None}
+    with pytest.raises(ConfigError, match="from 0 to 3"):
+        shard_options(DiscordSettings(shard_count=4, shard_ids="4"))
+    with pytest.raises(ConfigError, match="needs shard_count"):
+        shard_options(DiscordSettings(shard_ids="0"))
