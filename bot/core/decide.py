@@ -36,12 +36,6 @@ def is_addressed(message: IncomingMessage) -> bool:
     return message.is_dm or message.mentions_bot or message.replies_to_bot
 
 
-def needs_auto_reply_setting(message: IncomingMessage) -> bool:
-    """Whether the decision depends on the channel's auto-reply switch, so callers can
-    skip reading it (a database read) for the many messages where it does not matter."""
-    return not (message.author_is_bot or message.is_system or is_addressed(message))
-
-
 def should_answer(message: IncomingMessage, auto_reply: bool) -> Decision:
     """`auto_reply`: whether auto-reply is switched on in the message's channel."""
     if message.author_is_bot:
