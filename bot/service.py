@@ -291,6 +291,8 @@ class ChatService:
         The model's cached prompts of those channels go too, since they hold the person's words.
         The audit entry keeps the id and the count only: no name, no content."""
         erased = await self.store.forget_author(user_id)
+        # Whatever they write from now on stays out of training-data exports too.
+        await self.store.opt_out(user_id, reason="forget-me")
         for erased_channel in erased.channel_ids:
             self._prompt_starts.forget(erased_channel)
             self.model.forget(erased_channel)

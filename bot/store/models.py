@@ -63,6 +63,8 @@ class GuildSettings(Base):
     persona: Mapped[str | None] = mapped_column(Text)
     persona_set_by: Mapped[int | None] = mapped_column(BigInteger)
     persona_set_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # A LoRA adapter (by name, one of the operator's [model] adapters_dir) for this server's replies.
+    adapter: Mapped[str | None] = mapped_column(String(200))
 
 
 class ChannelSettings(Base):
@@ -75,6 +77,16 @@ class ChannelSettings(Base):
     auto_reply: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
     updated_by: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ExportOptOut(Base):
+    """People whose words never go into an exported training set: they ran /optout, or /forget-me."""
+
+    __tablename__ = "export_opt_outs"
+
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    reason: Mapped[str] = mapped_column(String(32), nullable=False)  # "optout" or "forget-me"
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, nullable=False)
 
 
 class AuditEntry(Base):

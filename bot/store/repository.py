@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from ..core.types import Turn
 from .database import create_engine, upgrade
-from .models import AuditEntry, ChannelSettings, GuildSettings, Message, utc_now
+from .models import AuditEntry, ChannelSettings, ExportOptOut, GuildSettings, Message, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,36 @@ class Store:
             row.guild_id, row.auto_reply = guild_id, enabled
             row.updated_by, row.updated_at = actor_id, utc_now()
             session.add(row)
+
+    async def adapter(self, guild_id: int) -> str | None:
+        """The name of the LoRA adapter a server chose (None: the configured default)."""
+        async with self._sessions() as session:
+            row = await session.get(GuildSettings, guild_id)
+        return row.adapter if row else None
+
+    async def set_adapter(self, guild_id: int, adapter: str | None) -> None:
+        async with self._sessions.begin() as session:
+            row = await session.get(GuildSettings, guild_id) or GuildSettings(guild_id=guild_id)
+            row.adapter = adapter
+            session.add(row)
+
+    # Training-data export: who is left out --------------------------------
+
+    async def opt_out(self, user_id: int, reason: str) -> None:
+        """Keep this person's words out of every export from now on (idempotent; the first reason stays)."""
+        async with self._sessions.begin() as session:
+            if await session.get(ExportOptOut, user_id) is None:
+                session.add(ExportOptOut(user_id=user_id, reason=reason))
+
+    async def opt_in(self, user_id: int) -> bool:
+        """Undo opt_out. False if the person had not opted out."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(delete(ExportOptOut).where(ExportOptOut.user_id == user_id))
+        return result.rowcount > 0
+
+    async def opted_out_users(self) -> set[int]:
+        async with self._sessions() as session:
+            return set((await session.scalars(select(ExportOptOut.user_id))).all())
 
     # Audit log ----------------------------------------------------------
 
