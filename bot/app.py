@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
 
 from .config import Settings
 from .llm.loading import load_model
@@ -21,19 +23,29 @@ class App:
     store: Store
     model: ModelFront
     service: ChatService
+    metrics: Any = None  # bot.metrics.Metrics, serving, when [metrics] is on
 
     async def close(self) -> None:
         self.model.close()
         await self.store.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
 
-async def open_app(settings: Settings, model: ModelFront | None = None) -> App:
-    """Upgrade and open the database, then load the model (once) off the event loop."""
-    store = await Store.open(settings.database.url)
-    try:
+async def open_app(settings: Settings, model: ModelFront | None = None, *, serve_metrics: bool = False) -> App:
+    """Upgrade and open the database, then load the model (once) off the event loop.
+
+    With `serve_metrics` (the Discord bot) and [metrics] enabled, the Prometheus endpoint starts
+    first, so that a port in use is reported at once, not after the model has loaded."""
+    async with AsyncExitStack() as opened:  # closes what was opened if a later step fails
+        metrics = None
+        if serve_metrics and settings.metrics.enabled:
+            from .metrics import serving_metrics  # prometheus_client is imported only when it is used
+            metrics = serving_metrics(settings.metrics)
+            opened.callback(metrics.close)
+        store = await Store.open(settings.database.url)
+        opened.push_async_callback(store.close)
         if model is None:
             model = await asyncio.to_thread(load_model, settings)
-    except BaseException:
-        await store.close()
-        raise
-    return App(settings, store, model, ChatService(store, model, settings))
+        opened.pop_all()
+    return App(settings, store, model, ChatService(store, model, settings, observer=metrics), metrics)

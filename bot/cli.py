@@ -1,4 +1,4 @@
-"""Command line: `python -m bot run | chat | migrate`.
+"""Command line: `python -m bot run | chat | export | migrate` (and `finetune`).
 
 Every failure a user can fix (bad config, unusable database, model that cannot
 be loaded, missing token) ends with one clear line on stderr and a non-zero exit
@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from datetime import timedelta
 
 from .config import ConfigError, Settings, load_settings
 from .store import Store, StoreError
@@ -20,7 +21,7 @@ log = logging.getLogger("bot")
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _configure_logging(args.verbose)
+    _configure_logging(args.verbose, args.log_format)
     try:
         settings = load_settings(args.config)
         if getattr(args, "model", None):
@@ -43,13 +44,20 @@ def _is_user_fixable(error: Exception) -> bool:
         fixable += (sys.modules["bot.llm.transformers_backend"].ModelLoadError,)
     if "bot.discord_bot.launch" in sys.modules:
         fixable += (sys.modules["bot.discord_bot.launch"].DiscordSetupError,)
+    if "bot.finetune" in sys.modules:
+        fixable += (sys.modules["bot.finetune"].FinetuneError,)
+    if "bot.metrics" in sys.modules:
+        fixable += (sys.modules["bot.metrics"].MetricsError,)
     return isinstance(error, fixable)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bot", description="A Discord chat bot running its own language model.")
     parser.add_argument("--config", help="settings file (default: config.toml, or $BOT_CONFIG)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging (the only logging that shows what people and the model wrote)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="text: readable lines (default); json: one JSON object a line, for log aggregators")
     commands = parser.add_subparsers(dest="command", required=True)
 
     model_option = argparse.ArgumentParser(add_help=False)
@@ -63,6 +71,32 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--channel", type=int, default=0, help="terminal conversation number (default 0)")
     chat.add_argument("--user", help="your name as the model sees it (default: your login name)")
     chat.set_defaults(handler=_chat)
+
+    export = commands.add_parser("export", help="write stored conversations as a JSONL training set",
+                                 description="Write the stored conversations as chat-format JSONL (one "
+                                 '{"messages": [...]} conversation per line, the persona as system message), '
+                                 "ready for `python -m bot finetune` or TRL's SFTTrainer. People who used "
+                                 "/optout or /forget-me are left out, and so are the bot's answers to them.")
+    export.add_argument("--out", default="export.jsonl", help="file to write (default: export.jsonl)")
+    export.add_argument("--server", type=int, help="only this server (guild id)")
+    export.add_argument("--channel", type=int, help="only this channel (channel id)")
+    export.add_argument("--since", type=_day, help="first day, YYYY-MM-DD (UTC)")
+    export.add_argument("--until", type=_day, help="last day, YYYY-MM-DD (UTC), included")
+    export.add_argument("--min-turns", type=int, default=2,
+                        help="leave out conversations with fewer turns (user + bot; default 2)")
+    export.add_argument("--gap-minutes", type=float, default=60,
+                        help="a pause this long in a channel starts a new conversation (default 60)")
+    export.add_argument("--include-dms", action="store_true", help="include direct-message conversations")
+    export.add_argument("--keep-names", action="store_true",
+                        help='keep authors\' names instead of "User 1", "User 2", ...')
+    export.set_defaults(handler=_export)
+
+    finetune = commands.add_parser("finetune", parents=[model_option],
+                                   help="train a LoRA adapter on exported conversations (needs smolbot[train])")
+    from .finetune import add_arguments as add_finetune_arguments  # light: the heavy imports come in the handler
+
+    add_finetune_arguments(finetune)
+    finetune.set_defaults(handler=_finetune)
 
     migrate = commands.add_parser("migrate", help="upgrade the database schema to the newest version")
     migrate.set_defaults(handler=_migrate)
@@ -81,11 +115,57 @@ async def _chat(settings: Settings, args: argparse.Namespace) -> int:
 
     # One person, the one at the keyboard: a per-user rate limit would only get in their way.
     app = await open_app(settings.with_overrides("limits", user_messages_per_minute=0))
+    if not args.verbose:  # a line per reply would only clutter the chat; failures still show
+        logging.getLogger("bot.service").setLevel(logging.WARNING)
     try:
         await TerminalChat(app.service, channel_id=args.channel, user_name=args.user).run()
     finally:
         await app.close()
     return 0
+
+
+def _day(text: str):
+    from .export import parse_day
+
+    try:
+        return parse_day(text)
+    except ValueError as problem:
+        raise argparse.ArgumentTypeError(str(problem)) from None
+
+
+async def _export(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .export import ExportFilter, ExportSummary, export_lines, write_jsonl
+    from .service import persona_of
+
+    if args.min_turns < 1 or args.gap_minutes <= 0:
+        raise ConfigError("--min-turns must be at least 1 and --gap-minutes more than 0")
+    if args.since and args.until and args.since > args.until:
+        raise ConfigError(f"--since {args.since} is after --until {args.until}: nothing would be exported")
+    wanted = ExportFilter(guild_id=args.server, channel_id=args.channel, since=args.since, until=args.until,
+                          min_turns=args.min_turns, include_dms=args.include_dms or args.channel is not None,
+                          pseudonymise=not args.keep_names, gap=timedelta(minutes=args.gap_minutes))
+    store = await Store.open(settings.database.url)
+    try:
+        summary = ExportSummary()
+        lines = export_lines(store, lambda guild_id: persona_of(store, settings, guild_id), wanted, summary)
+        written = await write_jsonl(lines, Path(args.out))
+    finally:
+        await store.close()
+    if not written:
+        print("Nothing to export: no stored conversation matches (it needs a user turn and an answer, "
+              f"at least {args.min_turns} turns; people who opted out are left out). {args.out} was not written.",
+              file=sys.stderr)
+        return 1
+    print(f"Wrote {args.out}: {summary.describe()}.", file=sys.stderr)
+    return 0
+
+
+async def _finetune(settings: Settings, args: argparse.Namespace) -> int:
+    from .finetune import run_command
+
+    return run_command(settings.model, args)
 
 
 async def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
@@ -95,8 +175,13 @@ async def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def _configure_logging(verbose: bool, log_format: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        from .telemetry import JsonLinesFormatter
+        handler.setFormatter(JsonLinesFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     for noisy in ("httpx", "urllib3", "aiosqlite", "alembic.runtime.migration", "discord", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)

@@ -51,6 +51,10 @@ class ModelSettings:
     base_url: str = setting("", 'the server\'s API root for backend = "openai", e.g. "http://127.0.0.1:8000/v1"')
     send_repetition_penalty: bool = setting(True, 'send repetition_penalty to the server (vLLM, SGLang, llama.cpp '
                                             'honour it; false for `transformers serve`, which refuses it)')
+    adapter: str = setting("", "a LoRA adapter folder (peft layout) used for every reply unless a server picks "
+                           'another; "" = the base model')
+    adapters_dir: str = setting("", "a folder whose subfolders are LoRA adapters that server admins may pick by "
+                                'name with /persona adapter; "" = none')
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,13 @@ class LimitSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    enabled: bool = setting(False, "serve Prometheus metrics at http://HOST:PORT/metrics while the Discord bot runs")
+    host: str = setting("127.0.0.1", 'address the metrics endpoint listens on ("0.0.0.0" = every interface)')
+    port: int = setting(9108, "port of the metrics endpoint", low=1, high=65_535)
+
+
+@dataclass(frozen=True)
 class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
@@ -129,6 +140,7 @@ class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     discord: DiscordSettings = field(default_factory=DiscordSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     discord_token: str | None = field(default=None, repr=False)  # environment only
 
     def with_overrides(self, section: str, **values: Any) -> "Settings":

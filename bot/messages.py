@@ -59,3 +59,49 @@ CUT_SHORT_RESTART = "I'm restarting; this answer was cut short."
 FORGOT_YOU = ("Done: I erased {count} stored message(s) of yours: everything you wrote to me in every "
               "server and channel, and our direct-message conversations. My answers in server channels stay.")
 QUEUED = "(Many people are talking to me at once: you are number {place} in line. Your answer is coming.)"
+
+# Training-data export ------------------------------------------------------
+
+OPTED_OUT = ("Done: nothing you write will be included when this bot's conversations are exported to "
+             "train a model. I still answer you as before. Use /optin to undo this.")
+OPTED_IN = "Done: your messages may again be included in training-data exports. Use /optout to undo this."
+NOT_OPTED_OUT = "You had not opted out, so nothing changed. Use /optout to keep your messages out of exports."
+EXPORT_DATES_REVERSED = "The start date {since} is after the end date {until}. Nothing was exported."
+EXPORT_BAD_DATE = "{problem}. Nothing was exported."
+EXPORT_EMPTY = ("There is nothing to export{scope}: no conversation with an answer from me "
+                "(people who opted out are left out).")
+EXPORT_READY = ("Here is the export: {summary}. Authors are pseudonymised. Train on it with "
+                "`python -m bot finetune --data {filename} --out DIR`.")
+EXPORT_TOO_BIG = ("The export is {size:,} bytes even compressed, over Discord's {limit:,}-byte limit for this "
+                  "file. Export one channel or fewer days, or ask the bot's operator to run `python -m bot export`.")
+
+# Adapters ----------------------------------------------------------------
+
+ADAPTER_SET = "Done: from the next message, this server's replies are written by {adapter}."
+ADAPTER_UNKNOWN = 'There is no adapter named "{name}"; nothing changed.'
+ADAPTER_CHOOSE = "Pick one of: {names} (\"default\" is the bot's usual model, \"base\" the model without any adapter)."
+ADAPTERS_NONE = ("This bot has no fine-tuned adapters to choose from; its operator can add some "
+                 "([model] adapters_dir).")
+ADAPTER_IN_USE = "Model: {adapter}. Change it with /persona adapter."
+ADAPTER_NAMED = 'the fine-tuned adapter "{name}"'
+ADAPTER_DEFAULT = 'the default fine-tuned adapter ("{name}")'
+ADAPTER_NONE = "the base model, without an adapter"
+
+# Status and metrics ----------------------------------------------------------
+
+STATUS = ("Model: {model} ({context:,} tokens of context)\n"
+          "Backend: {backend}\n"
+          "Queue: {queue} ({waiting} waiting for the model, {writing} being written)\n"
+          "Uptime: {uptime}\n"
+          "Since start: {answered:,} answered, {refused:,} refused, {failed:,} failed")
+STATUS_BACKEND_BATCHING = "local batching engine (up to {max_batch} replies at once)"
+STATUS_BACKEND_WORKER = "local one-at-a-time worker"
+STATUS_BACKEND_REMOTE = "OpenAI-compatible server at {url}"
+STATUS_PROMPT_CACHES = "Prompt caches kept: {count:,} channel(s)"
+STATUS_SHARD = "Shard: {shard} of {count}"
+STATUS_UNSHARDED = "Shard: none (one connection for every server)"
+STATUS_SERVERS = "Servers: {count:,}"
+STATUS_LATENCY = "Gateway latency: {ms:,.0f} ms"
+# Said to the operator who starts `python -m bot run` (printed after "error: ").
+METRICS_CANNOT_LISTEN = ("Cannot serve the Prometheus metrics on {address} ({reason}). Set [metrics] port "
+                         "(or BOT_METRICS_PORT) to a free port, or stop what uses that one.")

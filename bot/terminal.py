@@ -25,8 +25,10 @@ HELP = """Commands:
   /persona show         show the persona the bot is using
   /persona set <text>   give the bot a new persona
   /persona reset        go back to the default persona
+  /persona adapter <name>  pick a fine-tuned adapter ("default", "base", or one of [model] adapters_dir)
   /history              show this chat's stored history
   /reset                forget this chat's history
+  /status               model, backend, queue, uptime
   /help                 this list
   /quit                 leave (so does end of input, Ctrl-D)"""
 
@@ -92,6 +94,8 @@ class TerminalChat:
             return await service.reset_channel(TERMINAL_GUILD_ID, self.channel_id, self.actor)
         if name == "/history":
             return format_history(await service.history(self.channel_id))
+        if name == "/status":
+            return await service.status()
         if name == "/persona":
             action, _, text = argument.partition(" ")
             if action == "show" or not action:
@@ -100,6 +104,8 @@ class TerminalChat:
                 return await service.set_persona(TERMINAL_GUILD_ID, self.actor, text)
             if action == "reset":
                 return await service.reset_persona(TERMINAL_GUILD_ID, self.actor)
+            if action == "adapter":
+                return await service.set_adapter(TERMINAL_GUILD_ID, self.actor, text)
         return f"Unknown command {line_head(name, argument)}. " + HELP
 
 

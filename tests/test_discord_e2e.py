@@ -439,7 +439,7 @@ async def test_the_second_turn_remembers_the_first_with_the_embedded_model(tmp_p
 
 async def test_commands_are_registered_with_both_guards(scene: Scene):
     registered = {c["name"]: c for c in scene.fake.registered_commands()}
-    assert set(registered) == {"persona", "reset", "autoreply", "forget-me"}
+    assert set(registered) == {"persona", "reset", "autoreply", "forget-me", "export", "optout", "optin", "status"}
     assert registered["persona"]["default_member_permissions"] == str(permissions.MANAGE_GUILD)
     assert registered["reset"]["default_member_permissions"] == str(permissions.MANAGE_MESSAGES)
     assert registered["autoreply"]["default_member_permissions"] == str(permissions.MANAGE_CHANNELS)
@@ -448,6 +448,12 @@ async def test_commands_are_registered_with_both_guards(scene: Scene):
     # /forget-me is for everyone, in servers and DMs: no permission asked for.
     assert registered["forget-me"]["default_member_permissions"] is None
     assert sorted(registered["forget-me"]["contexts"]) == [0, 1]
+    # /export is for moderators, in servers only; /optout and /optin for everyone, anywhere.
+    assert registered["export"]["default_member_permissions"] == str(permissions.MANAGE_GUILD)
+    assert registered["export"]["contexts"] == [0] and registered["export"]["dm_permission"] is False
+    for name in ("optout", "optin"):
+        assert registered[name]["default_member_permissions"] is None
+        assert sorted(registered[name]["contexts"]) == [0, 1]
     persona_set = next(o for o in registered["persona"]["options"] if o["name"] == "set")
     [text] = persona_set["options"]
     assert text["max_length"] == 4000 and "4,000" in persona_set["description"]
@@ -458,7 +464,7 @@ async def test_commands_sync_to_the_development_server_when_configured(tmp_path)
         guild = scene.world.guild
         assert scene.fake.requests_to("PUT", f"/applications/{{app}}/guilds/{guild.id}/commands")
         assert {c["name"] for c in scene.fake.registered_commands(guild)} == {
-            "persona", "reset", "autoreply", "forget-me"}
+            "persona", "reset", "autoreply", "forget-me", "export", "optout", "optin", "status"}
 
 
 async def test_an_admin_sets_the_persona_and_a_member_cannot(scene: Scene):
@@ -515,7 +521,8 @@ async def test_a_failing_command_says_so_and_logs_why(scene: Scene, caplog, monk
     with caplog.at_level(logging.ERROR, logger="bot.discord_bot"):
         answer = await scene.command(scene.world.mod, "persona show")
     assert answer["content"] == messages.COMMAND_FAILED and answer["flags"] & EPHEMERAL
-    assert any("the command persona show failed" in r.getMessage() for r in caplog.records)
+    assert any("event=command command=\"persona show\"" in r.getMessage() and "outcome=failed" in r.getMessage()
+               and r.exc_info for r in caplog.records)
 
 
 async def test_a_moderator_resets_the_channel_and_it_is_audited(scene: Scene):
@@ -674,7 +681,7 @@ async def test_a_failed_post_is_logged_and_the_channel_carries_on(scene: Scene, 
         await scene.fake.wait_for_request("POST", MESSAGES, predicate=lambda r: r.status == 503)
         reply = await scene.ask("second")
     assert reply.json["content"] == "echo: Alice: second"
-    assert any("could not post part 1 of 1" in r.getMessage() and "HTTP 503" in r.getMessage()
+    assert any("event=post_failed" in r.getMessage() and "part=1/1" in r.getMessage() and "HTTP 503" in r.getMessage()
                for r in caplog.records)
     assert any("no typing indicator" in r.getMessage() for r in caplog.records)
     assert lost["id"] not in [str(r.json["message_reference"]["message_id"]) for r in scene.posted()]

@@ -21,7 +21,8 @@ from bot.config import GenerationSettings
 from bot.core.cleaning import clean_reply
 from bot.llm.engine import BatchingEngine
 from bot.llm.worker import ModelBusy
-from bot.llm.kv_cache import PrefixCache, RunningBatch, common_prefix_length
+from bot.core.tokens import common_prefix_length
+from bot.llm.kv_cache import PrefixCache, RunningBatch
 from bot.llm.sampling import IncrementalText
 from bot.llm.transformers_backend import TransformersBackend
 from bot.llm.worker import GenerationFailed, GenerationTimeout

@@ -15,7 +15,7 @@ from bot.llm.openai_backend import OpenAICompatibleModel, api_key_from_environme
 from bot.llm.worker import GenerationFailed, GenerationTimeout
 from bot.service import ChatService
 from tests.conftest import settings_for
-from tests.support.openai_server import free_port, transformers_server
+from tests.support.openai_server import free_port, stub_server, transformers_server
 
 GREEDY = GenerationSettings(max_new_tokens=16, do_sample=False)
 HELLO = [{"role": "user", "content": "Write one sentence about the sea."}]
@@ -173,6 +173,9 @@ def test_the_api_key_comes_from_the_environment_only(tmp_path):
     (429, '{"error": {"message": "slow down"}}', r"busy right now \(too many requests\)"),
     (500, '{"error": {"message": "CUDA out of memory"}}', r"failed \(HTTP 500\): CUDA out of memory$"),
     (400, '{"detail": "bad field"}', r"refused the request \(HTTP 400\): bad field$"),
+    # FastAPI's validation errors (transformers serve) echo the offending input: only where and what.
+    (422, '{"detail": [{"loc": ["body", "top_k"], "msg": "Extra inputs are not permitted", "input": "secret"}]}',
+     r"refused the request \(HTTP 422\): body.top_k: Extra inputs are not permitted$"),
 ])
 async def test_busy_and_failing_servers_become_one_sentence(status, body, expected):
     # transformers serve never answers 429 or 500 on demand: a few lines of aiohttp on loopback do.
@@ -183,14 +186,10 @@ async def test_busy_and_failing_servers_become_one_sentence(status, body, expect
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", refuse)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    model = OpenAICompatibleModel(f"http://127.0.0.1:{port}/v1", "m", None, timeout_s=5)
-    try:
-        with pytest.raises(GenerationFailed, match=expected):
-            await model.generate(HELLO, GREEDY)
-    finally:
-        await model.aclose()
-        await runner.cleanup()
+    async with stub_server(app) as base_url:
+        model = OpenAICompatibleModel(base_url, "m", None, timeout_s=5)
+        try:
+            with pytest.raises(GenerationFailed, match=expected):
+                await model.generate(HELLO, GREEDY)
+        finally:
+            await model.aclose()

@@ -55,6 +55,8 @@ async def chat_then_drop_and_resume(fake: FakeDiscord, settings) -> None:
 
 async def test_the_token_is_in_no_log_record_nor_error(tmp_path, caplog):
     caplog.set_level(logging.DEBUG)  # the root logger: discord.py's, aiohttp's, ours
+    # Tests that run the CLI in this process quiet discord.py's logger (as `python -m bot` does).
+    caplog.set_level(logging.DEBUG, logger="discord")
     settings = settings_for(tmp_path / "bot.db")
     async with FakeDiscord(token=TOKEN) as fake:
         with point_discord_py_at(fake):

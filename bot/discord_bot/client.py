@@ -14,7 +14,7 @@ from discord import app_commands
 
 from ..config import ConfigError, DiscordSettings
 from ..service import ChatService
-from .commands import add_commands
+from .commands import add_commands, log_command
 from .events import DiscordEvents
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,9 @@ class ChatBot(discord.Client):
     async def on_ready(self) -> None:
         log.info("connected to Discord as %s, in %d server(s). Invite link: %s",
                  self.user, len(self.guilds), self.invite_link())
+
+    async def on_app_command_completion(self, interaction: discord.Interaction, _command: Any) -> None:
+        log_command(interaction, "ok")  # failures are logged where they are reported (commands.py)
 
     async def on_message(self, message: discord.Message) -> None:
         await self.events.message(message, self.user.id)

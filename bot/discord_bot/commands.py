@@ -1,4 +1,5 @@
-"""Slash commands: /persona set|show|reset, /reset, /autoreply on|off, /forget-me.
+"""Slash commands: /persona set|show|reset|adapter, /reset, /autoreply on|off, /forget-me, /export,
+/optout, /optin, /status.
 
 Each command is guarded twice. Default permissions tell Discord to hide it
 from members without the permission; but a server's admins can change who may
@@ -11,15 +12,20 @@ the person who asked sees them, and errors are plain sentences.
 # No `from __future__ import annotations` here: discord.py reads the parameter
 # annotations at runtime, and the persona's length limit comes from the settings.
 
+import gzip
+import io
 import logging
+import math
 from typing import Awaitable, Callable
 
 import discord
 from discord import app_commands
 
 from .. import messages
+from ..export import parse_day
 from ..service import Actor, ChatService, UserError
-from .posting import answer_privately
+from ..telemetry import log_event
+from .posting import NO_PINGS, answer_privately
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +72,14 @@ class GuardedGroup(app_commands.Group):
         return check_permitted(interaction, self.permission, server_only=True)
 
 
-def guarded(permission: str) -> Callable:
-    """Both guards for a top-level command that also works in DMs."""
+def guarded(permission: str, *, server_only: bool = False) -> Callable:
+    """Both guards for a top-level command (which works in DMs too unless server_only)."""
 
     def decorate(callback: Callable) -> Callable:
         callback = app_commands.check(
-            lambda interaction: check_permitted(interaction, permission, server_only=False))(callback)
+            lambda interaction: check_permitted(interaction, permission, server_only=server_only))(callback)
+        if server_only:
+            callback = app_commands.guild_only()(callback)
         return app_commands.default_permissions(**{permission: True})(callback)
 
     return decorate
@@ -82,6 +90,10 @@ def add_commands(tree: app_commands.CommandTree, service: ChatService) -> None:
     tree.add_command(reset_command(service))
     tree.add_command(autoreply_commands(service))
     tree.add_command(forget_me_command(service))
+    tree.add_command(export_command(service))
+    for command in opt_out_commands(service):
+        tree.add_command(command)
+    tree.add_command(status_command(service))
     tree.error(report_command_error)
 
 
@@ -103,7 +115,22 @@ def persona_commands(service: ChatService) -> app_commands.Group:
     async def persona_reset(interaction: discord.Interaction) -> None:
         await answer(interaction, lambda: service.reset_persona(interaction.guild_id, actor(interaction)))
 
+    @group.command(name="adapter", description="Pick the fine-tuned model (LoRA adapter) the bot uses in this server")
+    @app_commands.describe(name='One of the bot\'s adapters, "default" or "base" (no adapter)')
+    async def persona_adapter(interaction: discord.Interaction, name: app_commands.Range[str, 1, 100]) -> None:
+        await answer(interaction, lambda: service.set_adapter(interaction.guild_id, actor(interaction), name))
+
+    @persona_adapter.autocomplete("name")
+    async def adapter_names(_interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return adapter_choices(service, current)
+
     return group
+
+
+def adapter_choices(service: ChatService, current: str) -> list[app_commands.Choice[str]]:
+    """What /persona adapter offers as the admin types: the operator's adapters only."""
+    names = [n for n in service.model.adapters.choices() if current.strip().lower() in n.lower()]
+    return [app_commands.Choice(name=n, value=n) for n in names[:25]]  # Discord shows at most 25
 
 
 def reset_command(service: ChatService) -> app_commands.Command:
@@ -142,6 +169,84 @@ def forget_me_command(service: ChatService) -> app_commands.Command:
     return forget_me
 
 
+def export_command(service: ChatService) -> app_commands.Command:
+    @app_commands.command(name="export", description="Download this server's conversations with the bot "
+                                                     "as a training set (JSONL, pseudonymised)")
+    @app_commands.describe(channel="Only this channel (default: every channel)",
+                           since="First day, YYYY-MM-DD (UTC)", until="Last day, YYYY-MM-DD (UTC)")
+    @guarded("manage_guild", server_only=True)
+    async def export(interaction: discord.Interaction, channel: discord.abc.GuildChannel | None = None,
+                     since: str | None = None, until: str | None = None) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            first, last = (parse_day(since) if since else None), (parse_day(until) if until else None)
+        except ValueError as problem:
+            raise UserError(messages.EXPORT_BAD_DATE.format(problem=problem)) from None
+        made = await service.export_server(interaction.guild_id, actor(interaction),
+                                           channel_id=channel.id if channel else None, since=first, until=last)
+        if not made.summary.conversations:
+            scope = f" in #{channel.name}" if channel else ""
+            await answer_privately(interaction, messages.EXPORT_EMPTY.format(scope=scope))
+            return
+        await send_file_privately(interaction, made.data, f"export-{interaction.guild_id}.jsonl",
+                                  made.summary.describe())
+
+    return export
+
+
+async def send_file_privately(interaction: discord.Interaction, data: bytes, filename: str, summary: str) -> None:
+    """Attach the export to an ephemeral answer; gzip it past Discord's size limit for this
+    interaction, and say so plainly when even that is too big."""
+    limit = interaction.filesize_limit
+    if len(data) > limit:
+        data, filename = gzip.compress(data), filename + ".gz"
+    if len(data) > limit:
+        await answer_privately(interaction, messages.EXPORT_TOO_BIG.format(size=len(data), limit=limit))
+        return
+    text = messages.EXPORT_READY.format(summary=summary, filename=filename)
+    await interaction.followup.send(text, file=discord.File(io.BytesIO(data), filename=filename),
+                                    ephemeral=True, allowed_mentions=NO_PINGS)
+
+
+def opt_out_commands(service: ChatService) -> list[app_commands.Command]:
+    """Anyone, anywhere, about themselves only, like /forget-me."""
+
+    @app_commands.command(name="optout", description="Keep what you write out of training-data exports")
+    @app_commands.allowed_contexts(guilds=True, dms=True)
+    async def optout(interaction: discord.Interaction) -> None:
+        await answer(interaction, lambda: service.opt_out_of_export(interaction.user.id))
+
+    @app_commands.command(name="optin", description="Allow what you write in training-data exports again")
+    @app_commands.allowed_contexts(guilds=True, dms=True)
+    async def optin(interaction: discord.Interaction) -> None:
+        await answer(interaction, lambda: service.opt_in_to_export(interaction.user.id))
+
+    return [optout, optin]
+
+
+def status_command(service: ChatService) -> app_commands.Command:
+    @app_commands.command(name="status", description="The bot's model, backend, queue and uptime")
+    @guarded("manage_guild", server_only=True)
+    async def status(interaction: discord.Interaction) -> None:
+        await answer(interaction, lambda: service.status(discord_status_lines(interaction)))
+
+    return status
+
+
+def discord_status_lines(interaction: discord.Interaction) -> tuple[str, ...]:
+    """What Discord adds to /status: this server's shard, the servers and the gateway latency."""
+    client = interaction.client
+    guild = interaction.guild
+    if client.shard_count and guild is not None:
+        shard = messages.STATUS_SHARD.format(shard=guild.shard_id, count=client.shard_count)
+    else:
+        shard = messages.STATUS_UNSHARDED
+    lines = [shard, messages.STATUS_SERVERS.format(count=len(client.guilds))]
+    if math.isfinite(client.latency):  # not measured until the first heartbeat is acknowledged
+        lines.append(messages.STATUS_LATENCY.format(ms=client.latency * 1000))
+    return tuple(lines)
+
+
 async def answer(interaction: discord.Interaction, work: Callable[[], Awaitable[str]]) -> None:
     """Acknowledge at once (Discord allows 3 seconds; /reset may wait for an answer in
     progress), then show the outcome to the user alone."""
@@ -153,14 +258,24 @@ async def report_command_error(interaction: discord.Interaction, error: app_comm
     """Every failed command ends with a sentence for its user, and a log line when it is a bug."""
     original = getattr(error, "original", error)
     if isinstance(original, (Refused, UserError)):
+        log_command(interaction, "refused")
         text = str(original)
     else:
-        log.error("the command %s failed", getattr(interaction.command, "qualified_name", "?"), exc_info=error)
+        log_command(interaction, "failed", logging.ERROR, exc_info=error)
         text = messages.COMMAND_FAILED
     try:
         await answer_privately(interaction, text)
     except discord.HTTPException:
         log.warning("could not tell the user that a command failed", exc_info=True)
+
+
+def log_command(interaction: discord.Interaction, outcome: str, level: int = logging.INFO, **extra) -> None:
+    """One line per command run: which, who, where, how it went, and how long since Discord sent it.
+    Never its options (a persona's text, say)."""
+    elapsed = discord.utils.utcnow() - interaction.created_at
+    log_event(log, "command", level, command=getattr(interaction.command, "qualified_name", "?"),
+              guild=interaction.guild_id, channel=interaction.channel_id, user=interaction.user.id,
+              outcome=outcome, ms=round(elapsed.total_seconds() * 1000), **extra)
 
 
 def actor(interaction: discord.Interaction) -> Actor:

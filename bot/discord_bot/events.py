@@ -49,13 +49,16 @@ class DiscordEvents:
     async def _answer_in_turn(self, message: discord.Message, incoming: IncomingMessage) -> None:
         async with self._channels.hold(incoming.channel_id):
             decision = await self._decide(incoming)
+            posted = True
             if decision.action is Action.EXPLAIN_TEXT_ONLY:
-                await post_reply(message, [messages.ATTACHMENTS_ONLY])
+                posted = await post_reply(message, [messages.ATTACHMENTS_ONLY])
             elif decision.action is Action.ANSWER:
                 streamed = StreamedReply(message, self.stream_edit_interval)
                 async with typing_in(message.channel):
                     reply = await self.service.reply(incoming, on_progress=streamed.update)
-                await streamed.finish(parts_to_post(reply))
+                posted = await streamed.finish(parts_to_post(reply))
+            if not posted:  # logged by posting, with Discord's reason
+                self.service.observer.error("post_failed")
 
     @contextmanager
     def _counted(self) -> Iterator[None]:

@@ -89,7 +89,7 @@ async def run_on_discord(settings: Settings, model: ModelWorker | None = None) -
     # A text-only bot: discord.py's warnings that voice libraries are missing are only noise.
     discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
     await check_token(token)
-    app = await open_app(settings, model)
+    app = await open_app(settings, model, serve_metrics=True)
     try:
         with explained_setup_errors():
             async with chat_bot_for(app.service, settings.discord, sharding) as bot:

@@ -19,6 +19,7 @@ import discord
 
 from ..core.split import DISCORD_MESSAGE_LIMIT, split_message
 from ..core.types import Reply
+from ..telemetry import log_event
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,10 @@ def parts_to_post(reply: Reply, limit: int = DISCORD_MESSAGE_LIMIT) -> list[str]
     return parts
 
 
-async def post_reply(message: discord.Message, parts: list[str]) -> None:
+async def post_reply(message: discord.Message, parts: list[str]) -> bool:
     """The first part as a reply to `message`, the others after it, in order.
 
-    Stops at the first part that cannot be posted: the rest would read as a
+    Stops at the first part that cannot be posted (and returns False): the rest would read as a
     broken answer. The reply survives its trigger being deleted meanwhile
     (fail_if_not_exists=False): it is then posted as a plain message.
     """
@@ -58,9 +59,9 @@ async def post_reply(message: discord.Message, parts: list[str]) -> None:
             else:
                 await message.channel.send(part, allowed_mentions=NO_PINGS)
         except POSTING_ERRORS as error:
-            log.warning("could not post part %d of %d of the answer in channel %s: %s",
-                        index + 1, len(parts), message.channel.id, describe(error))
-            return
+            log_post_failure(message, index + 1, len(parts), error)
+            return False
+    return True
 
 
 class StreamedReply:
@@ -102,25 +103,25 @@ class StreamedReply:
         finally:
             self._posting = False
 
-    async def finish(self, parts: list[str]) -> None:
-        """The final text: the streamed message becomes the first part, the others follow."""
+    async def finish(self, parts: list[str]) -> bool:
+        """The final text: the streamed message becomes the first part, the others follow.
+        False when some of it could not be posted."""
         if self._shower is not None and not self._shower.done():
             if not self._posting:
                 self._shower.cancel()  # only waiting for its turn: the final text replaces it
             with contextlib.suppress(asyncio.CancelledError):
                 await self._shower
         if self.message is None:
-            await post_reply(self.trigger, parts)
-            return
+            return await post_reply(self.trigger, parts)
         if parts and parts[0] != self._shown and not await self._edit(parts[0]):
-            return
+            return False
         for index, part in enumerate(parts[1:], start=2):
             try:
                 await self.trigger.channel.send(part, allowed_mentions=NO_PINGS)
             except POSTING_ERRORS as error:
-                log.warning("could not post part %d of %d of the answer in channel %s: %s",
-                            index, len(parts), self.trigger.channel.id, describe(error))
-                return
+                log_post_failure(self.trigger, index, len(parts), error)
+                return False
+        return True
 
     async def _show(self, text: str) -> None:
         if self.message is None:
@@ -139,7 +140,8 @@ class StreamedReply:
         try:
             await self.message.edit(content=text, allowed_mentions=NO_PINGS)
         except POSTING_ERRORS as error:
-            log.warning("could not update the answer in channel %s: %s", self.trigger.channel.id, describe(error))
+            log_event(log, "edit_failed", logging.WARNING, guild=getattr(self.trigger.guild, "id", None),
+                      channel=self.trigger.channel.id, message_id=self.trigger.id, error=describe(error))
             return False
         self._shown = text
         return True
@@ -175,6 +177,11 @@ async def answer_privately(interaction: discord.Interaction, text: str) -> None:
             await interaction.followup.send(part, ephemeral=True, allowed_mentions=NO_PINGS)
         else:
             await interaction.response.send_message(part, ephemeral=True, allowed_mentions=NO_PINGS)
+
+
+def log_post_failure(trigger: discord.Message, part: int, parts: int, error: Exception) -> None:
+    log_event(log, "post_failed", logging.WARNING, guild=getattr(trigger.guild, "id", None),
+              channel=trigger.channel.id, message_id=trigger.id, part=f"{part}/{parts}", error=describe(error))
 
 
 def describe(error: Exception) -> str:

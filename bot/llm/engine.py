@@ -16,6 +16,13 @@ How a round of the engine thread goes (continuous batching):
    with its own settings; finished, failed and cancelled rows leave the batch
    at once, and their caches are kept for their channel's next turn.
 
+LoRA adapters: each request runs with its own adapter (or none), and rows with
+different adapters share a decode step. peft's mixed-adapter batch does it: the
+forward gets `adapter_names` (one per row, "__base__" for none), every LoRA layer
+runs the base weights on the whole batch and adds each adapter's low-rank update
+to its own rows. A kept channel cache is reused only under the adapter it was
+computed with. Without adapters the model is not wrapped and nothing is added.
+
 One thread owns the model (it is not thread-safe); the event loop only puts
 requests in a bounded queue and reads results delivered through
 loop.call_soon_threadsafe, so it never waits on the model.
@@ -34,7 +41,8 @@ import torch
 from transformers import DynamicCache
 
 from ..config import GenerationSettings
-from .kv_cache import PrefixCache, RunningBatch, cache_from_layers, common_prefix_length, crop_to, layers_of, new_cache
+from ..core.tokens import common_prefix_length
+from .kv_cache import PrefixCache, RunningBatch, cache_from_layers, crop_to, layers_of, new_cache
 from .sampling import IncrementalText, RowSampler
 from .transformers_backend import TransformersBackend
 from .worker import ChatMessages, GenerationError, GenerationFailed, GenerationTimeout, ModelBusy, ModelFront
@@ -62,10 +70,11 @@ class _Request:
     """One generation, as both threads see it. The engine thread only calls send()."""
 
     def __init__(self, messages: ChatMessages, params: GenerationSettings, cache_key: Hashable | None,
-                 deadline: float, wants_deltas: bool):
+                 deadline: float, wants_deltas: bool, lora: str | None = None):
         self.messages = messages
         self.params = params
         self.cache_key = cache_key
+        self.lora = lora  # the adapter it runs with (None: the base model)
         self.deadline = deadline  # on the event loop's clock
         self.wants_deltas = wants_deltas
         self.loop = asyncio.get_running_loop()
@@ -135,10 +144,11 @@ class BatchingEngine(ModelFront):
         self._thread.start()
 
     async def generate(self, messages: ChatMessages, params: GenerationSettings, *,
-                       cache_key: Hashable | None = None) -> str:
+                       cache_key: Hashable | None = None, adapter: str | None = None) -> str:
         """The model's raw reply. Raises ModelBusy, GenerationTimeout or GenerationFailed.
-        `cache_key` (the channel id) keeps this conversation's cache for its next turn."""
-        request = self._submit(messages, params, cache_key, wants_deltas=False)
+        `cache_key` (the channel id) keeps this conversation's cache for its next turn; `adapter`
+        is a LoRA adapter's name, "base", or None for the configured default."""
+        request = self._submit(messages, params, cache_key, wants_deltas=False, adapter=adapter)
         try:
             while True:
                 kind, value = await self._next_event(request)
@@ -148,10 +158,10 @@ class BatchingEngine(ModelFront):
             self._cancel(request)
 
     async def stream(self, messages: ChatMessages, params: GenerationSettings, *,
-                     cache_key: Hashable | None = None) -> AsyncIterator[str]:
-        """The reply as text deltas, as tokens come; same errors as generate(). Stop early with
-        contextlib.aclosing (or by cancelling the task) to free the place in the batch at once."""
-        request = self._submit(messages, params, cache_key, wants_deltas=True)
+                     cache_key: Hashable | None = None, adapter: str | None = None) -> AsyncIterator[str]:
+        """The reply as text deltas, as tokens come; same errors and arguments as generate(). Stop early
+        with contextlib.aclosing (or by cancelling the task) to free the place in the batch at once."""
+        request = self._submit(messages, params, cache_key, wants_deltas=True, adapter=adapter)
         try:
             while True:
                 kind, value = await self._next_event(request)
@@ -201,9 +211,9 @@ class BatchingEngine(ModelFront):
     # The caller's side ---------------------------------------------------------
 
     def _submit(self, messages: ChatMessages, params: GenerationSettings, cache_key: Hashable | None,
-                wants_deltas: bool) -> _Request:
+                wants_deltas: bool, adapter: str | None) -> _Request:
         deadline = asyncio.get_running_loop().time() + self.timeout_s
-        request = _Request(messages, params, cache_key, deadline, wants_deltas)
+        request = _Request(messages, params, cache_key, deadline, wants_deltas, self.lora_for(adapter))
         with self._wakeup:
             if self._closing:
                 raise GenerationFailed(SHUTTING_DOWN)
@@ -267,7 +277,7 @@ class BatchingEngine(ModelFront):
         try:
             prompt_ids = self.backend.render(request.messages)
             max_new_tokens = self._answer_limit(request.params, len(prompt_ids))
-            cache, reused = self._cache_for(request.cache_key, prompt_ids)
+            cache, reused = self._cache_for(request, prompt_ids)
         except Exception as error:
             self._fail(request, error)
             return
@@ -281,11 +291,14 @@ class BatchingEngine(ModelFront):
                                    f"context of {self.context_tokens} tokens.")
         return min(params.max_new_tokens, room)
 
-    def _cache_for(self, cache_key: Hashable | None, prompt_ids: list[int]) -> tuple[DynamicCache, int]:
+    def _cache_for(self, request: _Request, prompt_ids: list[int]) -> tuple[DynamicCache, int]:
         """A cache for this prompt: the channel's kept one cut to the longest common token prefix
         (the chat template may render the previous answer differently from how it was generated,
-        so only token equality counts), else an empty one. Returns (cache, tokens reused)."""
-        kept = self.prefix_cache.take(cache_key) if cache_key is not None else None
+        so only token equality counts), else an empty one. Returns (cache, tokens reused).
+        Keys/values computed under another adapter are worth nothing here: they are dropped."""
+        kept = self.prefix_cache.take(request.cache_key) if request.cache_key is not None else None
+        if kept and kept.lora != request.lora:
+            kept = None
         # The last prompt token is always run: its logits choose the first answer token.
         reused = min(common_prefix_length(kept.token_ids, prompt_ids), len(prompt_ids) - 1) if kept else 0
         if reused <= 0:
@@ -297,7 +310,7 @@ class BatchingEngine(ModelFront):
     def _drop_cancelled(self) -> None:
         for prefill in [p for p in self._prefills if p.request.cancelled]:
             self._prefills.remove(prefill)
-            self._keep_cache(prefill.request.cache_key, prefill.prompt_ids[:prefill.done], layers_of(prefill.cache))
+            self._keep_cache(prefill.request, prefill.prompt_ids[:prefill.done], layers_of(prefill.cache))
         cancelled = [i for i, row in enumerate(self._rows) if row.request.cancelled]
         if cancelled:
             self._retire(cancelled, [])
@@ -309,7 +322,7 @@ class BatchingEngine(ModelFront):
             prefill = self._prefills[0]
             chunk = prefill.prompt_ids[prefill.done:prefill.done + budget]
             try:
-                logits = self._forward_alone(prefill.cache, chunk, prefill.done)
+                logits = self._forward_alone(prefill.cache, chunk, prefill.done, prefill.request.lora)
             except Exception as error:
                 self._prefills.popleft()
                 self._fail(prefill.request, error)
@@ -321,12 +334,12 @@ class BatchingEngine(ModelFront):
                 self._prefills.popleft()
                 self._start_row(prefill, logits)
 
-    def _forward_alone(self, cache: DynamicCache, token_ids: list[int], start: int) -> torch.Tensor:
+    def _forward_alone(self, cache: DynamicCache, token_ids: list[int], start: int, lora: str | None) -> torch.Tensor:
         """Run one sequence's tokens on top of its cache; the logits for the position after the last."""
         device = self.model.device
         output = self.model(input_ids=torch.tensor([token_ids], device=device),
                             position_ids=torch.arange(start, start + len(token_ids), device=device)[None],
-                            cache=cache, use_cache=True, logits_to_keep=1)
+                            cache=cache, use_cache=True, logits_to_keep=1, **self.backend.lora_arguments([lora]))
         return output.logits[0, -1]
 
     def _start_row(self, prefill: _Prefill, logits: torch.Tensor) -> None:
@@ -340,7 +353,7 @@ class BatchingEngine(ModelFront):
             self._fail(request, error)
             return
         if finished:
-            self._keep_cache(request.cache_key, row.cache_ids, layers_of(prefill.cache))
+            self._keep_cache(request, row.cache_ids, layers_of(prefill.cache))
             self._complete(row)
             return
         self._batch.add(prefill.cache)
@@ -354,7 +367,8 @@ class BatchingEngine(ModelFront):
         input_ids = torch.tensor([[row.next_token] for row in self._rows], device=device)
         try:
             output = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                cache=self._batch.cache, use_cache=True, logits_to_keep=1)
+                                cache=self._batch.cache, use_cache=True, logits_to_keep=1,
+                                **self.backend.lora_arguments([row.request.lora for row in self._rows]))
         except Exception as error:
             # One forward serves every row, so every row fails; the engine goes on for the next requests.
             self._fail_rows(range(len(self._rows)), error)
@@ -402,14 +416,14 @@ class BatchingEngine(ModelFront):
         """Take rows out of the batch; `keep` rows leave their cache to their channel."""
         for index in keep:
             row = self._rows[index]
-            self._keep_cache(row.request.cache_key, row.cache_ids, self._batch.row_layers(index))
+            self._keep_cache(row.request, row.cache_ids, self._batch.row_layers(index))
         leaving = set(keep) | set(discard)
         self._batch.remove(sorted(leaving))
         self._rows = [row for i, row in enumerate(self._rows) if i not in leaving]
 
-    def _keep_cache(self, cache_key: Hashable | None, token_ids: list[int], layers) -> None:
-        if cache_key is not None and token_ids:
-            self.prefix_cache.put(cache_key, token_ids, layers)
+    def _keep_cache(self, request: _Request, token_ids: list[int], layers) -> None:
+        if request.cache_key is not None and token_ids:
+            self.prefix_cache.put(request.cache_key, token_ids, layers, request.lora)
 
     def _fail(self, request: _Request, error: Exception) -> None:
         if isinstance(error, GenerationError):

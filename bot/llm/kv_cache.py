@@ -12,6 +12,8 @@ Two kinds live here:
 - PrefixCache: each channel's cache kept after its reply (prompt + answer
   tokens), least recently used out under a byte budget, so that the channel's
   next prompt (which starts with the previous one) only prefills what is new.
+  Each entry records the LoRA adapter its keys/values were computed with: they are
+  reused only by a request that runs with the same adapter.
 
 Tensors are [batch, kv_heads, sequence, head_dim], as in transformers' DynamicLayer.
 """
@@ -32,14 +34,6 @@ LayerKV = tuple[torch.Tensor, torch.Tensor]  # (keys, values) of one layer
 
 class UnsupportedCache(Exception):
     """The model's cache is not a plain full-attention DynamicCache (sliding windows, linear attention)."""
-
-
-def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 def new_cache(config) -> DynamicCache:
@@ -155,6 +149,7 @@ class KeptCache:
     token_ids: list[int]  # the tokens whose keys/values these are, in order
     layers: list[LayerKV]
     nbytes: int
+    lora: str | None = None  # the adapter they were computed with (None: the base model)
 
 
 class PrefixCache:
@@ -172,8 +167,8 @@ class PrefixCache:
         with self._lock:
             return self._entries.pop(key, None)
 
-    def put(self, key: Hashable, token_ids: list[int], layers: list[LayerKV]) -> None:
-        entry = KeptCache(list(token_ids), layers, layers_nbytes(layers))
+    def put(self, key: Hashable, token_ids: list[int], layers: list[LayerKV], lora: str | None = None) -> None:
+        entry = KeptCache(list(token_ids), layers, layers_nbytes(layers), lora)
         with self._lock:
             self._entries.pop(key, None)
             if entry.nbytes > self.budget_bytes:

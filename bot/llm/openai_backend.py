@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import urllib.request
 from pathlib import Path
 from typing import AsyncIterator, Hashable
 
@@ -21,6 +22,7 @@ import aiohttp
 
 from ..config import ConfigError, GenerationSettings, ModelSettings
 from . import embedded
+from .adapters import NO_ADAPTERS, Adapters, find_adapters
 from .worker import ChatMessages, GenerationFailed, GenerationTimeout, ModelFront
 
 log = logging.getLogger(__name__)
@@ -30,8 +32,9 @@ API_KEY_VARIABLES = ("BOT_MODEL_API_KEY", "OPENAI_API_KEY")
 # (about four) so a prompt estimated to fit will fit.
 CHARS_PER_TOKEN_ESTIMATE = 3
 TOKENS_PER_MESSAGE_ESTIMATE = 8  # role markers and separators each message adds
-FALLBACK_CONTEXT_TOKENS = 4096  # when neither the setting nor a local config says
+FALLBACK_CONTEXT_TOKENS = 4096  # when neither the setting, the server nor a local config says
 CONNECT_TIMEOUT_S = 10
+SERVER_INFO_TIMEOUT_S = 5  # asking the server for its context length, once at start
 
 
 class RemoteTokenCounter:
@@ -61,8 +64,11 @@ class OpenAICompatibleModel(ModelFront):
 
     def __init__(self, base_url: str, model_name: str, counter: RemoteTokenCounter, *,
                  thinking: bool = False, timeout_s: float = 120.0, api_key: str | None = None,
-                 send_repetition_penalty: bool = True):
+                 send_repetition_penalty: bool = True, adapters: Adapters = NO_ADAPTERS):
         super().__init__(counter)
+        # LoRA adapters the server serves as models of their own (vLLM's --lora-modules NAME=PATH):
+        # a request for one is sent with that NAME as its model.
+        self._adapters = adapters
         self.base_url = base_url.rstrip("/")
         self.model_name = model_name
         self.thinking = thinking
@@ -72,15 +78,21 @@ class OpenAICompatibleModel(ModelFront):
         self._session: aiohttp.ClientSession | None = None
         self.open_streams = 0  # responses being read now (0 once every stream is closed)
 
+    @property
+    def adapters(self) -> Adapters:
+        return self._adapters
+
     async def generate(self, messages: ChatMessages, params: GenerationSettings, *,
-                       cache_key: Hashable | None = None) -> str:
-        return "".join([delta async for delta in self.stream(messages, params)])
+                       cache_key: Hashable | None = None, adapter: str | None = None) -> str:
+        return "".join([delta async for delta in self.stream(messages, params, adapter=adapter)])
 
     async def stream(self, messages: ChatMessages, params: GenerationSettings, *,
-                     cache_key: Hashable | None = None) -> AsyncIterator[str]:
+                     cache_key: Hashable | None = None, adapter: str | None = None) -> AsyncIterator[str]:
         """The reply in text pieces as the server writes them. Stopping the iteration (break,
-        cancel, time limit) closes the connection, which tells the server to stop generating."""
+        cancel, time limit) closes the connection, which tells the server to stop generating.
+        `adapter` (a name, "base", or None for the default) picks the served model."""
         body = self.request_body(messages, params)
+        body["model"] = self.lora_for(adapter) or self.model_name
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         try:
             async with self._post(body) as response:
@@ -166,11 +178,20 @@ def _server_message(text: str) -> str:
         error = data.get("error")
         if isinstance(error, dict) and "message" in error:
             return str(error["message"])[:300]
+        if isinstance(data.get("detail"), list):  # FastAPI's validation errors: where and what, not the input
+            return "; ".join(_validation_problem(item) for item in data["detail"])[:300]
         if "detail" in data:
             return str(data["detail"])[:300]
         if isinstance(error, str):
             return error[:300]
     return text.strip()[:300]
+
+
+def _validation_problem(item: object) -> str:
+    if not isinstance(item, dict):
+        return str(item)
+    where = ".".join(str(part) for part in item.get("loc") or ())
+    return f"{where}: {item.get('msg', '')}" if where else str(item.get("msg", ""))
 
 
 async def _text_deltas(response: aiohttp.ClientResponse, deadline: float) -> AsyncIterator[str]:
@@ -218,20 +239,84 @@ def load_openai_model(settings: ModelSettings) -> OpenAICompatibleModel:
         raise ConfigError('[model] backend = "openai" needs base_url, e.g. "http://127.0.0.1:8000/v1".')
     local_source = _local_model_source(settings.name)
     tokenizer = _local_tokenizer(local_source)
-    context = settings.context_tokens or _local_context_length(local_source) or FALLBACK_CONTEXT_TOKENS
+    api_key = api_key_from_environment()
+    # The server's own limit first: it may serve less than the model's config allows (--max-model-len).
+    context = (settings.context_tokens or server_context_length(settings.base_url, settings.name, api_key)
+               or _local_context_length(local_source) or FALLBACK_CONTEXT_TOKENS)
     if tokenizer is None:
         log.warning("No local tokenizer for %s: the prompt token budget (%d tokens) is approximate "
                     "(about %d characters a token).", settings.name, context, CHARS_PER_TOKEN_ESTIMATE)
     counter = RemoteTokenCounter(settings.name, context, settings.thinking, tokenizer)
-    log.info("Replies come from %s (model %s).", settings.base_url, settings.name)
+    adapters = served_adapters(settings)
+    log.info("Replies come from %s (model %s%s).", settings.base_url, settings.name,
+             f"; LoRA adapters: {', '.join(adapters.names) or 'none to pick'}, default {adapters.default or 'none'}"
+             if adapters.any else "")
     return OpenAICompatibleModel(settings.base_url, settings.name, counter, thinking=settings.thinking,
-                                 timeout_s=settings.generation_timeout, api_key=api_key_from_environment(),
-                                 send_repetition_penalty=settings.send_repetition_penalty)
+                                 timeout_s=settings.generation_timeout, api_key=api_key,
+                                 send_repetition_penalty=settings.send_repetition_penalty, adapters=adapters)
+
+
+def served_adapters(settings: ModelSettings) -> Adapters:
+    """The adapters a remote server serves, by the model name each is sent as: the folder's name
+    (vLLM: --lora-modules NAME=PATH with NAME the folder's name). The server has the weights; here,
+    adapters_dir only says which names server admins may pick, so it is read (and checked) as for
+    a local model, and [model] adapter need not exist on this machine."""
+    names = tuple(sorted(find_adapters(Path(settings.adapters_dir)))) if settings.adapters_dir else ()
+    default = Path(settings.adapter).name if settings.adapter else None
+    return Adapters(default, names, default)
 
 
 def api_key_from_environment(environ: dict[str, str] | None = None) -> str | None:
     environ = os.environ if environ is None else environ
     return next((environ[name].strip() for name in API_KEY_VARIABLES if environ.get(name, "").strip()), None)
+
+
+def server_context_length(base_url: str, model_name: str, api_key: str | None = None) -> int:
+    """The context length (prompt + answer tokens) the server reports for `model_name`; 0 if it
+    reports none or cannot be asked. vLLM and SGLang: `max_model_len` of the model's entry in
+    GET {base_url}/models. llama.cpp server: one slot's `n_ctx` in GET /props (its /models entry
+    has `meta.n_ctx_train`, the length the model was trained for, which the server may not
+    have allotted). `transformers serve` reports none."""
+    listing = _get_json(f"{base_url.rstrip('/')}/models", api_key)
+    entries = listing.get("data") if isinstance(listing, dict) else None
+    entry = _model_entry(entries if isinstance(entries, list) else [], model_name)
+    length = entry.get("max_model_len")
+    if isinstance(length, int) and length > 0:
+        log.info("The model server serves %s with a context of %d tokens.", model_name, length)
+        return length
+    if "meta" in entry:  # llama.cpp server
+        props = _get_json(f"{_server_root(base_url)}/props", api_key)
+        slot = props.get("default_generation_settings") if isinstance(props, dict) else None
+        n_ctx = slot.get("n_ctx") if isinstance(slot, dict) else None
+        if isinstance(n_ctx, int) and n_ctx > 0:
+            log.info("The llama.cpp server gives each request a context of %d tokens.", n_ctx)
+            return n_ctx
+    return 0
+
+
+def _model_entry(entries: list, model_name: str) -> dict:
+    """The entry for the model the bot asks for; the only entry if none is named so (llama.cpp
+    names its one model after the file)."""
+    models = [entry for entry in entries if isinstance(entry, dict)]
+    named = [entry for entry in models if entry.get("id") == model_name]
+    return (named or (models if len(models) == 1 else [{}]))[0]
+
+
+def _server_root(base_url: str) -> str:
+    base_url = base_url.rstrip("/")
+    return base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
+
+
+def _get_json(url: str, api_key: str | None) -> object:
+    """GET a JSON document (at load time, off the event loop); None if that fails in any way."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=SERVER_INFO_TIMEOUT_S) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError) as error:  # unreachable, HTTP error, timeout, not JSON
+        log.debug("could not read %s: %s", url, error)
+        return None
 
 
 def _local_model_source(name: str) -> str | Path:

@@ -5,16 +5,21 @@ from __future__ import annotations
 import copy
 import logging
 import time
+import warnings
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 
 from ..config import GenerationSettings, ModelSettings
 from . import embedded
+from .adapters import NO_ADAPTERS, AdapterProblem, Adapters, plan_adapters
 from .chat_template import render_prompt_ids
 from .worker import ChatMessages, StopSignal
 
 log = logging.getLogger(__name__)
+
+PEFT_BASE = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
 
 
 class ModelLoadError(Exception):
@@ -32,8 +37,10 @@ class _StopWhenAsked(StoppingCriteria):
 
 
 class TransformersBackend:
-    def __init__(self, model, tokenizer, name: str, thinking: bool, context_tokens: int = 0):
-        self.model = model
+    def __init__(self, model, tokenizer, name: str, thinking: bool, context_tokens: int = 0,
+                 adapters: Adapters = NO_ADAPTERS):
+        self.model = model  # a peft model holding every adapter when there are any
+        self.adapters = adapters
         self.tokenizer = tokenizer
         # Counting runs on other threads than generation; a tokenizer of its own avoids
         # the Rust tokenizer's "already borrowed" errors under concurrent use.
@@ -51,7 +58,14 @@ class TransformersBackend:
     def count_tokens(self, messages: ChatMessages) -> int:
         return len(self.render(messages, self._counting_tokenizer))
 
-    def generate(self, messages: ChatMessages, params: GenerationSettings, should_stop: StopSignal) -> str:
+    def lora_arguments(self, loras: list[str | None]) -> dict:
+        """The forward/generate argument that runs each row with its own adapter (None: the base
+        model), peft's mixed-adapter batch; nothing at all when no adapter is loaded."""
+        return {"adapter_names": [lora or PEFT_BASE for lora in loras]} if self.adapters.any else {}
+
+    def generate(self, messages: ChatMessages, params: GenerationSettings, should_stop: StopSignal,
+                 lora: str | None = None) -> str:
+        """One reply with transformers' generate(); `lora` is the adapter (None: the base model)."""
         input_ids = torch.tensor([self.render(messages)], device=self.model.device)
         output = self.model.generate(
             input_ids=input_ids,
@@ -60,6 +74,7 @@ class TransformersBackend:
             pad_token_id=self.tokenizer.pad_token_id or self.stop_ids[0],
             eos_token_id=self.stop_ids,
             **sampling_arguments(params),
+            **self.lora_arguments([lora]),
         )
         return self.decode(output[0, input_ids.shape[1]:].tolist())
 
@@ -124,6 +139,10 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 def load_transformers_backend(settings: ModelSettings) -> TransformersBackend:
     """Load the configured model once, with progress on the console."""
+    try:  # checked before the (slow) model load, so that a wrong path fails at once
+        plan = plan_adapters(settings)
+    except AdapterProblem as error:
+        raise ModelLoadError(str(error)) from None
     source, label = settings.name, settings.name
     try:
         if settings.name == embedded.EMBEDDED_NAME:
@@ -140,10 +159,62 @@ def load_transformers_backend(settings: ModelSettings) -> TransformersBackend:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=settings.device_map)
     except OSError as error:
         raise ModelLoadError(_explain_load_error(settings.name, error)) from None
+    if plan.folders:
+        model = with_adapters(model, plan.folders, label)
+        log.info("LoRA adapters loaded: %s (default: %s).", ", ".join(plan.folders),
+                 plan.adapters.label or "none, the base model")
     model.eval()
     log.info("Model ready in %.1f s on %s.", time.monotonic() - started, model.device)
     return TransformersBackend(model, tokenizer, name=label, thinking=settings.thinking,
-                               context_tokens=settings.context_tokens)
+                               context_tokens=settings.context_tokens, adapters=plan.adapters)
+
+
+def with_adapters(model, folders: dict[str, Path], model_label: str):
+    """The model wrapped by peft with every adapter loaded by name (the base weights stay shared,
+    loaded once). An adapter that does not fit this model ends start-up with ModelLoadError."""
+    from peft import PeftModel  # only where adapters are configured: no peft otherwise
+
+    peft_model = None
+    for name, folder in folders.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # peft calls a deprecated transformers property
+                # In the model's own dtype (peft would upcast bf16/fp16 adapters to float32 for
+                # training): no casts around every LoRA layer at every step.
+                if peft_model is None:
+                    peft_model = PeftModel.from_pretrained(model, str(folder), adapter_name=name,
+                                                           autocast_adapter_dtype=False)
+                else:
+                    peft_model.load_adapter(str(folder), adapter_name=name, autocast_adapter_dtype=False)
+        except (RuntimeError, ValueError, KeyError, OSError) as error:
+            raise ModelLoadError(_explain_adapter_error(folder, model_label, error)) from None
+        _check_adapter_fits(peft_model, name, folder, model_label)
+    return peft_model
+
+
+def _check_adapter_fits(peft_model, name: str, folder: Path, model_label: str) -> None:
+    """peft only warns when an adapter's file lacks weights for layers it adapts, or holds weights
+    for layers this model does not have (an adapter made for another base model): refuse both."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    expected = {key for key in get_peft_model_state_dict(peft_model, adapter_name=name) if "lora_" in key}
+    with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as weights:
+        stored = {key for key in weights.keys() if "lora_" in key}
+    if expected != stored:
+        raise ModelLoadError(f'The adapter "{folder}" does not fit the model {model_label}: '
+                             f"{len(stored - expected)} of its weights have no place in the model and "
+                             f"{len(expected - stored)} are missing, so it was made for another base model.")
+
+
+def _explain_adapter_error(folder: Path, model_label: str, error: Exception) -> str:
+    detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    if "size mismatch" in str(error):
+        return (f'The adapter "{folder}" does not fit the model {model_label}: its weights have other shapes, '
+                "so it was made for another base model (set [model] name to that model, or train one for this).")
+    if "Target modules" in str(error):
+        return f'The adapter "{folder}" does not fit the model {model_label}: {detail}'
+    return f'Could not load the adapter "{folder}": {detail}'
 
 
 def _explain_load_error(name: str, error: OSError) -> str:

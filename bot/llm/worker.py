@@ -9,12 +9,14 @@ model that is not safe to call from two threads at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Callable, Hashable, Protocol
 
 from ..config import GenerationSettings
+from .adapters import NO_ADAPTERS, Adapters, UnknownAdapter
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ class Backend(Protocol):
 
     # Optional: backends that can stream define
     # generate_stream(messages, params, should_stop, emit) -> None, calling emit(text_delta) as they go.
+    # Backends that serve LoRA adapters have `adapters` (an Adapters) and take `lora=` (the adapter's
+    # name, None for the base model) in generate / generate_stream.
 
 
 class GenerationError(Exception):
@@ -74,6 +78,20 @@ class ModelFront:
     def context_tokens(self) -> int:
         return self.backend.context_tokens
 
+    @property
+    def adapters(self) -> Adapters:
+        """The LoRA adapters this model serves (none, for most backends)."""
+        return getattr(self.backend, "adapters", NO_ADAPTERS)
+
+    def lora_for(self, adapter: str | None) -> str | None:
+        """The adapter a request for `adapter` runs with (None: the base model); `adapter` None is
+        the configured default. The service only asks for adapters it was offered; anything else
+        is refused here all the same."""
+        try:
+            return self.adapters.resolve(adapter)
+        except UnknownAdapter:
+            raise GenerationFailed(f'The adapter "{adapter}" is not loaded.') from None
+
     def count_tokens(self, messages: ChatMessages) -> int:
         """Exact prompt length with the model's own chat template."""
         with self._counting_lock:
@@ -102,17 +120,20 @@ class ModelWorker(ModelFront):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-worker")
 
     async def generate(self, messages: ChatMessages, params: GenerationSettings, *,
-                       cache_key: Hashable | None = None) -> str:
+                       cache_key: Hashable | None = None, adapter: str | None = None) -> str:
         """The model's raw reply. Raises GenerationTimeout / GenerationFailed; the worker stays usable.
         (`cache_key` is accepted for the Model interface; this worker keeps no prefix caches.)"""
-        return "".join([delta async for delta in self.stream(messages, params)])
+        return "".join([delta async for delta in self.stream(messages, params, adapter=adapter)])
 
     async def stream(self, messages: ChatMessages, params: GenerationSettings, *,
-                     cache_key: Hashable | None = None) -> AsyncIterator[str]:
+                     cache_key: Hashable | None = None, adapter: str | None = None) -> AsyncIterator[str]:
         """The reply as it is written, in text pieces (one piece if the backend cannot stream).
+        `adapter`: a LoRA adapter's name, "base", or None for the configured default.
 
         Stopping the iteration early (break, cancel, time limit) stops the model at its next token.
         """
+        # Backends without adapters are called exactly as before (no `lora` argument).
+        lora = {"lora": self.lora_for(adapter)} if self.adapters.any else {}
         waiting = max(self._queued - 1, 0)
         if self.max_waiting is not None and self._queued and waiting >= self.max_waiting:
             raise ModelBusy(waiting)
@@ -123,7 +144,8 @@ class ModelWorker(ModelFront):
         def emit(delta: str) -> None:
             loop.call_soon_threadsafe(pieces.put_nowait, delta)
 
-        job = asyncio.ensure_future(loop.run_in_executor(self._executor, self._run, messages, params, stop, emit))
+        job = asyncio.ensure_future(loop.run_in_executor(
+            self._executor, functools.partial(self._run, messages, params, stop, emit, **lora)))
         self._queued += 1
         job.add_done_callback(self._one_done)
         deadline = loop.time() + self.timeout_s
@@ -153,14 +175,15 @@ class ModelWorker(ModelFront):
     def _one_done(self, _job: asyncio.Future) -> None:
         self._queued -= 1
 
-    def _run(self, messages: ChatMessages, params: GenerationSettings, stop: threading.Event, emit: Emit) -> None:
+    def _run(self, messages: ChatMessages, params: GenerationSettings, stop: threading.Event, emit: Emit,
+             **lora: str | None) -> None:
         if stop.is_set():  # cancelled while it waited in the queue
             return
         try:
             if hasattr(self.backend, "generate_stream"):
-                self.backend.generate_stream(messages, params, stop.is_set, emit)
+                self.backend.generate_stream(messages, params, stop.is_set, emit, **lora)
             else:
-                emit(self.backend.generate(messages, params, stop.is_set))
+                emit(self.backend.generate(messages, params, stop.is_set, **lora))
         except Exception as error:  # the model raising must not take the worker down
             log.exception("the model failed while generating")
             raise GenerationFailed(f"The model failed while writing a reply ({type(error).__name__}).") from error

@@ -20,10 +20,14 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 def create_engine(url: str) -> AsyncEngine:
     """An async engine; for SQLite, WAL mode and a busy timeout on every connection."""
     parsed = make_url(url)
+    # A failed statement's error message would carry its parameters: what people wrote. They are
+    # left out of errors (and so out of logs) unless debug logging (-v) is on.
+    hide_parameters = not logging.getLogger("bot").isEnabledFor(logging.DEBUG)
     if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_pre_ping=True)
+        return create_async_engine(url, pool_pre_ping=True, hide_parameters=hide_parameters)
     _make_parent_directory(parsed.database)
-    engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+                                 hide_parameters=hide_parameters)
     event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import AsyncIterator
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -114,6 +114,35 @@ class Store:
         async with self._sessions.begin() as session:
             result = await session.execute(delete(Message).where(Message.discord_message_id == message_id))
         return result.rowcount > 0
+
+    async def turns_in_order(self, *, guild_id: int | None = None, channel_id: int | None = None,
+                             include_dms: bool = True, after: datetime | None = None,
+                             before: datetime | None = None, page: int = 1000,
+                             ) -> AsyncIterator[tuple[int | None, int, Turn]]:
+        """(guild_id, channel_id, turn) for every stored turn that matches, channel by channel,
+        oldest first. Read a page at a time, each in its own short read, so an export of a large
+        database neither holds everything in memory nor keeps a transaction open meanwhile."""
+        query = select(Message).order_by(Message.channel_id, Message.id).limit(page)
+        if guild_id is not None:
+            query = query.where(Message.guild_id == guild_id)
+        elif not include_dms:
+            query = query.where(Message.guild_id.is_not(None))
+        if channel_id is not None:
+            query = query.where(Message.channel_id == channel_id)
+        if after is not None:
+            query = query.where(Message.created_at >= after)
+        if before is not None:
+            query = query.where(Message.created_at < before)
+        last: tuple[int, int] | None = None
+        while True:
+            paged = query if last is None else query.where(tuple_(Message.channel_id, Message.id) > last)
+            async with self._sessions() as session:
+                rows = (await session.scalars(paged)).all()
+            for row in rows:
+                yield row.guild_id, row.channel_id, _to_turn(row)
+            if len(rows) < page:
+                return
+            last = (rows[-1].channel_id, rows[-1].id)
 
     async def forget_author(self, author_id: int) -> "Erased":
         """Erase what a person wrote, everywhere, and their direct-message conversations whole

@@ -1,0 +1,216 @@
+"""Stored conversations -> a chat-format JSONL training set.
+
+One line per conversation: {"messages": [system persona, user, assistant, ...]}, the
+shape TRL's SFTTrainer and `tokenizer.apply_chat_template` take as it is. User turns
+carry a "Name: text" prefix exactly as the bot's prompts do (core.prompt.turn_to_message),
+so a model tuned on the export sees what it will see when serving.
+
+What is left out, and why:
+- people who ran /optout or /forget-me: their turns, and the bot's answers to them
+  (an answer is written for its asker and often repeats what they said);
+- direct messages, unless asked for: they were private;
+- turns the bot refused are never stored, so they cannot leak in.
+
+A channel's history becomes several conversations where it pauses for longer than
+`gap` (one line per sitting, not one endless line per channel), and a conversation
+ends at its last assistant turn: a trailing question without an answer teaches nothing.
+Authors are pseudonymised by default ("User 1", "User 2", ... in order of appearance
+in each conversation), in the prefix and wherever their name appears in the text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta, timezone
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable, Iterable
+
+from .core.prompt import turn_to_message
+from .core.types import Turn
+
+DEFAULT_GAP = timedelta(hours=1)
+PSEUDONYM = "User {number}"
+# Names shorter than this are not replaced inside the text ("Al" would eat "Also").
+MIN_NAME_LENGTH_TO_REPLACE = 3
+
+
+@dataclass(frozen=True)
+class ExportFilter:
+    """Which stored turns go into an export. Dates are UTC days, both ends included."""
+
+    guild_id: int | None = None
+    channel_id: int | None = None
+    since: date | None = None
+    until: date | None = None
+    min_turns: int = 2  # user + assistant turns a conversation needs to be kept
+    include_dms: bool = False
+    pseudonymise: bool = True
+    gap: timedelta = DEFAULT_GAP
+
+    @property
+    def after(self) -> datetime | None:
+        return datetime.combine(self.since, time.min, timezone.utc) if self.since else None
+
+    @property
+    def before(self) -> datetime | None:
+        return datetime.combine(self.until + timedelta(days=1), time.min, timezone.utc) if self.until else None
+
+
+@dataclass
+class ExportSummary:
+    """What an export wrote and what it left out, for the person who asked."""
+
+    conversations: int = 0
+    turns: int = 0
+    left_out_opted_out: int = 0  # turns of people who opted out, and the answers to them
+    left_out_short: int = 0  # conversations under min_turns
+    channels: set[int] = field(default_factory=set)
+
+    def describe(self) -> str:
+        text = (f"{self.conversations:,} conversation(s), {self.turns:,} turn(s) "
+                f"from {len(self.channels):,} channel(s)")
+        if self.left_out_opted_out:
+            text += f"; {self.left_out_opted_out:,} turn(s) of people who opted out left out"
+        if self.left_out_short:
+            text += f"; {self.left_out_short:,} conversation(s) shorter than the minimum left out"
+        return text
+
+
+# (guild_id, channel_id, turn), in channel then row order.
+StoredTurns = AsyncIterator[tuple[int | None, int, Turn]]
+PersonaFor = Callable[[int | None], Awaitable[str]]
+
+
+async def conversations(turns: StoredTurns, persona_for: PersonaFor, opted_out: set[int],
+                        wanted: ExportFilter, summary: ExportSummary) -> AsyncIterator[dict]:
+    """The export's lines, one conversation at a time, as {"messages": [...]} dicts."""
+    personas: dict[int | None, str] = {}
+    sitting: list[Turn] = []
+    where: tuple[int | None, int] | None = None
+
+    async def finish() -> dict | None:
+        if where is None:
+            return None
+        guild_id, channel_id = where
+        if guild_id not in personas:
+            personas[guild_id] = await persona_for(guild_id)
+        kept = _without_opted_out(sitting, opted_out, summary)
+        return _conversation(personas[guild_id], kept, channel_id, wanted, summary)
+
+    async for guild_id, channel_id, turn in turns:
+        if where != (guild_id, channel_id) or (sitting and _apart(sitting[-1], turn, wanted.gap)):
+            line = await finish()
+            if line:
+                yield line
+            sitting, where = [], (guild_id, channel_id)
+        sitting.append(turn)
+    line = await finish()
+    if line:
+        yield line
+
+
+def _apart(previous: Turn, turn: Turn, gap: timedelta) -> bool:
+    return bool(previous.created_at and turn.created_at and turn.created_at - previous.created_at > gap)
+
+
+def _without_opted_out(turns: list[Turn], opted_out: set[int], summary: ExportSummary) -> list[Turn]:
+    """Drop the turns of people who opted out, and the bot's answers to them."""
+    kept, answering_opted_out = [], False
+    for turn in turns:
+        if turn.role == "user":
+            answering_opted_out = turn.author_id in opted_out
+        if answering_opted_out:
+            summary.left_out_opted_out += 1
+        else:
+            kept.append(turn)
+    return kept
+
+
+def _conversation(persona: str, turns: list[Turn], channel_id: int, wanted: ExportFilter,
+                  summary: ExportSummary) -> dict | None:
+    kept = _from_first_user_turn_to_last_answer(turns)
+    if not kept or len(kept) < wanted.min_turns:
+        if kept:
+            summary.left_out_short += 1
+        return None
+    if wanted.pseudonymise:
+        kept = pseudonymised(kept)
+    summary.conversations += 1
+    summary.turns += len(kept)
+    summary.channels.add(channel_id)
+    return {"messages": [{"role": "system", "content": persona}, *map(turn_to_message, kept)]}
+
+
+def _from_first_user_turn_to_last_answer(turns: list[Turn]) -> list[Turn]:
+    first = next((i for i, turn in enumerate(turns) if turn.role == "user"), None)
+    last = next((i for i in range(len(turns) - 1, -1, -1) if turns[i].role == "assistant"), None)
+    if first is None or last is None or last < first:
+        return []
+    return turns[first:last + 1]
+
+
+def pseudonymised(turns: Iterable[Turn]) -> list[Turn]:
+    """Each author becomes "User N" (in order of appearance), in the name prefix and in
+    the text wherever their name (or @name) appears as a whole word, the bot's answers included."""
+    turns = list(turns)
+    names: dict[str, str] = {}
+    for turn in turns:
+        if turn.role == "user" and turn.author_name and turn.author_name not in names:
+            names[turn.author_name] = PSEUDONYM.format(number=len(names) + 1)
+    replace = _name_replacer(names)
+    return [Turn(role=turn.role, content=replace(turn.content),
+                 author_name=names.get(turn.author_name) if turn.author_name else None,
+                 id=turn.id, created_at=turn.created_at) for turn in turns]
+
+
+def _name_replacer(names: dict[str, str]) -> Callable[[str], str]:
+    replaceable = sorted((name for name in names if len(name) >= MIN_NAME_LENGTH_TO_REPLACE), key=len, reverse=True)
+    if not replaceable:
+        return lambda text: text
+    pattern = re.compile(r"(?<!\w)@?(" + "|".join(map(re.escape, replaceable)) + r")(?!\w)", re.IGNORECASE)
+    lowered = {name.lower(): pseudonym for name, pseudonym in names.items()}
+    return lambda text: pattern.sub(lambda found: lowered[found.group(1).lower()], text)
+
+
+def parse_day(text: str) -> date:
+    """A YYYY-MM-DD date from a command line or a slash-command option."""
+    try:
+        return date.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a date; write it as YYYY-MM-DD, e.g. 2026-11-29") from None
+
+
+async def write_jsonl(lines: AsyncIterator[dict], path: Path) -> int:
+    """Write the lines to `path` atomically and say how many there were. A reader never sees
+    half a file, and an export that failed or found nothing leaves `path` as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    written = 0
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            async for line in lines:
+                out.write(json.dumps(line, ensure_ascii=False) + "\n")
+                written += 1
+        if written:
+            os.replace(staging, path)
+    finally:
+        Path(staging).unlink(missing_ok=True)
+    return written
+
+
+async def jsonl_bytes(lines: AsyncIterator[dict]) -> bytes:
+    return b"".join([(json.dumps(line, ensure_ascii=False) + "\n").encode() async for line in lines])
+
+
+async def export_lines(store, persona_for: PersonaFor, wanted: ExportFilter,
+                       summary: ExportSummary) -> AsyncIterator[dict]:
+    """The export of a Store (see Store.turns_in_order), with everyone who opted out left out."""
+    opted_out = await store.opted_out_users()
+    turns = store.turns_in_order(guild_id=wanted.guild_id, channel_id=wanted.channel_id,
+                                 include_dms=wanted.include_dms, after=wanted.after, before=wanted.before)
+    async for line in conversations(turns, persona_for, opted_out, wanted, summary):
+        yield line

@@ -1,0 +1,450 @@
+"""`python -m bot finetune`: train a LoRA adapter on exported conversations.
+
+The data is what `python -m bot export` writes: a JSONL file, one {"messages": [...]} conversation
+per line (the persona as the system message, "Name: text" user turns, the bot's answers). Each
+conversation is rendered exactly as the bot renders its prompts (bot.llm.chat_template: the
+model's own chat template, contents as plain text, SmolLM3's thinking switch from the config),
+and only the assistant's answers and their end-of-turn tokens carry loss.
+
+How the mask is found, for any template: the tokens of the prompt the bot would give the model
+before answer i (the conversation so far plus the generation prompt) are a prefix of the whole
+conversation's tokens; answer i is what follows, up to and including the next end-of-turn token.
+Contents are encoded without control tokens, so an end-of-turn token there is always the
+template's own. SmolLM2/SmolLM3 templates have no {% generation %} markers, so TRL's
+assistant_only_loss cannot find these spans itself; TRL gets a pre-tokenized dataset instead
+(`input_ids` + `assistant_masks`, which it folds into `labels`).
+
+Nothing here imports torch, transformers, peft or trl at module level: the CLI loads this module
+cheaply, and the heavy imports happen when training starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .config import ModelSettings
+from .core.tokens import common_prefix_length
+
+log = logging.getLogger(__name__)
+
+ROLES = ("system", "user", "assistant")
+INSTALL_HINT = "pip install 'smolbot[train]'"
+METADATA_FILE = "finetune.json"
+
+Messages = list[dict[str, str]]
+
+
+class FinetuneError(Exception):
+    """Training cannot start or finish; str() is one sentence saying what to fix."""
+
+
+@dataclass(frozen=True)
+class Conversation:
+    line: int  # 1-based line in the data file, for messages about it
+    messages: Messages
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """Defaults suit SmolLM3-3B on one GPU: LoRA r=16 on every linear projection, an effective
+    batch of 16 conversations, two epochs."""
+
+    data: Path
+    out: Path
+    epochs: float = 2.0
+    max_steps: int | None = None  # overrides epochs
+    learning_rate: float = 2e-4
+    rank: int = 16
+    alpha: int | None = None  # default: twice the rank
+    dropout: float = 0.05
+    batch_size: int = 4
+    gradient_accumulation: int = 4
+    max_length: int = 2048
+    eval_fraction: float = 0.1
+    seed: int = 0
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs > 0, f"--epochs must be above 0 (got {self.epochs})"),
+            (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1 (got {self.max_steps})"),
+            (self.learning_rate > 0, f"--learning-rate must be above 0 (got {self.learning_rate})"),
+            (self.rank >= 1, f"--rank must be at least 1 (got {self.rank})"),
+            (self.alpha is None or self.alpha >= 1, f"--alpha must be at least 1 (got {self.alpha})"),
+            (0 <= self.dropout < 1, f"--dropout must be from 0 to below 1 (got {self.dropout})"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
+            (self.gradient_accumulation >= 1,
+             f"--gradient-accumulation must be at least 1 (got {self.gradient_accumulation})"),
+            (self.max_length >= 16, f"--max-length must be at least 16 tokens (got {self.max_length})"),
+            (0 < self.eval_fraction < 1, f"--eval-fraction must be between 0 and 1 (got {self.eval_fraction})"),
+        ]
+        for ok, problem in checks:
+            if not ok:
+                raise FinetuneError(problem + ".")
+
+    @property
+    def lora_alpha(self) -> int:
+        return self.alpha or 2 * self.rank
+
+
+@dataclass
+class FinetuneResult:
+    out: Path
+    base_model: str
+    loss_before: float
+    loss_after: float
+    train_conversations: int
+    eval_conversations: int
+    steps: int
+    seconds: float
+
+
+# Reading and checking the data ------------------------------------------------------------------
+
+
+def read_conversations(path: Path) -> list[Conversation]:
+    """The conversations of an export file, checked; a FinetuneError names the first bad line.
+    Conversations without an assistant turn teach nothing and are skipped (with a log line);
+    messages after the last assistant turn are dropped for the same reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise FinetuneError(f"{path}: no such file." if not path.exists() else f"{path} is not a file.")
+    conversations: list[Conversation] = []
+    skipped = 0
+    try:
+        with path.open(encoding="utf-8") as file:
+            for number, line in enumerate(file, start=1):
+                if not line.strip():
+                    continue
+                messages = _check_line(path, number, line)
+                last_answer = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+                if last_answer is None:
+                    skipped += 1
+                    continue
+                conversations.append(Conversation(number, messages[:last_answer + 1]))
+    except UnicodeDecodeError as error:
+        raise FinetuneError(f"{path} is not UTF-8 text (byte {error.start} of a line cannot be read).") from None
+    except OSError as error:
+        raise FinetuneError(f"{path} cannot be read: {error.strerror or error}.") from None
+    if skipped:
+        log.warning("Skipped %d conversation(s) of %s without an assistant turn.", skipped, path)
+    if not conversations:
+        raise FinetuneError(f"{path} has no conversation with an assistant turn: there is nothing to learn."
+                            if skipped else f"{path} holds no conversations.")
+    return conversations
+
+
+def _check_line(path: Path, number: int, line: str) -> Messages:
+    where = f"{path} line {number}"
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise FinetuneError(f"{where} is not JSON ({error.msg} at column {error.colno}); "
+                            'the data must be JSONL, one {"messages": [...]} object per line.') from None
+    if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
+        raise FinetuneError(f'{where} has no "messages" list; each line must be {{"messages": [...]}}.')
+    messages = record["messages"]
+    if not messages:
+        raise FinetuneError(f'{where} has an empty "messages" list.')
+    for index, message in enumerate(messages, start=1):
+        if not isinstance(message, dict):
+            raise FinetuneError(f"{where}, message {index} is not an object with a role and a content.")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise FinetuneError(f"{where}, message {index} has the unknown role {role!r} "
+                                "(allowed: system, user, assistant).")
+        if not isinstance(content, str):
+            raise FinetuneError(f"{where}, message {index} has no text content.")
+        if role == "system" and index != 1:
+            raise FinetuneError(f"{where}, message {index} is a system message; only the first message may be one.")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def split_conversations(conversations: list[Conversation], eval_fraction: float,
+                        seed: int) -> tuple[list[Conversation], list[Conversation]]:
+    """(train, held out): a seeded shuffle, at least one conversation on each side."""
+    if len(conversations) < 2:
+        raise FinetuneError(f"Fine-tuning needs at least 2 conversations with an assistant turn (one to train on, "
+                            f"one held out to measure the loss); the data has {len(conversations)}.")
+    order = list(range(len(conversations)))
+    random.Random(seed).shuffle(order)
+    held_out = min(len(order) - 1, max(1, round(len(order) * eval_fraction)))
+    eval_set = sorted(order[:held_out])
+    train_set = sorted(order[held_out:])
+    return [conversations[i] for i in train_set], [conversations[i] for i in eval_set]
+
+
+# Tokens and the loss mask ------------------------------------------------------------------------
+
+
+def tokenize_conversation(backend, messages: Messages, max_length: int | None = None) -> tuple[list[int], list[int]]:
+    """(input_ids, assistant_mask) of one conversation, rendered as `backend` renders the bot's
+    prompts (backend: a TransformersBackend, or anything with render(), stop_ids). The mask is 1 on
+    each assistant answer and its end-of-turn token, 0 elsewhere (persona, user turns, the template's
+    markup, SmolLM3's empty think block). Cut to max_length tokens."""
+    answers = [i for i, m in enumerate(messages) if m["role"] == "assistant" and i > 0]
+    if not answers:
+        return [], []
+    stops = set(backend.stop_ids)
+    # The whole conversation up to its last answer: render() ends with a generation prompt for one
+    # more answer, which is cut off below, after the last answer's end-of-turn token.
+    full = backend.render(messages[:answers[-1] + 1])
+    mask = [0] * len(full)
+    end = 0
+    for i in answers:
+        prompt = backend.render(messages[:i])
+        start = common_prefix_length(prompt, full)  # len(prompt), unless a token spans the seam
+        if max_length is not None and start >= max_length:
+            break
+        stop = next((p for p in range(start, len(full)) if full[p] in stops), len(full) - 1)
+        mask[start:stop + 1] = [1] * (stop + 1 - start)
+        end = stop + 1
+    limit = end if max_length is None else min(end, max_length)
+    return full[:limit], mask[:limit]
+
+
+def build_dataset(backend, conversations: list[Conversation], max_length: int, what: str):
+    """A pre-tokenized datasets.Dataset as TRL's SFTTrainer takes it: `input_ids` and
+    `assistant_masks` (TRL turns the mask into `labels`, -100 where it is 0)."""
+    from datasets import Dataset
+    from jinja2 import TemplateError
+
+    ids, masks = [], []
+    for conversation in conversations:
+        try:
+            tokens, mask = tokenize_conversation(backend, conversation.messages, max_length)
+        except TemplateError as error:
+            raise FinetuneError(f"The chat template of {backend.name} refuses the conversation on line "
+                                f"{conversation.line} of the data: {error}.") from None
+        if any(mask):  # an answer past max_length leaves nothing to learn from
+            ids.append(tokens)
+            masks.append(mask)
+    if not ids:
+        raise FinetuneError(f"No {what} conversation has an answer within the first {max_length} tokens; "
+                            "raise --max-length.")
+    if len(ids) < len(conversations):
+        log.warning("%d %s conversation(s) have no answer within the first %d tokens and are left out.",
+                    len(conversations) - len(ids), what, max_length)
+    return Dataset.from_dict({"input_ids": ids, "assistant_masks": masks})
+
+
+# Training ----------------------------------------------------------------------------------------
+
+
+def _import_training_libraries() -> None:
+    try:
+        import datasets  # noqa: F401
+        import peft  # noqa: F401
+        import trl  # noqa: F401
+    except ImportError as error:
+        raise FinetuneError(f"Fine-tuning needs trl and peft ({error.name} is missing); "
+                            f"install them with: {INSTALL_HINT}") from None
+
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty --out (unless overwrite), and make sure it can be made, before training."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FinetuneError(f"--out {out} is a file, not a directory.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FinetuneError(f"--out {out} exists and is not empty; choose another directory "
+                            "or pass --overwrite to replace the adapter there.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise FinetuneError(f"--out {out} cannot be made: {error.strerror or error}.") from None
+
+
+def load_model_for_training(settings: ModelSettings):
+    """The configured model through the bot's own loader (embedded resolution, dtype, load errors),
+    as a TransformersBackend. On a CPU, dtype "auto" means float32: bfloat16 training on a CPU is
+    slow or emulated. Configured serving adapters are not loaded: training starts from the base."""
+    import torch
+
+    from .llm.transformers_backend import load_transformers_backend
+
+    if settings.dtype == "auto" and not torch.cuda.is_available():
+        settings = dataclasses.replace(settings, dtype="float32")
+    for adapter_setting in ("adapter", "adapters_dir"):
+        if getattr(settings, adapter_setting, None):
+            settings = dataclasses.replace(settings, **{adapter_setting: ""})
+    return load_transformers_backend(settings)
+
+
+def lora_config(options: FinetuneOptions):
+    from peft import LoraConfig
+
+    return LoraConfig(r=options.rank, lora_alpha=options.lora_alpha, lora_dropout=options.dropout,
+                      target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
+
+
+def make_trainer(model, tokenizer, train_dataset, eval_dataset, options: FinetuneOptions, output_dir: str):
+    """TRL's SFTTrainer with a fresh LoRA adapter on `model` (which peft changes in place)."""
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    on_gpu = model.device.type == "cuda"
+    # Mixed precision follows the weights: bfloat16 weights train with bf16 autocast, float16 ones
+    # with fp16; float32 (every CPU run, by default) with neither.
+    bf16 = on_gpu and model.dtype == torch.bfloat16
+    fp16 = on_gpu and model.dtype == torch.float16
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__ \
+        else "gradient_checkpointing"  # its older name
+    config = SFTConfig(
+        output_dir=output_dir,
+        num_train_epochs=options.epochs,
+        max_steps=options.max_steps or -1,
+        learning_rate=options.learning_rate,
+        per_device_train_batch_size=options.batch_size,
+        per_device_eval_batch_size=options.batch_size,
+        gradient_accumulation_steps=options.gradient_accumulation,
+        max_length=options.max_length,
+        bf16=bf16,
+        fp16=fp16,
+        **{checkpointing: on_gpu},  # memory for a 3B model's activations; on a CPU it only slows down
+        assistant_only_loss=False,  # our own assistant_masks column does this (see the module docstring)
+        completion_only_loss=False,
+        packing=False,
+        eval_strategy="no",  # evaluated once before and once after training, by finetune()
+        save_strategy="no",  # no checkpoints: the adapter is saved once, at the end
+        logging_steps=0.1,  # a loss line every tenth of the run
+        report_to="none",
+        disable_tqdm=not options.progress,
+        dataloader_pin_memory=on_gpu,
+        use_cpu=model.device.type == "cpu",  # else the trainer moves a model loaded on the CPU to a GPU
+        seed=options.seed,
+        data_seed=options.seed,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # peft calls a deprecated transformers property
+        return SFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                          processing_class=tokenizer, peft_config=lora_config(options))
+
+
+def finetune(settings: ModelSettings, options: FinetuneOptions) -> FinetuneResult:
+    """Check everything, train, save the adapter to options.out; the model is loaded last-but-one,
+    so that bad data or a bad --out is reported in a second, not after loading a 3B model."""
+    conversations = read_conversations(options.data)
+    train, held_out = split_conversations(conversations, options.eval_fraction, options.seed)
+    check_output_dir(options.out, options.overwrite)
+    _import_training_libraries()
+    from transformers import set_seed
+
+    backend = load_model_for_training(settings)
+    train_dataset = build_dataset(backend, train, options.max_length, "training")
+    eval_dataset = build_dataset(backend, held_out, options.max_length, "held-out")
+    log.info("Training a LoRA adapter (r=%d) on %d conversation(s); %d held out.",
+             options.rank, len(train_dataset), len(eval_dataset))
+    started = time.monotonic()
+    set_seed(options.seed)  # the LoRA weights are initialised when the trainer is made
+    with tempfile.TemporaryDirectory(prefix="smolbot-finetune-") as scratch:
+        trainer = make_trainer(backend.model, backend.tokenizer, train_dataset, eval_dataset, options, scratch)
+        loss_before = trainer.evaluate()["eval_loss"]
+        log.info("Held-out loss before training: %.4f", loss_before)
+        trainer.train()
+        loss_after = trainer.evaluate()["eval_loss"]
+        seconds = time.monotonic() - started
+        result = FinetuneResult(out=Path(options.out), base_model=settings.name, loss_before=loss_before,
+                                loss_after=loss_after, train_conversations=len(train_dataset),
+                                eval_conversations=len(eval_dataset), steps=trainer.state.global_step,
+                                seconds=seconds)
+        save_adapter(trainer.model, result, options, settings)
+    return result
+
+
+def save_adapter(model, result: FinetuneResult, options: FinetuneOptions, settings: ModelSettings) -> None:
+    """The standard peft layout at the top of out (adapter_config.json, adapter_model.safetensors)
+    plus finetune.json. Written beside it first and then moved in, so that a failure while writing
+    leaves whatever was in out untouched; --overwrite replaces only the files saved here."""
+    import peft
+    import trl
+
+    out = Path(options.out)
+    staging = None
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        model.save_pretrained(staging)
+        metadata: dict[str, Any] = {
+            "base_model": result.base_model,
+            "base_model_path": model.peft_config["default"].base_model_name_or_path,
+            "thinking": settings.thinking,
+            "loss_before": round(result.loss_before, 6),
+            "loss_after": round(result.loss_after, 6),
+            "train_conversations": result.train_conversations,
+            "eval_conversations": result.eval_conversations,
+            "steps": result.steps,
+            "seconds": round(result.seconds, 1),
+            "options": {key: (str(value) if isinstance(value, Path) else value)
+                        for key, value in dataclasses.asdict(options).items()
+                        if key not in ("out", "overwrite", "progress")} | {"alpha": options.lora_alpha},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": {"peft": peft.__version__, "trl": trl.__version__},
+        }
+        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        out.mkdir(parents=True, exist_ok=True)
+        for name in os.listdir(staging):
+            os.replace(staging / name, out / name)
+    except OSError as error:
+        raise FinetuneError(f"The adapter could not be saved to {out}: {error.strerror or error}.") from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+# The command -------------------------------------------------------------------------------------
+
+
+def options_from_args(args) -> FinetuneOptions:
+    return FinetuneOptions(
+        data=Path(args.data), out=Path(args.out), epochs=args.epochs, max_steps=args.max_steps,
+        learning_rate=args.learning_rate, rank=args.rank, alpha=args.alpha, dropout=args.dropout,
+        batch_size=args.batch_size, gradient_accumulation=args.gradient_accumulation,
+        max_length=args.max_length, eval_fraction=args.eval_fraction, seed=args.seed,
+        overwrite=args.overwrite)
+
+
+def add_arguments(parser) -> None:
+    """The finetune subcommand's options (defaults: FinetuneOptions)."""
+    defaults = FinetuneOptions(data=Path(), out=Path())
+    parser.add_argument("--data", required=True, help="the conversations: a JSONL file from `python -m bot export`")
+    parser.add_argument("--out", required=True, help="directory for the adapter (must be empty or new)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an adapter already in --out")
+    parser.add_argument("--epochs", type=float, default=defaults.epochs, help="passes over the data (default 2)")
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="default 2e-4")
+    parser.add_argument("--rank", type=int, default=defaults.rank, help="LoRA rank (default 16)")
+    parser.add_argument("--alpha", type=int, help="LoRA alpha (default: twice the rank)")
+    parser.add_argument("--dropout", type=float, default=defaults.dropout, help="LoRA dropout (default 0.05)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="conversations per device and step (default 4)")
+    parser.add_argument("--gradient-accumulation", type=int, default=defaults.gradient_accumulation,
+                        help="batches per optimizer step (default 4)")
+    parser.add_argument("--max-length", type=int, default=defaults.max_length,
+                        help="tokens per conversation; longer ones are cut (default 2048)")
+    parser.add_argument("--eval-fraction", type=float, default=defaults.eval_fraction,
+                        help="share of conversations held out to measure the loss (default 0.1, at least one)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="for the split, the LoRA init and the order")
+
+
+def run_command(settings: ModelSettings, args) -> int:
+    result = finetune(settings, options_from_args(args))
+    change = (result.loss_after - result.loss_before) / result.loss_before if result.loss_before else math.nan
+    print(f"Held-out loss: {result.loss_before:.4f} before, {result.loss_after:.4f} after ({change:+.0%}), "
+          f"on {result.eval_conversations} held-out conversation(s).")
+    print(f"Trained {result.steps} step(s) on {result.train_conversations} conversation(s) in "
+          f"{result.seconds:.0f} s. Adapter saved to {result.out}.")
+    return 0

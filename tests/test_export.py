@@ -1,0 +1,257 @@
+"""Exporting conversations as a training set: what goes in, what never does, and the file's shape.
+
+The export runs on a real SQLite file; its lines go through the real chat templates (the
+embedded SmolLM2's and SmolLM3's) and through TRL's own dataset check, and the Discord
+command is driven through the fake Discord like the other commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot import messages
+from bot.export import ExportFilter, ExportSummary, export_lines, jsonl_bytes, pseudonymised
+from bot.core.types import Turn
+from bot.service import Actor, persona_of
+from bot.store.models import Message
+from tests.conftest import REPO_ROOT, settings_for
+from tests.test_discord_e2e import EPHEMERAL, Scene, scene  # noqa: F401 (the fixture)
+from tests.fakediscord import CommandNotPermitted
+
+GUILD, OTHER_GUILD = 100, 200
+GENERAL, RANDOM, DM = 11, 12, 13
+ALICE, BOB, CAROL = 1, 2, 3
+START = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
+
+
+async def put(store, channel: int, role: str, content: str, *, author: int | None = None,
+              name: str | None = None, guild: int | None = GUILD, at: datetime = START) -> None:
+    """A stored turn with its own time (the repository always stamps 'now')."""
+    async with AsyncSession(store.engine) as session, session.begin():
+        session.add(Message(guild_id=guild, channel_id=channel, role=role, content=content,
+                            author_id=author, author_name=name, created_at=at))
+
+
+async def exported(store, settings, **filters) -> tuple[list[dict], ExportSummary]:
+    summary = ExportSummary()
+    lines = export_lines(store, lambda guild: persona_of(store, settings, guild), ExportFilter(**filters), summary)
+    return [line async for line in lines], summary
+
+
+def minutes(n: float) -> datetime:
+    return START + timedelta(minutes=n)
+
+
+async def a_server_day(store) -> None:
+    """Alice and Bob talk with the bot in #general; Carol in #random; Alice in a DM."""
+    await put(store, GENERAL, "user", "hi, I am Alice", author=ALICE, name="Alice", at=minutes(0))
+    await put(store, GENERAL, "assistant", "Hello Alice!", at=minutes(1))
+    await put(store, GENERAL, "user", "@Alice is my friend", author=BOB, name="Bob", at=minutes(2))
+    await put(store, GENERAL, "assistant", "Nice to meet you, Bob.", at=minutes(3))
+    await put(store, RANDOM, "user", "what is 2+2?", author=CAROL, name="Carol", at=minutes(0))
+    await put(store, RANDOM, "assistant", "4", at=minutes(1))
+    await put(store, DM, "user", "a secret", author=ALICE, name="Alice", guild=None, at=minutes(0))
+    await put(store, DM, "assistant", "kept secret", guild=None, at=minutes(1))
+
+
+async def test_each_conversation_is_one_chat_line_with_the_servers_persona(store, settings):
+    await a_server_day(store)
+    await store.set_persona(GUILD, "You are a pirate.", ALICE)
+    lines, summary = await exported(store, settings)
+    assert lines == [
+        {"messages": [{"role": "system", "content": "You are a pirate."},
+                      {"role": "user", "content": "User 1: hi, I am User 1"},
+                      {"role": "assistant", "content": "Hello User 1!"},
+                      {"role": "user", "content": "User 2: User 1 is my friend"},
+                      {"role": "assistant", "content": "Nice to meet you, User 2."}]},
+        {"messages": [{"role": "system", "content": "You are a pirate."},
+                      {"role": "user", "content": "User 1: what is 2+2?"},
+                      {"role": "assistant", "content": "4"}]},
+    ]
+    assert (summary.conversations, summary.turns, len(summary.channels)) == (2, 6, 2)
+
+
+async def test_names_are_kept_only_when_asked_and_dms_only_when_asked(store, settings):
+    await a_server_day(store)
+    lines, _ = await exported(store, settings, pseudonymise=False, include_dms=True)
+    contents = [m["content"] for line in lines for m in line["messages"]]
+    assert "Alice: hi, I am Alice" in contents and "Bob: @Alice is my friend" in contents
+    assert "Alice: a secret" in contents  # the DM, asked for
+    assert settings.persona.default in contents  # DMs and servers without a persona get the default
+
+
+async def test_people_who_opted_out_and_the_answers_to_them_are_never_exported(store, settings, scripted_service):
+    await a_server_day(store)
+    await store.opt_out(BOB, reason="optout")
+    await scripted_service.forget_user(CAROL)  # /forget-me: gone now, and left out of every export after
+    await put(store, RANDOM, "user", "I am back", author=CAROL, name="Carol", at=minutes(5))
+    await put(store, RANDOM, "assistant", "Welcome back, Carol", at=minutes(6))
+    lines, summary = await exported(store, settings, include_dms=True, pseudonymise=False)
+    text = json.dumps(lines)
+    assert "Bob" not in text and "Nice to meet you" not in text  # Bob's turn and the answer to him
+    assert "Carol" not in text and "I am back" not in text
+    assert "hi, I am Alice" in text  # everyone else stays
+    assert summary.left_out_opted_out == 4
+    # /optin undoes /optout.
+    assert await scripted_service.opt_in_to_export(BOB) == messages.OPTED_IN
+    assert "Nice to meet you" in json.dumps((await exported(store, settings))[0])
+    assert await scripted_service.opt_in_to_export(BOB) == messages.NOT_OPTED_OUT
+
+
+async def test_filters_by_server_channel_and_days(store, settings):
+    await a_server_day(store)
+    await put(store, 21, "user", "other server", author=ALICE, name="Alice", guild=OTHER_GUILD, at=minutes(0))
+    await put(store, 21, "assistant", "yes", guild=OTHER_GUILD, at=minutes(1))
+    await put(store, GENERAL, "user", "next day", author=ALICE, name="Alice", at=minutes(24 * 60))
+    await put(store, GENERAL, "assistant", "tomorrow", at=minutes(24 * 60 + 1))
+
+    def firsts(lines):
+        return [line["messages"][1]["content"] for line in lines]
+
+    assert firsts((await exported(store, settings, guild_id=OTHER_GUILD))[0]) == ["User 1: other server"]
+    assert firsts((await exported(store, settings, channel_id=RANDOM))[0]) == ["User 1: what is 2+2?"]
+    day_two = date(2026, 11, 2)
+    assert firsts((await exported(store, settings, guild_id=GUILD, since=day_two))[0]) == ["User 1: next day"]
+    assert firsts((await exported(store, settings, guild_id=GUILD, until=day_two - timedelta(days=1)))[0]) == [
+        "User 1: hi, I am User 1", "User 1: what is 2+2?"]
+
+
+async def test_a_long_pause_starts_a_new_conversation_and_unanswered_ends_are_cut(store, settings):
+    await put(store, GENERAL, "assistant", "a greeting nobody asked for", at=minutes(0))
+    await put(store, GENERAL, "user", "first sitting", author=ALICE, name="Alice", at=minutes(1))
+    await put(store, GENERAL, "assistant", "answer one", at=minutes(2))
+    await put(store, GENERAL, "user", "no answer came", author=ALICE, name="Alice", at=minutes(3))
+    await put(store, GENERAL, "user", "second sitting", author=ALICE, name="Alice", at=minutes(200))
+    await put(store, GENERAL, "assistant", "answer two", at=minutes(201))
+    await put(store, GENERAL, "user", "lonely question", author=ALICE, name="Alice", at=minutes(500))
+    lines, summary = await exported(store, settings)
+    assert [[m["content"] for m in line["messages"][1:]] for line in lines] == [
+        ["User 1: first sitting", "answer one"], ["User 1: second sitting", "answer two"]]
+    assert summary.left_out_short == 0  # the lonely question has no answer: nothing to learn from
+    lines, summary = await exported(store, settings, min_turns=3)
+    assert lines == [] and summary.left_out_short == 2
+
+
+def test_pseudonyms_replace_whole_names_only():
+    turns = pseudonymised([Turn("user", "Annabel and Ann met Annie", author_name="Ann"),
+                           Turn("user", "hello ann, @Annabel", author_name="Annabel"),
+                           Turn("assistant", "Hi Ann and Annabel!")])
+    assert [(t.author_name, t.content) for t in turns] == [
+        ("User 1", "User 2 and User 1 met Annie"), ("User 2", "hello User 1, User 2"),
+        (None, "Hi User 1 and User 2!")]
+
+
+async def test_a_large_history_is_read_in_pages_without_losing_a_turn(store, settings):
+    for n in range(25):
+        await put(store, GENERAL + n % 3, "user", f"q{n}", author=ALICE, name="Alice", at=minutes(n))
+        await put(store, GENERAL + n % 3, "assistant", f"a{n}", at=minutes(n))
+    rows = [turn.content async for _, _, turn in store.turns_in_order(page=4)]
+    assert len(rows) == 50 and sorted(rows) == sorted(f"{k}{n}" for k in "qa" for n in range(25))
+
+
+async def test_the_export_goes_through_the_chat_templates_and_trls_dataset_check(
+        store, settings, embedded_backend, tiny_smollm3_dir):
+    from transformers import AutoTokenizer
+    from trl.data_utils import is_conversational
+
+    await a_server_day(store)
+    data = await jsonl_bytes(export_lines(store, lambda g: persona_of(store, settings, g),
+                                          ExportFilter(include_dms=True), ExportSummary()))
+    lines = [json.loads(line) for line in data.decode().splitlines()]
+    assert len(lines) == 3
+    smollm3 = AutoTokenizer.from_pretrained(tiny_smollm3_dir)
+    for line in lines:
+        assert is_conversational(line)
+        for tokenizer in (embedded_backend.tokenizer, smollm3):
+            text = tokenizer.apply_chat_template(line["messages"], tokenize=False)
+            assert line["messages"][-1]["content"] in text and line["messages"][0]["content"] in text
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bot", "--config", str(REPO_ROOT / "config.toml"), *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "BOT_DATABASE_URL": f"sqlite+aiosqlite:///{cwd}/bot.db",
+                               "PYTHONPATH": str(REPO_ROOT)})
+
+
+async def test_the_cli_writes_the_file_and_says_what_it_holds(store, settings, tmp_path):
+    await a_server_day(store)
+    done = run_cli("export", "--out", "data/train.jsonl", "--server", str(GUILD), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Wrote data/train.jsonl: 2 conversation(s), 6 turn(s) from 2 channel(s)" in done.stderr
+    lines = (tmp_path / "data/train.jsonl").read_text().splitlines()
+    assert [json.loads(line)["messages"][1]["content"] for line in lines] == [
+        "User 1: hi, I am User 1", "User 1: what is 2+2?"]
+
+
+def test_the_cli_explains_an_empty_export_and_bad_dates(tmp_path):
+    (tmp_path / "old.jsonl").write_text("kept\n")
+    done = run_cli("export", "--out", "old.jsonl", cwd=tmp_path)
+    assert done.returncode == 1 and "Nothing to export" in done.stderr and "old.jsonl was not written" in done.stderr
+    assert (tmp_path / "old.jsonl").read_text() == "kept\n"  # an empty export never clobbers a file
+    done = run_cli("export", "--since", "2026-13-01", cwd=tmp_path)
+    assert done.returncode == 2 and "is not a date; write it as YYYY-MM-DD" in done.stderr
+    done = run_cli("export", "--since", "2026-11-02", "--until", "2026-11-01", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "error: --since 2026-11-02 is after --until 2026-11-01: nothing would be exported"]
+
+
+# --------------------------------------------------------------------------- Discord
+
+
+async def test_a_moderator_gets_the_export_as_a_private_file(scene: Scene):
+    world = scene.world
+    await scene.ask("hello there")
+    await scene.ask("and again", author=world.mod)
+    interaction = await scene.fake.send_interaction(world.general, world.mod, "export")
+    await scene.fake.wait_for_request("POST", f"/webhooks/{{app}}/{interaction.token}", timeout=5)
+    [request] = scene.fake.requests_to("POST", f"/webhooks/{{app}}/{interaction.token}")
+    [attached] = request.files
+    assert attached.filename == f"export-{world.guild.id}.jsonl"
+    [line] = [json.loads(row) for row in attached.data.decode().splitlines()]
+    assert [m["content"] for m in line["messages"][1:]] == [
+        "User 1: hello there", "echo: User 1: hello there", "User 2: and again", "echo: User 2: and again"]
+    answer = scene.fake.original_response(interaction)
+    assert answer["flags"] & EPHEMERAL and "1 conversation(s), 4 turn(s)" in answer["content"]
+    [entry] = await scene.store.audit_entries()
+    assert (entry.action, entry.actor_id) == ("data.export", world.mod.id)
+
+
+async def test_a_member_cannot_export_but_can_opt_out(scene: Scene):
+    world = scene.world
+    with pytest.raises(CommandNotPermitted):
+        await scene.fake.send_interaction(world.general, world.alice, "export")
+    refused = await scene.command(world.alice, "export", enforce_default_permissions=False)
+    assert refused["content"] == messages.NEEDS_PERMISSION.format(permission="Manage Server")
+
+    await scene.ask("alice speaks")
+    answer = await scene.command(world.alice, "optout")
+    assert answer["content"] == messages.OPTED_OUT and answer["flags"] & EPHEMERAL
+    empty = await scene.command(world.mod, "export")
+    assert empty["content"] == messages.EXPORT_EMPTY.format(scope="")
+    assert (await scene.command(world.alice, "optin"))["content"] == messages.OPTED_IN
+    assert (await scene.command(world.alice, "optout", channel=scene.fake.dm_channel(world.alice)))[
+        "content"] == messages.OPTED_OUT  # it works in a DM too
+
+
+async def test_export_refuses_a_bad_date_with_the_format(scene: Scene):
+    answer = await scene.command(scene.world.mod, "export", options={"since": "yesterday"})
+    assert answer["content"] == messages.EXPORT_BAD_DATE.format(
+        problem="'yesterday' is not a date; write it as YYYY-MM-DD, e.g. 2026-11-29")
+
+
+async def test_the_service_refuses_reversed_dates(scripted_service):
+    from bot.service import UserError
+
+    with pytest.raises(UserError, match="is after the end date"):
+        await scripted_service.export_server(GUILD, Actor(ALICE, "alice"), since=date(2026, 11, 2),
+                                             until=date(2026, 11, 1))

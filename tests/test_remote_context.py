@@ -1,0 +1,86 @@
+"""The remote backend takes its context length from the model server itself.
+
+`transformers serve` (the real server test_openai_backend.py runs) reports no context length,
+and vLLM, SGLang and llama.cpp server cannot run on these machines. So a tiny aiohttp server on
+127.0.0.1 answers with the JSON their own code and documentation give: vLLM's and SGLang's
+/v1/models ModelCard (`max_model_len`), and llama.cpp server's /v1/models (`meta.n_ctx_train`,
+the training length) with its /props (`default_generation_settings.n_ctx`, what each request
+really gets). The bot's side is real: settings, load_model, the HTTP requests, /status.
+"""
+
+import asyncio
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from bot.llm.loading import load_model
+from bot.llm.openai_backend import FALLBACK_CONTEXT_TOKENS
+from bot.service import ChatService
+from tests.conftest import settings_for
+from tests.support.openai_server import free_port, stub_server
+
+NAME = "example-org/served-model"  # not in any local cache: only the server can tell its length
+
+VLLM_MODELS = {"object": "list", "data": [
+    {"id": NAME, "object": "model", "created": 1735142223, "owned_by": "vllm", "root": NAME, "parent": None,
+     "max_model_len": 32768, "permission": [{"id": "modelperm-1", "object": "model_permission"}]},
+    {"id": "pirate-lora", "object": "model", "created": 1735142223, "owned_by": "vllm", "root": "/adapters/pirate",
+     "parent": NAME, "max_model_len": 32768, "permission": []}]}
+LLAMA_CPP_MODELS = {"object": "list", "data": [
+    {"id": "../models/served-model-Q4_K_M.gguf", "object": "model", "created": 1735142223, "owned_by": "llamacpp",
+     "meta": {"vocab_type": 2, "n_vocab": 128256, "n_ctx_train": 131072, "n_embd": 4096, "n_params": 8030261312,
+              "size": 4912898304}}]}
+LLAMA_CPP_PROPS = {"default_generation_settings": {"id": 0, "n_ctx": 8192, "is_processing": False}, "total_slots": 4}
+TRANSFORMERS_SERVE_MODELS = {"object": "list", "data": [
+    {"id": NAME, "object": "model", "created": 0, "owned_by": "example-org"}]}
+
+
+@asynccontextmanager
+async def model_server(routes: dict[str, object], seen_headers: list | None = None) -> AsyncIterator[str]:
+    """Serve `routes` (path -> JSON) on 127.0.0.1; yields the API root, http://127.0.0.1:PORT/v1."""
+    async def answer(request: web.Request) -> web.Response:
+        if seen_headers is not None:
+            seen_headers.append(dict(request.headers))
+        return web.json_response(routes[request.path])
+
+    app = web.Application()
+    for path in routes:
+        app.router.add_get(path, answer)
+    async with stub_server(app) as base_url:
+        yield base_url
+
+
+async def remote_model(tmp_path, base_url: str, **model):
+    settings = settings_for(tmp_path / "bot.db").with_overrides(
+        "model", backend="openai", base_url=base_url, name=NAME, **model)
+    return await asyncio.to_thread(load_model, settings)  # as open_app loads it: off the event loop
+
+
+async def test_vllm_and_sglang_report_max_model_len(tmp_path, store, settings, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    headers: list = []
+    async with model_server({"/v1/models": VLLM_MODELS}, headers) as base_url:
+        model = await remote_model(tmp_path, base_url)
+    assert model.context_tokens == 32768
+    assert headers[0]["Authorization"] == "Bearer sk-test"
+    assert "(32,768 tokens of context)" in await ChatService(store, model, settings).status()
+
+
+async def test_llama_cpp_reports_what_each_request_gets_not_the_training_length(tmp_path):
+    async with model_server({"/v1/models": LLAMA_CPP_MODELS, "/props": LLAMA_CPP_PROPS}) as base_url:
+        model = await remote_model(tmp_path, base_url)
+    assert model.context_tokens == 8192
+
+
+async def test_the_setting_wins_over_the_server(tmp_path):
+    async with model_server({"/v1/models": VLLM_MODELS}) as base_url:
+        model = await remote_model(tmp_path, base_url, context_tokens=2048)
+    assert model.context_tokens == 2048
+
+
+async def test_a_server_that_says_nothing_or_cannot_be_reached_gets_the_old_fallback(tmp_path):
+    async with model_server({"/v1/models": TRANSFORMERS_SERVE_MODELS}) as base_url:
+        silent = await remote_model(tmp_path, base_url)
+    unreachable = await remote_model(tmp_path, f"http://127.0.0.1:{free_port()}/v1")  # nothing listens there
+    assert silent.context_tokens == unreachable.context_tokens == FALLBACK_CONTEXT_TOKENS
