@@ -55,6 +55,20 @@ async def test_upgrade_downgrade_upgrade_and_models_match_migrations(database_ur
     await engine.dispose()
 
 
+async def test_processes_starting_at_once_on_a_new_database_migrate_it_once(database_url):
+    """Shards start together: the first migrates, the others wait and find the schema done."""
+    import asyncio
+
+    stores = await asyncio.gather(*(Store.open(database_url) for _ in range(4)))
+    try:
+        assert await schema_differences(stores[0].engine) == []
+        await stores[1].add_turn(channel_id=1, role="user", content="hello")
+        assert await stores[2].count_turns(1) == 1
+    finally:
+        for store in stores:
+            await store.close()
+
+
 async def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path):
     store = await Store.open(url(tmp_path / "wal.db"))
     async with store.engine.connect() as connection:

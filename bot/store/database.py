@@ -7,9 +7,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,23 @@ def alembic_config(connection: Connection | None = None) -> Config:
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     """Bring the schema to `revision` on this engine's database."""
     async with engine.begin() as connection:
+        await _one_migration_at_a_time(connection)
         await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
+
+
+# Any fixed number: the key of PostgreSQL's advisory lock for migrations.
+MIGRATION_LOCK_KEY = 0x5B07_0001
+
+
+async def _one_migration_at_a_time(connection: AsyncConnection) -> None:
+    """Several bot processes (shards) may start at once on a new database. Each migrates inside
+    one transaction that first takes a database-wide lock, so the first creates the schema and
+    the others wait for it, then find it up to date (instead of "table already exists")."""
+    if connection.dialect.name == "sqlite":
+        # A write lock from the first statement on; the others wait up to the busy timeout.
+        await connection.exec_driver_sql("BEGIN IMMEDIATE")
+    elif connection.dialect.name == "postgresql":
+        await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
