@@ -3,7 +3,7 @@
 import asyncio
 import sys
 
-from bench import bot_latency, engine_bench, load_bench, remote_bench, window_read
+from bench import adapter_bench, bot_latency, engine_bench, load_bench, remote_bench, window_read
 
 BENCHES = {
     "window": window_read.main,    # window read at 10^3 vs 10^6 stored messages
@@ -11,6 +11,7 @@ BENCHES = {
     "engine": engine_bench.main,   # P2, P3, P5
     "load": load_bench.main,       # a 500-message burst over 50 channels: lost / duplicated / order
     "remote": remote_bench.main,   # local engine vs an OpenAI-compatible server, 8 channels
+    "adapters": adapter_bench.main,  # decode step cost of LoRA adapters (peft mixed batches)
 }
 
 if __name__ == "__main__":
