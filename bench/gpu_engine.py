@@ -86,6 +86,9 @@ async def measure(work: Path, adapters_dir: str, label: str, cases: dict[str, li
     settings = Settings().with_overrides("model", name=str(work / "base"), device_map=device(), dtype="auto",
                                          adapters_dir=adapters_dir)
     backend = load_transformers_backend(settings.model)
+    if os.environ.get("ATTENTION"):  # compare attention implementations: ATTENTION=eager, sdpa, ...
+        backend.model.set_attn_implementation(os.environ["ATTENTION"])
+        label = f"{label} ({os.environ['ATTENTION']})"
     engine = BatchingEngine(backend, max_batch=CHANNELS, timeout_s=600)
     # Every answer runs to NEW_TOKENS: random weights would otherwise stop at random.
     backend.stop_ids = [-1]
@@ -132,6 +135,9 @@ def profile_engine_thread() -> None:
 
 async def main(tokenizer_dir: Path, work: Path) -> None:
     build(tokenizer_dir, work)
+    if os.environ.get("ONLY_PLAIN"):  # batching alone, without the adapter runs
+        await measure(work, "", "no adapters", {"1 channel": [None], f"{CHANNELS} channels at once": [None] * CHANNELS})
+        return
     if os.environ.get("PROFILE"):
         profile_engine_thread()
         await measure(work, "", "profiled", {f"{CHANNELS} channels at once": [None] * CHANNELS})

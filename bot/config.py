@@ -69,6 +69,9 @@ class EngineSettings:
     prefill_chunk_tokens: int = setting(256, "prompt tokens run per engine round, so long prompts do not stall others",
                                         low=16, high=65_536)
     torch_threads: int = setting(0, "CPU threads for torch (0 = torch's default)", low=0, high=1024)
+    attention: str = setting("auto", 'attention kernels the engine runs the model with: "auto" (eager on a GPU, '
+                             "where PyTorch's SDPA with the padding mask of a batch is slow; the model's own "
+                             'default elsewhere), "eager" or "sdpa"', choices=("auto", "eager", "sdpa"))
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,23 @@ async def test_answers_decoded_together_equal_answers_decoded_alone(varied_backe
     assert engine.counters.largest_batch == len(PROMPTS)
 
 
+async def test_eager_attention_answers_like_sdpa_alone_and_in_a_batch(varied_backend, tiny_smollm3_dir,
+                                                                       make_engine):
+    """What `attention = "auto"` picks on a GPU (eager: SDPA is slow there with a padding mask)
+    gives the same answers as the model's default, alone and in a batch."""
+    from bot.llm.engine import attention_for
+
+    assert (attention_for("auto", "cuda"), attention_for("auto", "cpu"), attention_for("sdpa", "cuda")) == (
+        "eager", None, "sdpa")
+    by_default = [await make_engine(varied_backend, attention="auto").generate(p, GREEDY) for p in PROMPTS]
+    assert varied_backend.model.config._attn_implementation == "sdpa"  # auto leaves a CPU model as it is
+    eager = make_engine(load_tiny(tiny_smollm3_dir, weight_scale=10.0), attention="eager")
+    assert eager.model.config._attn_implementation == "eager"
+    assert [await eager.generate(p, GREEDY) for p in PROMPTS] == by_default
+    assert list(await asyncio.gather(*(eager.generate(p, GREEDY) for p in PROMPTS))) == by_default
+    assert eager.counters.largest_batch == len(PROMPTS)
+
+
 async def test_the_real_model_answers_the_same_in_a_batch(embedded_worker, make_engine):
     engine = make_engine(embedded_worker.backend)
     greedy = GenerationSettings(do_sample=False, max_new_tokens=8, repetition_penalty=1.0)

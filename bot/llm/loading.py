@@ -22,4 +22,4 @@ def load_model(settings: Settings) -> ModelFront:
     return BatchingEngine(backend, timeout_s=settings.model.generation_timeout, max_batch=engine.max_batch,
                           max_waiting=engine.max_waiting, cache_budget_bytes=engine.cache_budget_mb << 20,
                           prefill_chunk_tokens=engine.prefill_chunk_tokens,
-                          torch_threads=engine.torch_threads or None)
+                          torch_threads=engine.torch_threads or None, attention=engine.attention)
