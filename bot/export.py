@@ -193,7 +193,7 @@ async def write_jsonl(lines: AsyncIterator[dict], path: Path) -> int:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             async for line in lines:
-                out.write(json.dumps(line, ensure_ascii=False) + "\n")
+                out.write(jsonl_line(line))
                 written += 1
         if written:
             os.replace(staging, path)
@@ -203,7 +203,11 @@ async def write_jsonl(lines: AsyncIterator[dict], path: Path) -> int:
 
 
 async def jsonl_bytes(lines: AsyncIterator[dict]) -> bytes:
-    return b"".join([(json.dumps(line, ensure_ascii=False) + "\n").encode() async for line in lines])
+    return b"".join([jsonl_line(line).encode() async for line in lines])
+
+
+def jsonl_line(line: dict) -> str:
+    return json.dumps(line, ensure_ascii=False) + "\n"
 
 
 async def export_lines(store, persona_for: PersonaFor, wanted: ExportFilter,

@@ -279,10 +279,7 @@ def load_model_for_training(settings: ModelSettings):
 
     if settings.dtype == "auto" and not torch.cuda.is_available():
         settings = dataclasses.replace(settings, dtype="float32")
-    for adapter_setting in ("adapter", "adapters_dir"):
-        if getattr(settings, adapter_setting, None):
-            settings = dataclasses.replace(settings, **{adapter_setting: ""})
-    return load_transformers_backend(settings)
+    return load_transformers_backend(dataclasses.replace(settings, adapter="", adapters_dir=""))
 
 
 def lora_config(options: FinetuneOptions):
