@@ -62,8 +62,8 @@ async def final_post(fake, channel_id: int, answer: str):
         await asyncio.sleep(0.05)
 
 
-def bare_generate(backend, prompt: list[dict], tokens: int) -> float:
-    input_ids = torch.tensor([backend.render(prompt)])
+def bare_generate(backend, prompt, tokens: int) -> float:
+    input_ids = torch.tensor([prompt.token_ids])
     started = time.monotonic()
     backend.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
                            max_new_tokens=tokens, min_new_tokens=tokens, repetition_penalty=1.0,
@@ -72,11 +72,11 @@ def bare_generate(backend, prompt: list[dict], tokens: int) -> float:
 
 
 class RecordingEngine(BatchingEngine):
-    """The engine, remembering the last prompt it was given (so the bare run uses the same one)."""
+    """The engine, remembering the last prompt it was given (so the bare run uses the same ids)."""
 
-    def stream(self, messages, params, **kwargs):
-        self.last_prompt = messages
-        return super().stream(messages, params, **kwargs)
+    def stream(self, prompt, params, **kwargs):
+        self.last_prompt = prompt
+        return super().stream(prompt, params, **kwargs)
 
 
 async def main() -> None:

@@ -11,7 +11,7 @@ P5  time to first token of a channel's next turn with ~1,500 tokens of history, 
 Greedy decoding and a fixed max_new_tokens throughout, so runs compare. torch runs one
 intra-op thread unless BENCH_TORCH_THREADS says otherwise: on a 2-core machine that also
 runs other work (and this event loop), 2 OpenMP threads stall on each other and made
-every decode step 2-4x slower than 1 thread, plain model.generate() included.
+every decode step 2-4x slower than 1 thread, plain generate(model, ) included.
 
     python -m bench engine
 """
@@ -28,6 +28,7 @@ from bot.config import GenerationSettings, ModelSettings
 from bot.core.cleaning import clean_reply
 from bot.llm.engine import BatchingEngine
 from bot.llm.transformers_backend import load_transformers_backend
+from tests.support.models import generate, stream
 
 CHANNELS = 8
 NEW_TOKENS = 40
@@ -75,7 +76,7 @@ class LoopLag:
 
 
 async def timed(engine: BatchingEngine, messages, started: float) -> tuple[str, float]:
-    reply = await engine.generate(messages, GREEDY)
+    reply = await generate(engine, messages, GREEDY)
     return reply, time.perf_counter() - started
 
 
@@ -100,7 +101,7 @@ def long_history(engine: BatchingEngine) -> list[dict[str, str]]:
     """A channel's conversation of about HISTORY_TOKENS tokens, ending with a user turn."""
     messages = [PERSONA]
     turn = 0
-    while engine.count_tokens(messages) < HISTORY_TOKENS:
+    while engine.render(messages).tokens < HISTORY_TOKENS:
         messages.append({"role": "user", "content": f"bob: Here is fact number {turn} about {TOPICS[turn % 8]}: "
                          "it is interesting, it has a long history, and people like to talk about it a lot."})
         messages.append({"role": "assistant", "content": f"Thanks, bob! Fact {turn} is noted. "
@@ -112,7 +113,7 @@ def long_history(engine: BatchingEngine) -> list[dict[str, str]]:
 
 async def time_to_first_token(engine: BatchingEngine, messages, cache_key) -> float:
     started = time.perf_counter()
-    async with contextlib.aclosing(engine.stream(messages, GREEDY, cache_key=cache_key)) as deltas:
+    async with contextlib.aclosing(stream(engine, messages, GREEDY, channel=cache_key)) as deltas:
         async for _ in deltas:
             break
     return time.perf_counter() - started
@@ -120,7 +121,7 @@ async def time_to_first_token(engine: BatchingEngine, messages, cache_key) -> fl
 
 async def next_turn_ttft(engine: BatchingEngine, history, cache_key) -> tuple[float, float, int]:
     """Answer one turn for the channel, then time its next turn's first token with and without its cache."""
-    answer = await engine.generate(history, GREEDY, cache_key=cache_key)
+    answer = await generate(engine, history, GREEDY, channel=cache_key)
     next_turn = history + [{"role": "assistant", "content": clean_reply(answer) or "ok"},
                            {"role": "user", "content": "alice: And what should we talk about next?"}]
     reused_before = engine.counters.reused_tokens
@@ -140,7 +141,7 @@ async def main() -> None:
     backend = load_transformers_backend(ModelSettings(name="embedded", device_map="cpu", dtype="float32"))
     engine = BatchingEngine(backend, max_batch=CHANNELS, timeout_s=600, torch_threads=threads)
     try:
-        await engine.generate(ask("warming up"), GenerationSettings(do_sample=False, max_new_tokens=4))
+        await generate(engine, ask("warming up"), GenerationSettings(do_sample=False, max_new_tokens=4))
         print(f"\nBatching engine, {backend.name}, torch threads: {threads}, "
               f"greedy, {NEW_TOKENS} new tokens per reply")
 
@@ -164,8 +165,8 @@ async def main() -> None:
         print(f"  generating: {busy.summary()}")
 
         history = long_history(engine)
-        print(f"\nP5: next turn's time to first token, {engine.count_tokens(history)} tokens of history")
-        runs = [await next_turn_ttft(engine, history, cache_key=1000 + i) for i in range(2)]
+        print(f"\nP5: next turn's time to first token, {engine.render(history).tokens} tokens of history")
+        runs = [await next_turn_ttft(engine, history, channel=1000 + i) for i in range(2)]
         cached = statistics.median(r[0] for r in runs)
         uncached = statistics.median(r[1] for r in runs)
         print(f"  uncached: {uncached * 1000:8.1f} ms   cached: {cached * 1000:8.1f} ms   "

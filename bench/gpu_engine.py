@@ -68,7 +68,7 @@ async def timed(engine, adapters: list[str | None], params) -> tuple[float, int]
     async def one(channel: int, adapter: str | None) -> None:
         messages = [{"role": "system", "content": persona},
                     {"role": "user", "content": f"User {channel}: tell me a long story about channel {channel}"}]
-        async for _ in engine.stream(messages, params, cache_key=("bench", channel, time.perf_counter()),
+        async for _ in engine.stream(engine.render(messages), params, channel=("bench", channel, time.perf_counter()),
                                      adapter=adapter):
             pass
 

@@ -25,6 +25,7 @@ from bot.llm import embedded
 from bot.llm.engine import BatchingEngine
 from bot.llm.openai_backend import OpenAICompatibleModel, RemoteTokenCounter
 from bot.llm.transformers_backend import load_transformers_backend
+from tests.support.models import generate
 from tests.support.openai_server import transformers_server
 
 # transformers serve refuses repetition_penalty, so both sides run without it.
@@ -49,7 +50,7 @@ async def eight_channels_at_once(model, tokenizer) -> LoadResult:
     started = time.perf_counter()
 
     async def one(topic: str) -> tuple[str, float]:
-        reply = await model.generate(ask(topic), SAME_FOR_BOTH)
+        reply = await generate(model, ask(topic), SAME_FOR_BOTH)
         return reply, time.perf_counter() - started
 
     results = await asyncio.gather(*(one(topic) for topic in TOPICS))
@@ -62,7 +63,7 @@ async def eight_channels_at_once(model, tokenizer) -> LoadResult:
 async def measure_local(backend) -> LoadResult:
     engine = BatchingEngine(backend, max_batch=CHANNELS, timeout_s=600, torch_threads=1)
     try:
-        await engine.generate(ask("warming up"), GenerationSettings(do_sample=False, max_new_tokens=4))
+        await generate(engine, ask("warming up"), GenerationSettings(do_sample=False, max_new_tokens=4))
         return await eight_channels_at_once(engine, backend.tokenizer)
     finally:
         engine.close()
@@ -70,10 +71,11 @@ async def measure_local(backend) -> LoadResult:
 
 async def measure_remote(backend, model_dir: Path) -> LoadResult:
     with tempfile.TemporaryDirectory() as scratch, transformers_server(model_dir, Path(scratch) / "serve.log") as url:
-        counter = RemoteTokenCounter(str(model_dir), backend.context_tokens, thinking=False, tokenizer=backend.tokenizer)
-        remote = OpenAICompatibleModel(url, str(model_dir), counter, timeout_s=600, send_repetition_penalty=False)
+        counter = RemoteTokenCounter(thinking=False, tokenizer=backend.tokenizer)
+        remote = OpenAICompatibleModel(url, str(model_dir), backend.context_tokens, counter, timeout_s=600,
+                                       send_repetition_penalty=False)
         try:
-            await remote.generate(ask("warming up"), GenerationSettings(do_sample=False, max_new_tokens=4))
+            await generate(remote, ask("warming up"), GenerationSettings(do_sample=False, max_new_tokens=4))
             return await eight_channels_at_once(remote, backend.tokenizer)
         finally:
             await remote.aclose()

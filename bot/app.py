@@ -10,7 +10,7 @@ from typing import Any
 
 from .config import Settings
 from .llm.loading import load_model
-from .llm.worker import ModelFront
+from .llm.port import ChatModel
 from .service import ChatService
 from .store import Store
 
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 class App:
     settings: Settings
     store: Store
-    model: ModelFront
+    model: ChatModel
     service: ChatService
     metrics: Any = None  # bot.metrics.Metrics, serving, when [metrics] is on
 
@@ -32,7 +32,7 @@ class App:
             self.metrics.close()
 
 
-async def open_app(settings: Settings, model: ModelFront | None = None, *, serve_metrics: bool = False) -> App:
+async def open_app(settings: Settings, model: ChatModel | None = None, *, serve_metrics: bool = False) -> App:
     """Upgrade and open the database, then load the model (once) off the event loop.
 
     With `serve_metrics` (the Discord bot) and [metrics] enabled, the Prometheus endpoint starts

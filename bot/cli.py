@@ -44,8 +44,8 @@ def _is_user_fixable(error: Exception) -> bool:
         fixable += (sys.modules["bot.llm.transformers_backend"].ModelLoadError,)
     if "bot.discord_bot.launch" in sys.modules:
         fixable += (sys.modules["bot.discord_bot.launch"].DiscordSetupError,)
-    if "bot.finetune" in sys.modules:
-        fixable += (sys.modules["bot.finetune"].FinetuneError,)
+    if "bot.llm.finetune" in sys.modules:
+        fixable += (sys.modules["bot.llm.finetune"].FinetuneError,)
     if "bot.metrics" in sys.modules:
         fixable += (sys.modules["bot.metrics"].MetricsError,)
     return isinstance(error, fixable)
@@ -93,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
 
     finetune = commands.add_parser("finetune", parents=[model_option],
                                    help="train a LoRA adapter on exported conversations (needs smolbot[train])")
-    from .finetune import add_arguments as add_finetune_arguments  # light: the heavy imports come in the handler
+    from .llm.finetune import add_arguments as add_finetune_arguments  # light: the heavy imports come in the handler
 
     add_finetune_arguments(finetune)
     finetune.set_defaults(handler=_finetune)
@@ -137,7 +137,8 @@ async def _export(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .export import ExportFilter, ExportSummary, export_lines, write_jsonl
-    from .service import persona_of
+    from .llm.adapters import NO_ADAPTERS
+    from .server_settings import ServerSettings
 
     if args.min_turns < 1 or args.gap_minutes <= 0:
         raise ConfigError("--min-turns must be at least 1 and --gap-minutes more than 0")
@@ -149,7 +150,7 @@ async def _export(settings: Settings, args: argparse.Namespace) -> int:
     store = await Store.open(settings.database.url)
     try:
         summary = ExportSummary()
-        lines = export_lines(store, lambda guild_id: persona_of(store, settings, guild_id), wanted, summary)
+        lines = export_lines(store, ServerSettings(store, settings, NO_ADAPTERS).persona_for, wanted, summary)
         written = await write_jsonl(lines, Path(args.out))
     finally:
         await store.close()
@@ -163,7 +164,7 @@ async def _export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _finetune(settings: Settings, args: argparse.Namespace) -> int:
-    from .finetune import run_command
+    from .llm.finetune import run_command
 
     return run_command(settings.model, args)
 

@@ -14,7 +14,6 @@ streamed pieces of text are counted: OpenAI-compatible servers send about one a 
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Any, Callable
 
@@ -22,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from . import messages
 from .config import MetricsSettings
+from .llm.port import ChatModel
 from .telemetry import ERROR_KINDS, REFUSAL_REASONS, Observer, ReplyTrace
 
 log = logging.getLogger(__name__)
@@ -122,15 +122,9 @@ class Metrics(Observer):
             self._server = None
 
 
-def output_token_counter(model: Any) -> Callable[[ReplyTrace], int]:
+def output_token_counter(model: ChatModel) -> Callable[[ReplyTrace], int]:
     """How to count an answer's tokens: with the model's tokenizer where it is here, else its pieces."""
-    tokenizer = getattr(getattr(model, "backend", None), "tokenizer", None)
-    if tokenizer is None:
-        return lambda trace: trace.pieces
-    # A copy of its own: called on the event loop while the model's thread uses the original,
-    # and a Rust tokenizer used from two threads at once can fail ("already borrowed").
-    own = copy.deepcopy(tokenizer)
-    return lambda trace: len(own.encode(trace.answer, add_special_tokens=False))
+    return lambda trace: model.output_tokens(trace.answer) or trace.pieces
 
 
 def serving_metrics(settings: MetricsSettings) -> Metrics:

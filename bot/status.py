@@ -1,37 +1,34 @@
 """The /status text: what an admin wants to know at a glance, for every front end.
 
-It reads the model through getattr, so any model front works: the batching engine (max_batch,
-cached_keys), the one-at-a-time worker, the remote server's client (base_url).
+It reads what the model declares (its abilities and load, bot/llm/port.py), so any model
+works: the batching engine, the one-at-a-time worker, a remote server.
 """
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from . import messages
+from .llm.port import Abilities, ChatModel, ModelKind
 from .telemetry import Load, Observer
 
 
-def status_text(model: Any, load: Load, observer: Observer, extra_lines: tuple[str, ...] = ()) -> str:
+def status_text(model: ChatModel, load: Load, observer: Observer, extra_lines: tuple[str, ...] = ()) -> str:
     lines = [messages.STATUS.format(
-        model=model.name, context=model.context_tokens, backend=describe_backend(model),
+        model=model.name, context=model.context_tokens, backend=describe_backend(model.abilities),
         queue=load.waiting + load.writing, waiting=load.waiting, writing=load.writing,
         uptime=format_duration(observer.uptime()), answered=observer.outcomes["answered"],
         refused=observer.outcomes["refused"], failed=observer.outcomes["failed"])]
-    cached_keys = getattr(model, "cached_keys", None)
-    if callable(cached_keys):
-        lines.append(messages.STATUS_PROMPT_CACHES.format(count=len(cached_keys())))
+    if model.abilities.channel_caches:
+        lines.append(messages.STATUS_PROMPT_CACHES.format(count=model.load().cached_channels))
     return "\n".join([*lines, *extra_lines])
 
 
-def describe_backend(model: Any) -> str:
-    base_url = getattr(model, "base_url", None)
-    if base_url:
-        return messages.STATUS_BACKEND_REMOTE.format(url=without_credentials(base_url))
-    max_batch = getattr(model, "max_batch", None)
-    if max_batch:
-        return messages.STATUS_BACKEND_BATCHING.format(max_batch=max_batch)
+def describe_backend(abilities: Abilities) -> str:
+    if abilities.kind is ModelKind.REMOTE:
+        return messages.STATUS_BACKEND_REMOTE.format(url=without_credentials(abilities.server_url or ""))
+    if abilities.kind is ModelKind.BATCHING:
+        return messages.STATUS_BACKEND_BATCHING.format(max_batch=abilities.max_batch)
     return messages.STATUS_BACKEND_WORKER
 
 

@@ -108,12 +108,12 @@ class ReplyTrace:
     def refusal(self, reason: str, text: str) -> Reply:
         """The reply that refuses the message, `reason` being one of REFUSAL_REASONS."""
         self.outcome, self.reason = "refused", reason
-        return Reply(parts=[text], ok=False)
+        return Reply(text, ok=False)
 
     def failure(self, kind: str, text: str) -> Reply:
         """The reply that says answering failed, `kind` being one of ERROR_KINDS."""
         self.outcome, self.reason = "failed", kind
-        return Reply(parts=[text], ok=False)
+        return Reply(text, ok=False)
 
     # Read by observers --------------------------------------------------------------
 

@@ -47,7 +47,7 @@ class TerminalChat:
         print(text, file=self.stdout, flush=True)
 
     async def run(self) -> None:
-        self.say(f"Chatting with {self.service.model.name}. Type /help for commands, /quit to leave.")
+        self.say(f"Chatting with {self.service.model_name}. Type /help for commands, /quit to leave.")
         while (line := await self._read_line()) is not None:
             line = line.strip()
             if line in ("/quit", "/exit"):
@@ -75,7 +75,7 @@ class TerminalChat:
             reply = await self.service.reply(message, on_progress=printer.update)
         finally:
             printer.stop_spinner()
-        printer.finish("\n".join(reply.parts))
+        printer.finish(reply.text)
         for note in reply.notes:
             self.say(f"({note})")
 
@@ -99,13 +99,13 @@ class TerminalChat:
         if name == "/persona":
             action, _, text = argument.partition(" ")
             if action == "show" or not action:
-                return await service.show_persona(TERMINAL_GUILD_ID)
+                return await service.servers.show_persona(TERMINAL_GUILD_ID)
             if action == "set":
-                return await service.set_persona(TERMINAL_GUILD_ID, self.actor, text)
+                return await service.servers.set_persona(TERMINAL_GUILD_ID, self.actor, text)
             if action == "reset":
-                return await service.reset_persona(TERMINAL_GUILD_ID, self.actor)
+                return await service.servers.reset_persona(TERMINAL_GUILD_ID, self.actor)
             if action == "adapter":
-                return await service.set_adapter(TERMINAL_GUILD_ID, self.actor, text)
+                return await service.servers.set_adapter(TERMINAL_GUILD_ID, self.actor, text)
         return f"Unknown command {line_head(name, argument)}. " + HELP
 
 

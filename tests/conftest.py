@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import AsyncIterator
 
 import pytest
 
@@ -10,20 +11,12 @@ from bot.config import Settings, load_settings
 from bot.llm.worker import ModelWorker
 from bot.service import ChatService
 from bot.store import Store
+from tests.support.discord_scene import Scene, running_bot
 from tests.support.scripted import ScriptedBackend
+from tests.support.settings import REPO_ROOT, settings_for
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # A throwaway PostgreSQL server for the storage tests (skipped, loudly, where it cannot start).
 pytest_plugins = ["tests.support.postgres"]
-
-
-def settings_for(database: Path, **generation) -> Settings:
-    """The repository's config.toml, with a test database and (optionally) generation overrides.
-    Per-user cooldowns are off: most tests send one person's messages faster than a person
-    would; the cooldown tests switch them on."""
-    settings = load_settings(REPO_ROOT / "config.toml", environ={
-        "BOT_DATABASE_URL": f"sqlite+aiosqlite:///{database}", "BOT_LIMITS_USER_MESSAGES_PER_MINUTE": "0"})
-    return settings.with_overrides("generation", **generation) if generation else settings
 
 
 @pytest.fixture
@@ -48,6 +41,13 @@ async def scripted_service(store, settings, scripted):
     worker = ModelWorker(scripted, timeout_s=5)
     yield ChatService(store, worker, settings)
     worker.close()
+
+
+@pytest.fixture
+async def scene(tmp_path) -> AsyncIterator[Scene]:
+    """Our bot on a fake Discord with a small world (tests/support/discord_scene.py)."""
+    async with running_bot(tmp_path) as scene:
+        yield scene
 
 
 @pytest.fixture(scope="session")

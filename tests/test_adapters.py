@@ -25,18 +25,21 @@ import torch
 
 from bot import messages
 from bot.config import GenerationSettings, load_settings
-from bot.core.types import IncomingMessage
 from bot.discord_bot.commands import adapter_choices
 from bot.llm.adapters import AdapterProblem, Adapters, plan_adapters
 from bot.llm.engine import BatchingEngine
 from bot.llm.transformers_backend import ModelLoadError, load_transformers_backend
-from bot.llm.worker import GenerationFailed, ModelWorker
+from bot.llm.port import GenerationFailed
+from bot.llm.worker import ModelWorker
 from bot.service import Actor, ChatService
 from bot.store import Store
 from bot.terminal import TerminalChat
-from tests.conftest import REPO_ROOT, settings_for
+from tests.support.conversation import said as said_in
+from tests.support.discord_scene import EPHEMERAL, running_bot
 from tests.support.scripted import ScriptedBackend
-from tests.test_discord_e2e import EPHEMERAL, running_bot
+from tests.support.settings import REPO_ROOT, settings_for
+from tests.support.store_queries import audit_entries
+from tests.support.models import generate
 
 GREEDY = GenerationSettings(do_sample=False, max_new_tokens=8, repetition_penalty=1.0)
 SEA = [{"role": "system", "content": "You are a helpful assistant."},
@@ -97,7 +100,7 @@ async def alone(engine: BatchingEngine, prompt: list[dict], adapter: str | None 
     """A greedy answer decoded alone and uncached (computed once per module: it is deterministic)."""
     key = (f"{id(engine.backend)} {json.dumps(prompt)}", adapter)
     if key not in _ALONE:
-        _ALONE[key] = await engine.generate(prompt, GREEDY, adapter=adapter)
+        _ALONE[key] = await generate(engine, prompt, GREEDY, adapter=adapter)
     return _ALONE[key]
 
 
@@ -162,13 +165,13 @@ async def test_an_adapter_changes_greedy_answers_and_base_is_the_base_model_exac
     assert len({plain, pirate, poet}) == 3
     assert await alone(tuned_engine, SEA, "base") == plain
     with pytest.raises(GenerationFailed, match='"kraken" is not loaded'):
-        await tuned_engine.generate(SEA, GREEDY, adapter="kraken")
+        await generate(tuned_engine, SEA, GREEDY, adapter="kraken")
 
 
 async def test_rows_with_different_adapters_share_a_decode_step(tuned_engine):
     requests = [(SEA, "pirate"), (CATS, "base"), (SEA, "base"), (CATS, "poet")]
     answers = [await alone(tuned_engine, prompt, adapter) for prompt, adapter in requests]
-    together = await asyncio.gather(*(tuned_engine.generate(prompt, GREEDY, cache_key=i, adapter=adapter)
+    together = await asyncio.gather(*(generate(tuned_engine, prompt, GREEDY, channel=i, adapter=adapter)
                                       for i, (prompt, adapter) in enumerate(requests)))
     assert tuned_engine.counters.largest_batch == len(requests)  # one batch, rows of three adapters
     assert together == answers
@@ -178,26 +181,26 @@ async def test_rows_with_different_adapters_share_a_decode_step(tuned_engine):
 async def test_the_one_at_a_time_worker_honours_the_adapter(tuned_backend, tuned_engine, embedded_engine):
     worker = ModelWorker(tuned_backend, timeout_s=120)
     try:
-        assert await worker.generate(SEA, GREEDY, adapter="poet") == await alone(tuned_engine, SEA, "poet")
-        assert await worker.generate(SEA, GREEDY) == await alone(tuned_engine, SEA)
-        assert await worker.generate(SEA, GREEDY, adapter="base") == await alone(embedded_engine, SEA)
+        assert await generate(worker, SEA, GREEDY, adapter="poet") == await alone(tuned_engine, SEA, "poet")
+        assert await generate(worker, SEA, GREEDY) == await alone(tuned_engine, SEA)
+        assert await generate(worker, SEA, GREEDY, adapter="base") == await alone(embedded_engine, SEA)
     finally:
         worker.close()
 
 
 async def test_a_channel_cache_is_never_reused_under_another_adapter(tuned_engine):
-    first = await tuned_engine.generate(SEA, GREEDY, cache_key="general", adapter="pirate")
+    first = await generate(tuned_engine, SEA, GREEDY, channel="general", adapter="pirate")
     follow_up = [*SEA, {"role": "assistant", "content": first}, {"role": "user", "content": "And the sky?"}]
     reused = tuned_engine.counters.reused_tokens
     # The server switches to the base model: its channel's cache was computed with the adapter.
-    switched = await tuned_engine.generate(follow_up, GREEDY, cache_key="general", adapter="base")
+    switched = await generate(tuned_engine, follow_up, GREEDY, channel="general", adapter="base")
     assert tuned_engine.counters.reused_tokens == reused  # a fresh prefill
-    assert switched == await tuned_engine.generate(follow_up, GREEDY, adapter="base")  # as if never cached
+    assert switched == await generate(tuned_engine, follow_up, GREEDY, adapter="base")  # as if never cached
     # Under one adapter the cache is reused, and changes nothing in the answer.
     again = [*follow_up, {"role": "assistant", "content": switched}, {"role": "user", "content": "Thanks."}]
-    cached = await tuned_engine.generate(again, GREEDY, cache_key="general", adapter="base")
+    cached = await generate(tuned_engine, again, GREEDY, channel="general", adapter="base")
     assert tuned_engine.counters.reused_tokens > reused
-    assert cached == await tuned_engine.generate(again, GREEDY, adapter="base")
+    assert cached == await generate(tuned_engine, again, GREEDY, adapter="base")
 
 
 async def test_a_remote_server_is_asked_for_the_adapter_as_its_model(tmp_path, adapters_dir):
@@ -224,8 +227,8 @@ async def test_a_remote_server_is_asked_for_the_adapter_as_its_model(tmp_path, a
             adapter="/srv/adapters/tuned-v2", adapters_dir=str(adapters_dir))
         model = await asyncio.to_thread(load_model, settings)
         try:
-            assert model.adapters.choices() == ["pirate", "poet", "default", "base"]
-            asked = [await model.generate(SEA, GREEDY, adapter=a) for a in (None, "poet", "base", "default")]
+            assert model.abilities.adapters.choices() == ["pirate", "poet", "default", "base"]
+            asked = [await generate(model, SEA, GREEDY, adapter=a) for a in (None, "poet", "base", "default")]
             assert asked == ["tuned-v2", "poet", "embedded", "tuned-v2"]
         finally:
             await model.aclose()
@@ -234,8 +237,8 @@ async def test_a_remote_server_is_asked_for_the_adapter_as_its_model(tmp_path, a
 # The service ----------------------------------------------------------------------------------
 
 
-def said(guild_id: int, channel_id: int, text: str = "Tell me about the sea.") -> IncomingMessage:
-    return IncomingMessage(channel_id=channel_id, guild_id=guild_id, author_id=9, author_name="Ann", content=text)
+def said(guild_id: int, channel_id: int, text: str = "Tell me about the sea."):
+    return said_in(text, channel=channel_id, guild=guild_id, author_id=9)
 
 
 async def test_servers_get_the_default_adapter_or_their_pick(tmp_path, tuned_engine, embedded_engine, caplog):
@@ -244,28 +247,28 @@ async def test_servers_get_the_default_adapter_or_their_pick(tmp_path, tuned_eng
     try:
         plain = ChatService(store, embedded_engine, settings)
         tuned = ChatService(store, tuned_engine, settings)
-        base_answer = (await plain.reply(said(1, 10))).parts
-        default_answer = (await tuned.reply(said(1, 11))).parts  # [model] adapter: every server, unless it picks
+        base_answer = (await plain.reply(said(1, 10))).text
+        default_answer = (await tuned.reply(said(1, 11))).text  # [model] adapter: every server, unless it picks
         assert default_answer != base_answer
 
-        assert await tuned.set_adapter(2, ADMIN, "base") == messages.ADAPTER_SET.format(
+        assert await tuned.servers.set_adapter(2, ADMIN, "base") == messages.ADAPTER_SET.format(
             adapter=messages.ADAPTER_NONE)
-        assert (await tuned.reply(said(2, 20))).parts == base_answer
+        assert (await tuned.reply(said(2, 20))).text == base_answer
         assert await store.adapter(2) == "base"
-        [entry] = await store.audit_entries()
+        [entry] = await audit_entries(store)
         assert (entry.action, entry.actor_id, entry.guild_id, entry.detail) == ("adapter.set", 5, 2, "base")
-        assert "Model: the base model, without an adapter." in await tuned.show_persona(2)
-        assert 'default fine-tuned adapter ("pirate")' in await tuned.show_persona(1)
+        assert "Model: the base model, without an adapter." in await tuned.servers.show_persona(2)
+        assert 'default fine-tuned adapter ("pirate")' in await tuned.servers.show_persona(1)
 
-        await tuned.set_adapter(2, ADMIN, "default")
+        await tuned.servers.set_adapter(2, ADMIN, "default")
         assert await store.adapter(2) is None
         with pytest.raises(Exception, match='no adapter named "kraken".*Pick one of: pirate, poet, default, base'):
-            await tuned.set_adapter(2, ADMIN, "kraken")
+            await tuned.servers.set_adapter(2, ADMIN, "kraken")
 
         # A pick the operator has since removed: the default, and one line for the operator.
         await store.set_adapter(3, "retired")
         with caplog.at_level(logging.WARNING, logger="bot.service"):
-            assert (await tuned.reply(said(3, 30))).parts == default_answer
+            assert (await tuned.reply(said(3, 30))).text == default_answer
             await tuned.reply(said(3, 31))
         gone = [r for r in caplog.records if "retired" in r.getMessage()]
         assert len(gone) == 1 and "no longer served" in gone[0].getMessage()
@@ -284,8 +287,8 @@ class ScriptedWithAdapters(ScriptedBackend):
     def generate(self, messages_, params, should_stop, lora=None) -> str:
         return f"[{lora or 'base'}] " + super().generate(messages_, params, should_stop)
 
-    def generate_stream(self, messages_, params, should_stop, emit, lora=None) -> None:
-        emit(self.generate(messages_, params, should_stop, lora))
+    def generate_stream(self, prompt, params, should_stop, emit, lora=None) -> None:
+        emit(self.generate(prompt.messages, params, should_stop, lora))
 
 
 async def test_persona_adapter_on_discord(tmp_path):
@@ -302,13 +305,13 @@ async def test_persona_adapter_on_discord(tmp_path):
             refused = await scene.command(world.alice, "persona adapter", options={"name": "pirate"},
                                           enforce_default_permissions=False)
             assert refused["content"] == messages.NEEDS_PERMISSION.format(permission="Manage Server")
-            assert await store.adapter(guild) is None and await store.audit_entries() == []
+            assert await store.adapter(guild) is None and await audit_entries(store) == []
 
             answer = await scene.command(world.mod, "persona adapter", options={"name": "pirate"})
             assert answer["flags"] & EPHEMERAL
             assert answer["content"] == messages.ADAPTER_SET.format(adapter='the fine-tuned adapter "pirate"')
             assert await store.adapter(guild) == "pirate"
-            [entry] = await store.audit_entries()
+            [entry] = await audit_entries(store)
             assert (entry.action, entry.actor_id, entry.detail) == ("adapter.set", world.mod.id, "pirate")
             assert (await scene.ask("hello")).json["content"] == "[pirate] echo: Alice: hello"
 

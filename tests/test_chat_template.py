@@ -117,8 +117,9 @@ def test_the_persona_still_switches_smollm3_thinking_off(smollm3):
 
 def test_the_backend_counts_exactly_what_it_feeds_the_model(embedded_backend):
     messages = hostile_conversation()
-    assert embedded_backend.count_tokens(messages) == len(embedded_backend.render(messages))
-    assert embedded_backend.render(messages) == render_prompt_ids(embedded_backend.tokenizer, messages)
+    rendered = embedded_backend.render(messages)
+    assert rendered.tokens == len(rendered.token_ids)
+    assert list(rendered.token_ids) == render_prompt_ids(embedded_backend.tokenizer, messages)
 
 
 def test_a_template_that_edits_contents_still_gets_no_typed_control_tokens(smollm2):

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from bot.config import ConfigError, describe_settings, load_settings
-from tests.conftest import REPO_ROOT
+from tests.support.settings import REPO_ROOT
 
 
 def write(tmp_path, text):

@@ -4,9 +4,9 @@ import pytest
 
 from bot import messages
 from bot.core.cooldown import UserCooldowns, whole_seconds
-from bot.core.types import IncomingMessage
 from bot.service import ChatService
-from tests.conftest import settings_for
+from tests.support.conversation import said as said_in
+from tests.support.settings import settings_for
 
 
 class FakeClock:
@@ -69,8 +69,8 @@ async def test_past_the_limit_the_user_is_told_when_to_retry_and_nothing_is_stor
     worker = ModelWorker(scripted, timeout_s=5)
     service = ChatService(store, worker, settings)
     try:
-        def said(text: str, author_id: int = 1) -> IncomingMessage:
-            return IncomingMessage(channel_id=10, guild_id=20, author_id=author_id, author_name="Ann", content=text)
+        def said(text: str, author_id: int = 1):
+            return said_in(text, channel=10, guild=20, author_id=author_id)
 
         assert (await service.reply(said("one"))).ok and (await service.reply(said("two"))).ok
         refused = await service.reply(said("three"))

@@ -16,156 +16,25 @@ import os
 import re
 import subprocess
 import sys
-import threading
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from bot import messages
 from bot.core.cleaning import ZERO_WIDTH_SPACE
 from bot.core.split import split_message
-from bot.discord_bot.client import ChatBot, required_intents
+from bot.discord_bot.client import required_intents
 from bot.discord_bot.launch import DiscordSetupError, run_on_discord
 from bot.llm.worker import ModelWorker
-from bot.service import ChatService
-from bot.store import Store
-from tests.conftest import REPO_ROOT, settings_for
 from tests.fakediscord import messages as fake_messages
-from tests.fakediscord import (CommandNotPermitted, FakeChannel, FakeDiscord, FakeUser, RecordedRequest, World,
-                               build_world, make_client, permissions, point_discord_py_at, running_client)
-from tests.support.scripted import ScriptedBackend
+from tests.fakediscord import (CommandNotPermitted, FakeChannel, FakeDiscord, build_world, permissions,
+                               point_discord_py_at)
+from tests.support.discord_scene import EPHEMERAL, MESSAGES, TYPING, Scene, pings_no_one, replying_to, running_bot
+from tests.support.scripted import Gate, ScriptedBackend
+from tests.support.settings import REPO_ROOT, settings_for
+from tests.support.store_queries import audit_entries
+from tests.support.waiting import until
 
-MESSAGES = "/channels/{id}/messages"
-TYPING = "/channels/{id}/typing"
-EPHEMERAL = 1 << 6
-
-
-# --------------------------------------------------------------------------- the scene
-
-
-class Gate:
-    """Holds the scripted model inside generate() until the test opens it, so a test can act
-    while an answer is being written (without guessing how long anything takes)."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.opened = threading.Event()
-
-    def wrap(self, reply: Callable[[list], str]) -> Callable[[list], str]:
-        def held(messages_: list) -> str:
-            self.entered.set()
-            if not self.opened.wait(timeout=10):
-                raise TimeoutError("the test never opened the gate")
-            return reply(messages_)
-        return held
-
-    async def wait_entered(self) -> None:
-        assert await asyncio.to_thread(self.entered.wait, 5), "the model was never asked"
-
-
-@dataclass
-class Scene:
-    fake: FakeDiscord
-    world: World
-    store: Store
-    service: ChatService
-    model: ScriptedBackend | None
-    bot: ChatBot
-
-    @property
-    def general(self) -> FakeChannel:
-        return self.world.general
-
-    async def say(self, text: str, *, channel: FakeChannel | None = None, author: FakeUser | None = None,
-                  **options) -> dict:
-        """A user posts (nothing more). Returns the message as Discord stored it."""
-        return await self.fake.send_message(channel or self.general, author or self.world.alice, text, **options)
-
-    async def ask(self, text: str, *, timeout: float = 5.0, **options) -> RecordedRequest:
-        """A user mentions the bot; returns the bot's reply (the first part) once posted."""
-        message = await self.say(f"{self.fake.bot.mention} {text}", **options)
-        return await self.reply_to(message, timeout)
-
-    async def reply_to(self, message: dict, timeout: float = 5.0) -> RecordedRequest:
-        return await self.fake.wait_for_request("POST", MESSAGES, predicate=replying_to(message), timeout=timeout)
-
-    async def command(self, user: FakeUser, name: str, *, channel: FakeChannel | None = None, **options) -> dict:
-        """`user` runs a slash command; returns the answer they see, once complete."""
-        interaction = await self.fake.send_interaction(channel or self.general, user, name, **options)
-        callback = await self.fake.wait_for_interaction_response(interaction, timeout=5)
-        if callback["type"] == 5:  # deferred: the answer follows on the interaction's webhook
-            await self.fake.wait_for_request("POST", f"/webhooks/{{app}}/{interaction.token}", timeout=5)
-        return self.fake.original_response(interaction)
-
-    def posted(self, channel: FakeChannel | None = None) -> list[RecordedRequest]:
-        """Messages the bot posted successfully in a channel, in order."""
-        path = f"/channels/{(channel or self.general).id}/messages"
-        return [r for r in self.fake.requests_to("POST", MESSAGES) if r.path == path and r.status == 200]
-
-    async def turns(self, channel: FakeChannel | None = None) -> list[tuple[str, str]]:
-        turns = await self.store.recent_turns((channel or self.general).id, 100)
-        return [(turn.role, turn.content) for turn in turns]
-
-
-def pings_no_one(request: RecordedRequest) -> bool:
-    """Allowed mentions that parse nothing and name no one, the replied-to author included."""
-    allowed = request.json["allowed_mentions"]
-    return (allowed["parse"] == [] and not allowed.get("replied_user")
-            and not allowed.get("users") and not allowed.get("roles"))
-
-
-def replying_to(message: dict) -> Callable[[RecordedRequest], bool]:
-    def check(request: RecordedRequest) -> bool:
-        reference = (request.json or {}).get("message_reference") or {}
-        return request.status == 200 and str(reference.get("message_id")) == message["id"]
-    return check
-
-
-@asynccontextmanager
-async def running_bot(tmp_path: Path, *, worker: ModelWorker | None = None, reply=None,
-                      heartbeat_interval_ms: int = 41_250, generation: dict | None = None,
-                      in_dev_guild: bool = False, **discord_settings) -> AsyncIterator[Scene]:
-    """A fake Discord with a small world, and our bot connected to it. Without `worker`, the
-    model is a ScriptedBackend (echoing by default) inside a real ModelWorker."""
-    # Answers post once, finished, unless a test is about streaming: `ask` then returns the whole answer.
-    discord_settings.setdefault("stream_edit_interval", 0)
-    scripted = None if worker else ScriptedBackend(reply) if reply else ScriptedBackend()
-    model = worker or ModelWorker(scripted, timeout_s=10)
-    try:
-        async with FakeDiscord(heartbeat_interval_ms=heartbeat_interval_ms) as fake:
-            world = build_world(fake)
-            if in_dev_guild:
-                discord_settings["dev_guild_id"] = world.guild.id
-            settings = settings_for(tmp_path / "bot.db", **(generation or {}))
-            settings = settings.with_overrides("discord", **discord_settings)
-            store = await Store.open(settings.database.url)
-            try:
-                service = ChatService(store, model, settings)
-                bot = make_client(ChatBot, intents=required_intents(), service=service, settings=settings.discord)
-                async with running_client(fake, bot):
-                    yield Scene(fake, world, store, service, scripted, bot)
-            finally:
-                await store.close()
-    finally:
-        if scripted is not None:
-            model.close()
-
-
-@pytest.fixture
-async def scene(tmp_path) -> AsyncIterator[Scene]:
-    async with running_bot(tmp_path) as scene:
-        yield scene
-
-
-async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    """Wait for an effect that sends nothing to Discord (a database change)."""
-    async def poll() -> None:
-        while not await condition():
-            await asyncio.sleep(0.01)
-    await asyncio.wait_for(poll(), timeout)
+# The scene (running_bot, Scene, the `scene` fixture in conftest.py): tests/support/discord_scene.py.
 
 
 def last_prompt(scene: Scene) -> list[dict]:
@@ -270,7 +139,7 @@ async def test_a_dm_is_answered_and_server_commands_are_refused_there(scene: Sce
     for command, options in [("persona set", {"text": "a pirate"}), ("persona show", None), ("autoreply on", None)]:
         answer = await scene.command(alice, command, channel=dm, options=options)
         assert answer["content"] == messages.SERVER_ONLY and answer["flags"] & EPHEMERAL
-    assert await scene.store.audit_entries() == []
+    assert await audit_entries(scene.store) == []
 
     # /reset is not server-only: in a DM it forgets the user's own conversation.
     answer = await scene.command(alice, "reset", channel=dm)
@@ -383,7 +252,7 @@ async def test_channels_do_not_wait_for_each_other(tmp_path):
         # its typing indicator and its stored turn do not wait for general.
         await scene.say(f"{scene.fake.bot.mention} meanwhile", channel=random)
         await scene.fake.wait_for_request("POST", f"/channels/{random.id}/typing")
-        await eventually(lambda: has_turns(scene, random, 1))
+        await until(lambda: has_turns(scene, random, 1))
         assert scene.posted() == [] and scene.posted(random) == []
         gate.opened.set()
         await scene.fake.wait_for_request("POST", MESSAGES, count=2)
@@ -400,19 +269,13 @@ async def test_the_gateway_heartbeats_while_the_model_works(tmp_path):
         message = await scene.say(f"{scene.fake.bot.mention} think hard")
         await gate.wait_entered()
         before = heartbeats(scene.fake)
-        await eventually(async_true(lambda: heartbeats(scene.fake) >= before + 3))
+        await until(lambda: heartbeats(scene.fake) >= before + 3)
         gate.opened.set()
         await scene.reply_to(message)
 
 
 def heartbeats(fake: FakeDiscord) -> int:
     return sum(1 for payload in fake.gateway_received if payload["op"] == 1)
-
-
-def async_true(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
-    async def condition() -> bool:
-        return check()
-    return condition
 
 
 # --------------------------------------------------------------------------- memory (real model)
@@ -477,12 +340,12 @@ async def test_an_admin_sets_the_persona_and_a_member_cannot(scene: Scene):
                                   enforce_default_permissions=False)
     assert refused["content"] == messages.NEEDS_PERMISSION.format(permission="Manage Server")
     assert refused["flags"] & EPHEMERAL
-    assert await scene.store.persona(world.guild.id) is None and await scene.store.audit_entries() == []
+    assert await scene.store.persona(world.guild.id) is None and await audit_entries(scene.store) == []
 
     answer = await scene.command(world.mod, "persona set", options={"text": "You are a pirate. Say arr."})
     assert answer["content"] == messages.PERSONA_SET.format(length=26) and answer["flags"] & EPHEMERAL
     assert await scene.store.persona(world.guild.id) == "You are a pirate. Say arr."
-    [entry] = await scene.store.audit_entries()
+    [entry] = await audit_entries(scene.store)
     assert (entry.action, entry.actor_id, entry.guild_id) == ("persona.set", world.mod.id, world.guild.id)
 
     await scene.ask("hello")
@@ -517,7 +380,7 @@ async def test_a_long_persona_is_shown_in_parts_that_fit(scene: Scene):
 async def test_a_failing_command_says_so_and_logs_why(scene: Scene, caplog, monkeypatch):
     async def broken(guild_id):
         raise RuntimeError("the database is on fire")
-    monkeypatch.setattr(scene.service, "show_persona", broken)
+    monkeypatch.setattr(scene.service.servers, "show_persona", broken)
     with caplog.at_level(logging.ERROR, logger="bot.discord_bot"):
         answer = await scene.command(scene.world.mod, "persona show")
     assert answer["content"] == messages.COMMAND_FAILED and answer["flags"] & EPHEMERAL
@@ -532,12 +395,12 @@ async def test_a_moderator_resets_the_channel_and_it_is_audited(scene: Scene):
 
     refused = await scene.command(world.alice, "reset", enforce_default_permissions=False)
     assert refused["content"] == messages.NEEDS_PERMISSION.format(permission="Manage Messages")
-    assert len(await scene.turns()) == 4 and await scene.store.audit_entries() == []
+    assert len(await scene.turns()) == 4 and await audit_entries(scene.store) == []
 
     answer = await scene.command(world.mod, "reset")
     assert answer["content"] == messages.HISTORY_RESET.format(count=4) and answer["flags"] & EPHEMERAL
     assert await scene.turns() == []
-    [entry] = await scene.store.audit_entries()
+    [entry] = await audit_entries(scene.store)
     assert (entry.action, entry.actor_id, entry.actor_name, entry.guild_id, entry.channel_id, entry.detail) == (
         "history.reset", world.mod.id, "mod", world.guild.id, world.general.id, "4 turns")
     assert entry.created_at is not None
@@ -577,7 +440,7 @@ async def test_forget_me_erases_a_members_words_and_dms_and_answers_privately(sc
     assert await scene.turns() == [("assistant", "echo: Alice: alice says something"),
                                    ("user", "mod says something"), ("assistant", "echo: mod: mod says something")]
     assert await scene.turns(dm) == []
-    [entry] = await scene.store.audit_entries()
+    [entry] = await audit_entries(scene.store)
     assert (entry.action, entry.actor_id, entry.actor_name, entry.detail) == (
         "user.forget", world.alice.id, None, "3 turns")
     # It works in a DM too.
@@ -603,7 +466,7 @@ async def test_auto_reply_answers_every_message_in_that_channel_only(scene: Scen
     await scene.say("and not any more here")
     await scene.ask("but a mention still works")
     assert scene.posted(elsewhere) == [] and len(scene.posted()) == 2
-    assert [entry.action for entry in await scene.store.audit_entries()] == ["autoreply.on", "autoreply.off"]
+    assert [entry.action for entry in await audit_entries(scene.store)] == ["autoreply.on", "autoreply.off"]
 
 
 # --------------------------------------------------------------------------- history follows Discord
@@ -640,7 +503,7 @@ async def test_removal_from_a_server_deletes_its_data(scene: Scene):
 
     async def forgotten() -> bool:
         return await scene.turns() == [] and await scene.store.persona(world.guild.id) is None
-    await eventually(forgotten)
+    await until(forgotten)
     assert len(await scene.turns(dm)) == 2  # other conversations are untouched
 
 
@@ -649,7 +512,7 @@ async def test_removal_keeps_the_data_when_so_configured(tmp_path, caplog):
         await scene.ask("remember me")
         with caplog.at_level(logging.INFO, logger="bot.discord_bot"):
             await scene.fake.remove_bot_from_guild(scene.world.guild)
-            await eventually(async_true(lambda: any("data is kept" in r.getMessage() for r in caplog.records)))
+            await until(lambda: any("data is kept" in r.getMessage() for r in caplog.records))
         assert len(await scene.turns()) == 2
 
 

@@ -33,17 +33,25 @@ def test_lines_and_indentation_are_kept():
 
 
 def test_notes_go_under_the_last_part_as_subtext():
-    reply = Reply(parts=["one", "two"], notes=["3 older message(s) were left out."])
-    assert parts_to_post(reply) == ["one", "two\n-# 3 older message(s) were left out."]
+    reply = Reply("one " * 600 + "two", notes=["3 older message(s) were left out."])
+    parts = parts_to_post(reply)
+    assert len(parts) == 2 and parts[-1].endswith("two\n-# 3 older message(s) were left out.")
 
 
 def test_a_note_that_does_not_fit_gets_its_own_part():
-    reply = Reply(parts=["x" * 1995], notes=["a note"])
+    reply = Reply("x" * 1995, notes=["a note"])
     assert parts_to_post(reply) == ["x" * 1995, "-# a note"]
 
 
 def test_a_reply_without_notes_is_posted_as_is():
-    assert parts_to_post(Reply(parts=["just this"])) == ["just this"]
+    assert parts_to_post(Reply("just this")) == ["just this"]
+
+
+def test_a_long_reply_is_split_at_discords_limit_only_here():
+    text = "\n\n".join(f"Paragraph {n}: " + "words " * 60 for n in range(20))
+    parts = parts_to_post(Reply(text))
+    assert len(parts) > 1 and all(len(part) <= 2000 for part in parts)
+    assert " ".join(parts).split() == text.split()  # nothing lost or added
 
 
 def test_dotenv(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import threading
 
 import pytest
 import torch
@@ -20,12 +21,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from bot.config import GenerationSettings
 from bot.core.cleaning import clean_reply
 from bot.llm.engine import BatchingEngine
-from bot.llm.worker import ModelBusy
 from bot.core.tokens import common_prefix_length
 from bot.llm.kv_cache import PrefixCache, RunningBatch
 from bot.llm.sampling import IncrementalText
 from bot.llm.transformers_backend import TransformersBackend
-from bot.llm.worker import GenerationFailed, GenerationTimeout
+from bot.llm.port import GenerationFailed, GenerationTimeout, ModelBusy
+from tests.support.models import generate, kept_bytes, stream
+from tests.support.waiting import until
 
 GREEDY = GenerationSettings(do_sample=False, max_new_tokens=12, repetition_penalty=1.0)
 PENALISED = dataclasses.replace(GREEDY, repetition_penalty=1.3)
@@ -66,12 +68,33 @@ def varied_backend(tiny_smollm3_dir) -> TransformersBackend:
     return load_tiny(tiny_smollm3_dir, weight_scale=10.0)
 
 
+class SteeredEngine(BatchingEngine):
+    """The engine, with two test controls on one channel's row as it chooses its fourth token
+    (three already sent): `failing_channel` raises there (a fault inside one row's step);
+    `held_channel` holds the engine thread there until `release` is set, so that an answer is
+    certainly still being written, whatever this machine's speed, until the test says so."""
+
+    failing_channel = held_channel = None
+
+    def __init__(self, *args, **options):
+        super().__init__(*args, **options)
+        self.release = threading.Event()
+
+    def _choose_token(self, row, logits):
+        if row.generated == 3 and row.request.cache_key is not None:
+            if row.request.cache_key == self.failing_channel:
+                raise RuntimeError("simulated fault")
+            if row.request.cache_key == self.held_channel:
+                self.release.wait(timeout=120)  # the limit only guards against a hung test
+        return super()._choose_token(row, logits)
+
+
 @pytest.fixture
 async def make_engine():
     engines = []
 
-    def make(backend, **options) -> BatchingEngine:
-        engines.append(BatchingEngine(backend, **options))
+    def make(backend, **options) -> SteeredEngine:
+        engines.append(SteeredEngine(backend, **options))
         return engines[-1]
 
     yield make
@@ -79,16 +102,9 @@ async def make_engine():
         engine.close()
 
 
-async def until(condition, limit_s: float = 30.0) -> None:
-    """Wait for something the engine thread does; the limit only guards against a hang."""
-    async with asyncio.timeout(limit_s):
-        while not condition():
-            await asyncio.sleep(0.01)
-
-
 async def first_delta_then_park(engine: BatchingEngine, messages, params, started: asyncio.Event, **kwargs):
     """Consume a stream until its first text arrives, then keep it open (it holds its place)."""
-    async for _ in engine.stream(messages, params, **kwargs):
+    async for _ in stream(engine, messages, params, **kwargs):
         started.set()
 
 
@@ -98,9 +114,9 @@ async def first_delta_then_park(engine: BatchingEngine, messages, params, starte
 async def test_answers_decoded_together_equal_answers_decoded_alone(varied_backend, make_engine):
     engine = make_engine(varied_backend)
     settings = [GREEDY, PENALISED, GREEDY, PENALISED]  # each row keeps its own settings in the batch
-    alone = [await engine.generate(p, s) for p, s in zip(PROMPTS, settings)]
+    alone = [await generate(engine, p, s) for p, s in zip(PROMPTS, settings)]
     assert engine.counters.largest_batch == 1
-    together = await asyncio.gather(*(engine.generate(p, s) for p, s in zip(PROMPTS, settings)))
+    together = await asyncio.gather(*(generate(engine, p, s) for p, s in zip(PROMPTS, settings)))
     assert together == alone
     assert len(set(alone)) == len(alone)  # different prompts, different answers: the rows did not mix
     assert engine.counters.largest_batch == len(PROMPTS)
@@ -114,12 +130,12 @@ async def test_eager_attention_answers_like_sdpa_alone_and_in_a_batch(varied_bac
 
     assert (attention_for("auto", "cuda"), attention_for("auto", "cpu"), attention_for("sdpa", "cuda")) == (
         "eager", None, "sdpa")
-    by_default = [await make_engine(varied_backend, attention="auto").generate(p, GREEDY) for p in PROMPTS]
+    by_default = [await generate(make_engine(varied_backend, attention="auto"), p, GREEDY) for p in PROMPTS]
     assert varied_backend.model.config._attn_implementation == "sdpa"  # auto leaves a CPU model as it is
     eager = make_engine(load_tiny(tiny_smollm3_dir, weight_scale=10.0), attention="eager")
     assert eager.model.config._attn_implementation == "eager"
-    assert [await eager.generate(p, GREEDY) for p in PROMPTS] == by_default
-    assert list(await asyncio.gather(*(eager.generate(p, GREEDY) for p in PROMPTS))) == by_default
+    assert [await generate(eager, p, GREEDY) for p in PROMPTS] == by_default
+    assert list(await asyncio.gather(*(generate(eager, p, GREEDY) for p in PROMPTS))) == by_default
     assert eager.counters.largest_batch == len(PROMPTS)
 
 
@@ -127,47 +143,47 @@ async def test_the_real_model_answers_the_same_in_a_batch(embedded_worker, make_
     engine = make_engine(embedded_worker.backend)
     greedy = GenerationSettings(do_sample=False, max_new_tokens=8, repetition_penalty=1.0)
     prompts = PROMPTS[:3]
-    alone = [await engine.generate(p, greedy) for p in prompts]
-    together = await asyncio.gather(*(engine.generate(p, greedy) for p in prompts))
+    alone = [await generate(engine, p, greedy) for p in prompts]
+    together = await asyncio.gather(*(generate(engine, p, greedy) for p in prompts))
     assert together == alone
-    assert alone[0] == await embedded_worker.generate(prompts[0], greedy)  # and as model.generate() answers
+    assert alone[0] == await generate(embedded_worker, prompts[0], greedy)  # and as generate(model, ) answers
     assert engine.counters.largest_batch == len(prompts)
 
 
 async def test_max_new_tokens_is_honoured_per_row(varied_backend, make_engine):
     engine = make_engine(varied_backend)
     short, longer = dataclasses.replace(GREEDY, max_new_tokens=3), dataclasses.replace(GREEDY, max_new_tokens=9)
-    await asyncio.gather(engine.generate(PROMPTS[0], short), engine.generate(PROMPTS[1], longer))
+    await asyncio.gather(generate(engine, PROMPTS[0], short), generate(engine, PROMPTS[1], longer))
     assert engine.counters.generated_tokens == 3 + 9  # the tiny model never says <|im_end|> this early
 
 
 async def test_repetition_penalty_is_applied(tiny_backend, make_engine):
     engine = make_engine(tiny_backend)
-    without = await engine.generate(PROMPTS[1], GREEDY)
-    with_penalty = await engine.generate(PROMPTS[1], PENALISED)
+    without = await generate(engine, PROMPTS[1], GREEDY)
+    with_penalty = await generate(engine, PROMPTS[1], PENALISED)
     assert len(set(without)) == 1  # greedy: the same character over and over
     assert with_penalty != without
 
 
 async def test_sampling_settings_are_applied(varied_backend, make_engine):
     engine = make_engine(varied_backend)
-    greedy = await engine.generate(PROMPTS[1], GREEDY)
+    greedy = await generate(engine, PROMPTS[1], GREEDY)
     hot = dataclasses.replace(GREEDY, do_sample=True, temperature=5.0, top_p=1.0)
-    assert await engine.generate(PROMPTS[1], hot) != greedy  # a hot sample wanders off the greedy path
-    assert await engine.generate(PROMPTS[1], dataclasses.replace(hot, top_p=0.0)) == greedy  # only the best is left
-    assert await engine.generate(PROMPTS[1], dataclasses.replace(hot, temperature=0.0)) == greedy  # 0 reads as greedy
+    assert await generate(engine, PROMPTS[1], hot) != greedy  # a hot sample wanders off the greedy path
+    assert await generate(engine, PROMPTS[1], dataclasses.replace(hot, top_p=0.0)) == greedy  # only the best is left
+    assert await generate(engine, PROMPTS[1], dataclasses.replace(hot, temperature=0.0)) == greedy  # 0 reads as greedy
 
 
 # Channel caches ----------------------------------------------------------------------
 
 
 async def cached_and_fresh(engine: BatchingEngine, prompt, params) -> tuple[str, str]:
-    return await engine.generate(prompt, params, cache_key=1), await engine.generate(prompt, params)
+    return await generate(engine, prompt, params, channel=1), await generate(engine, prompt, params)
 
 
 async def check_that_cached_turns_equal_fresh_ones(engine: BatchingEngine, params) -> None:
     first = PROMPTS[2]
-    answer = await engine.generate(first, params, cache_key=1)
+    answer = await generate(engine, first, params, channel=1)
     # As the service does: the stored (cleaned) answer goes into the channel's next prompt.
     next_turn = first + [{"role": "assistant", "content": clean_reply(answer) or "ok"},
                          {"role": "user", "content": "Thanks! Now something else, please."}]
@@ -195,21 +211,21 @@ async def test_cached_turns_equal_fresh_ones_on_the_real_model(embedded_worker, 
 
 async def test_the_least_recently_used_channel_cache_is_evicted(varied_backend, make_engine):
     engine = make_engine(varied_backend)
-    await engine.generate(PROMPTS[0], GREEDY, cache_key=1)
-    one_channel = engine.prefix_cache.total_bytes
+    await generate(engine, PROMPTS[0], GREEDY, channel=1)
+    one_channel = kept_bytes(engine.prefix_cache)
     engine.prefix_cache.budget_bytes = int(2.5 * one_channel)  # room for two channels
-    await engine.generate(PROMPTS[0], GREEDY, cache_key=2)
-    await engine.generate(PROMPTS[0], GREEDY, cache_key=1)  # channel 1 is now the most recent
-    await engine.generate(PROMPTS[0], GREEDY, cache_key=3)
-    assert engine.cached_keys() == [1, 3]
-    assert engine.prefix_cache.total_bytes <= engine.prefix_cache.budget_bytes
+    await generate(engine, PROMPTS[0], GREEDY, channel=2)
+    await generate(engine, PROMPTS[0], GREEDY, channel=1)  # channel 1 is now the most recent
+    await generate(engine, PROMPTS[0], GREEDY, channel=3)
+    assert engine.prefix_cache.keys() == [1, 3]
+    assert kept_bytes(engine.prefix_cache) <= engine.prefix_cache.budget_bytes
 
 
 def test_prefix_cache_refuses_an_entry_larger_than_its_budget():
     cache = PrefixCache(budget_bytes=100)
     big = [(torch.zeros(1, 1, 10, 4), torch.zeros(1, 1, 10, 4))]  # 320 bytes
     cache.put("a", list(range(10)), big)
-    assert cache.keys() == [] and cache.total_bytes == 0
+    assert cache.keys() == [] and kept_bytes(cache) == 0
 
 
 def test_common_prefix_length():
@@ -246,9 +262,9 @@ def _fake_cache(length: int, fill: float):
 
 async def test_streamed_deltas_add_up_to_the_reply(varied_backend, make_engine):
     engine = make_engine(varied_backend)
-    deltas = [delta async for delta in engine.stream(PROMPTS[3], GREEDY)]
+    deltas = [delta async for delta in stream(engine, PROMPTS[3], GREEDY)]
     assert len(deltas) > 1
-    assert "".join(deltas) == await engine.generate(PROMPTS[3], GREEDY)
+    assert "".join(deltas) == await generate(engine, PROMPTS[3], GREEDY)
 
 
 def test_characters_split_across_tokens_are_never_emitted_half(tiny_backend):
@@ -267,67 +283,66 @@ def test_characters_split_across_tokens_are_never_emitted_half(tiny_backend):
 
 async def test_a_cancelled_generation_frees_its_place(varied_backend, make_engine):
     engine = make_engine(varied_backend, max_batch=1)
+    engine.held_channel = 7
     started = asyncio.Event()
-    long_one = asyncio.create_task(first_delta_then_park(engine, PROMPTS[1], LONG, started, cache_key=7))
+    long_one = asyncio.create_task(first_delta_then_park(engine, PROMPTS[1], LONG, started, channel=7))
     await started.wait()
     long_one.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await long_one
+    engine.release.set()
     # With one place only, this answer proves the cancelled row left the batch.
-    assert await engine.generate(PROMPTS[0], GREEDY)
-    await until(lambda: engine.active() == 0)
-    assert engine.counters.generated_tokens < 1000  # the long one stopped soon after it was cancelled
-    assert 7 in engine.cached_keys()  # what it had computed is kept for the channel's next turn
+    assert await generate(engine, PROMPTS[0], GREEDY)
+    await until(lambda: engine.load().active == 0)
+    assert engine.counters.generated_tokens < 4 + 1 + GREEDY.max_new_tokens  # it stopped at its next step
+    assert 7 in engine.prefix_cache.keys()  # what it had computed is kept for the channel's next turn
 
 
 async def test_closing_a_stream_early_frees_its_place(varied_backend, make_engine):
     engine = make_engine(varied_backend, max_batch=1)
-    async with contextlib.aclosing(engine.stream(PROMPTS[1], LONG)) as deltas:
+    async with contextlib.aclosing(stream(engine, PROMPTS[1], LONG)) as deltas:
         async for _ in deltas:
             break
-    assert await engine.generate(PROMPTS[0], GREEDY)
+    assert await generate(engine, PROMPTS[0], GREEDY)
 
 
 async def test_a_full_queue_says_how_many_are_waiting(varied_backend, make_engine):
     engine = make_engine(varied_backend, max_batch=1, max_waiting=2)
+    engine.held_channel = 5
     started = asyncio.Event()
-    running = asyncio.create_task(first_delta_then_park(engine, PROMPTS[1], LONG, started))
+    running = asyncio.create_task(first_delta_then_park(engine, PROMPTS[1], LONG, started, channel=5))
     await started.wait()
-    queued = [asyncio.create_task(engine.generate(PROMPTS[0], GREEDY)) for _ in range(2)]
-    await until(lambda: engine.waiting() == 2)
+    queued = [asyncio.create_task(generate(engine, PROMPTS[0], GREEDY)) for _ in range(2)]
+    await until(lambda: engine.load().waiting == 2)
     with pytest.raises(ModelBusy) as busy:
-        await engine.generate(PROMPTS[0], GREEDY)
+        await generate(engine, PROMPTS[0], GREEDY)
     assert busy.value.waiting == 2 and "2 replies are already waiting" in str(busy.value)
     running.cancel()
+    engine.release.set()
     assert all(await asyncio.gather(*queued))  # the waiting ones are answered once the place is free
 
 
 async def test_a_generation_past_its_time_limit_is_stopped_and_the_engine_goes_on(varied_backend, make_engine):
-    engine = make_engine(varied_backend, timeout_s=0.3)
+    engine = make_engine(varied_backend, timeout_s=0)  # past its limit whatever this machine's speed
     with pytest.raises(GenerationTimeout):
-        await engine.generate(PROMPTS[1], LONG)
-    await until(lambda: engine.active() == 0)
+        await generate(engine, PROMPTS[1], LONG)
+    await until(lambda: engine.load().active == 0)
     engine.timeout_s = 60
-    assert await engine.generate(PROMPTS[0], GREEDY) == await engine.generate(PROMPTS[0], GREEDY)
+    assert await generate(engine, PROMPTS[0], GREEDY) == await generate(engine, PROMPTS[0], GREEDY)
 
 
 async def test_a_failure_in_one_request_leaves_the_others_unharmed(varied_backend, make_engine):
     engine = make_engine(varied_backend)
-    expected = await engine.generate(PROMPTS[1], GREEDY)
-
-    def fail_channel_13(cache_key, tokens_so_far):
-        if cache_key == 13 and tokens_so_far == 3:
-            raise RuntimeError("simulated fault")
-
-    engine.before_token = fail_channel_13
-    failing = engine.generate(PROMPTS[0], GREEDY, cache_key=13)
-    healthy = engine.generate(PROMPTS[1], GREEDY, cache_key=14)
+    expected = await generate(engine, PROMPTS[1], GREEDY)
+    engine.failing_channel = 13
+    failing = generate(engine, PROMPTS[0], GREEDY, channel=13)
+    healthy = generate(engine, PROMPTS[1], GREEDY, channel=14)
     failed, answer = await asyncio.gather(failing, healthy, return_exceptions=True)
     assert isinstance(failed, GenerationFailed) and "RuntimeError" in str(failed)
     assert answer == expected
-    assert 13 not in engine.cached_keys()  # nothing half-made is kept
-    engine.before_token = None
-    assert await engine.generate(PROMPTS[0], GREEDY, cache_key=13)  # the channel works again
+    assert 13 not in engine.prefix_cache.keys()  # nothing half-made is kept
+    engine.failing_channel = None
+    assert await generate(engine, PROMPTS[0], GREEDY, channel=13)  # the channel works again
 
 
 async def test_closing_the_engine_stops_running_generations(varied_backend, make_engine):
@@ -339,7 +354,7 @@ async def test_closing_the_engine_stops_running_generations(varied_backend, make
     with pytest.raises(GenerationFailed, match="shutting down"):
         await running
     with pytest.raises(GenerationFailed, match="shutting down"):
-        await engine.generate(PROMPTS[0], GREEDY)
+        await generate(engine, PROMPTS[0], GREEDY)
 
 
 # Through the service: what a user is told ----------------------------------------------
@@ -347,7 +362,7 @@ async def test_closing_the_engine_stops_running_generations(varied_backend, make
 
 def service_over(engine, store, tmp_path, max_new_tokens):
     from bot.service import ChatService
-    from tests.conftest import settings_for
+    from tests.support.settings import settings_for
 
     return ChatService(store, engine, settings_for(tmp_path / "bot.db", do_sample=False,
                                                    max_new_tokens=max_new_tokens, repetition_penalty=1.0))
@@ -360,7 +375,9 @@ def hello_in(channel):
 
 
 async def start_writing_in_channel_1(service):
-    """Channel 1 starts an answer and holds the (only) place in the batch; returns its task."""
+    """Channel 1 starts an answer and holds the (only) place in the batch (the engine is held at
+    its fourth token until `engine.release` is set); returns its task."""
+    service.model.held_channel = 1
     writing = asyncio.Event()
 
     async def progress(_text):
@@ -379,9 +396,10 @@ async def test_a_user_past_the_queue_bound_is_told_the_bot_is_busy_and_others_ar
     service = service_over(engine, store, tmp_path, max_new_tokens=300)
     first = await start_writing_in_channel_1(service)
     second = asyncio.create_task(service.reply(hello_in(2)))
-    await until(lambda: engine.waiting() == 1)  # channel 2 waits in line
+    await until(lambda: engine.load().waiting == 1)  # channel 2 waits in line
     third = await service.reply(hello_in(3))
     assert not third.ok and third.text == messages.BUSY.format(waiting=1)
+    engine.release.set()
     assert (await first).ok and (await second).ok  # nobody else was dropped
 
 
@@ -396,7 +414,10 @@ async def test_a_user_who_has_to_wait_is_told_their_place_in_line(varied_backend
     async def second_progress(text):
         seen_by_second.append(text)
 
-    second = await service.reply(hello_in(2), on_progress=second_progress)
+    second = asyncio.create_task(service.reply(hello_in(2), on_progress=second_progress))
+    await until(lambda: seen_by_second)
+    engine.release.set()
+    second = await second
     assert (await first).ok and second.ok
     assert seen_by_second[0] == messages.QUEUED.format(place=1)
     assert seen_by_second[-1] == second.text  # then the answer replaced the notice

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -18,11 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot import messages
 from bot.export import ExportFilter, ExportSummary, export_lines, jsonl_bytes, pseudonymised
 from bot.core.types import Turn
-from bot.service import Actor, persona_of
+from bot.llm.adapters import NO_ADAPTERS
+from bot.server_settings import ServerSettings
+from bot.service import Actor
 from bot.store.models import Message
-from tests.conftest import REPO_ROOT, settings_for
-from tests.test_discord_e2e import EPHEMERAL, Scene, scene  # noqa: F401 (the fixture)
 from tests.fakediscord import CommandNotPermitted
+from tests.support.cli import run_bot
+from tests.support.discord_scene import EPHEMERAL, Scene
+from tests.support.settings import REPO_ROOT
+from tests.support.store_queries import audit_entries
 
 GUILD, OTHER_GUILD = 100, 200
 GENERAL, RANDOM, DM = 11, 12, 13
@@ -40,7 +43,7 @@ async def put(store, channel: int, role: str, content: str, *, author: int | Non
 
 async def exported(store, settings, **filters) -> tuple[list[dict], ExportSummary]:
     summary = ExportSummary()
-    lines = export_lines(store, lambda guild: persona_of(store, settings, guild), ExportFilter(**filters), summary)
+    lines = export_lines(store, ServerSettings(store, settings, NO_ADAPTERS).persona_for, ExportFilter(**filters), summary)
     return [line async for line in lines], summary
 
 
@@ -89,7 +92,7 @@ async def test_names_are_kept_only_when_asked_and_dms_only_when_asked(store, set
 async def test_people_who_opted_out_and_the_answers_to_them_are_never_exported(store, settings, scripted_service):
     await a_server_day(store)
     await store.opt_out(BOB, reason="optout")
-    await scripted_service.forget_user(CAROL)  # /forget-me: gone now, and left out of every export after
+    await scripted_service.privacy.forget_user(CAROL)  # /forget-me: gone now, and left out of every export after
     await put(store, RANDOM, "user", "I am back", author=CAROL, name="Carol", at=minutes(5))
     await put(store, RANDOM, "assistant", "Welcome back, Carol", at=minutes(6))
     lines, summary = await exported(store, settings, include_dms=True, pseudonymise=False)
@@ -99,9 +102,9 @@ async def test_people_who_opted_out_and_the_answers_to_them_are_never_exported(s
     assert "hi, I am Alice" in text  # everyone else stays
     assert summary.left_out_opted_out == 4
     # /optin undoes /optout.
-    assert await scripted_service.opt_in_to_export(BOB) == messages.OPTED_IN
+    assert await scripted_service.privacy.opt_in_to_export(BOB) == messages.OPTED_IN
     assert "Nice to meet you" in json.dumps((await exported(store, settings))[0])
-    assert await scripted_service.opt_in_to_export(BOB) == messages.NOT_OPTED_OUT
+    assert await scripted_service.privacy.opt_in_to_export(BOB) == messages.NOT_OPTED_OUT
 
 
 async def test_filters_by_server_channel_and_days(store, settings):
@@ -161,7 +164,7 @@ async def test_the_export_goes_through_the_chat_templates_and_trls_dataset_check
     from trl.data_utils import is_conversational
 
     await a_server_day(store)
-    data = await jsonl_bytes(export_lines(store, lambda g: persona_of(store, settings, g),
+    data = await jsonl_bytes(export_lines(store, ServerSettings(store, settings, NO_ADAPTERS).persona_for,
                                           ExportFilter(include_dms=True), ExportSummary()))
     lines = [json.loads(line) for line in data.decode().splitlines()]
     assert len(lines) == 3
@@ -177,10 +180,9 @@ async def test_the_export_goes_through_the_chat_templates_and_trls_dataset_check
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bot", "--config", str(REPO_ROOT / "config.toml"), *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "BOT_DATABASE_URL": f"sqlite+aiosqlite:///{cwd}/bot.db",
-                               "PYTHONPATH": str(REPO_ROOT)})
+    return run_bot("--config", str(REPO_ROOT / "config.toml"), *args, cwd=cwd, timeout=120,
+                   env={"PATH": "/usr/bin:/bin", "BOT_DATABASE_URL": f"sqlite+aiosqlite:///{cwd}/bot.db",
+                        "PYTHONPATH": str(REPO_ROOT)})
 
 
 async def test_the_cli_writes_the_file_and_says_what_it_holds(store, settings, tmp_path):
@@ -222,7 +224,7 @@ async def test_a_moderator_gets_the_export_as_a_private_file(scene: Scene):
         "User 1: hello there", "echo: User 1: hello there", "User 2: and again", "echo: User 2: and again"]
     answer = scene.fake.original_response(interaction)
     assert answer["flags"] & EPHEMERAL and "1 conversation(s), 4 turn(s)" in answer["content"]
-    [entry] = await scene.store.audit_entries()
+    [entry] = await audit_entries(scene.store)
     assert (entry.action, entry.actor_id) == ("data.export", world.mod.id)
 
 
@@ -253,5 +255,5 @@ async def test_the_service_refuses_reversed_dates(scripted_service):
     from bot.service import UserError
 
     with pytest.raises(UserError, match="is after the end date"):
-        await scripted_service.export_server(GUILD, Actor(ALICE, "alice"), since=date(2026, 11, 2),
+        await scripted_service.privacy.export_server(GUILD, Actor(ALICE, "alice"), since=date(2026, 11, 2),
                                              until=date(2026, 11, 1))

@@ -25,6 +25,7 @@ from tests.fakediscord import (
     point_discord_py_at,
     running_client,
 )
+from tests.support.waiting import until
 
 # Fixtures fake_discord and world (kept out of conftest.py on purpose).
 pytest_plugins = ["tests.fakediscord.fixtures"]
@@ -106,10 +107,14 @@ async def test_heartbeats_are_acknowledged():
     async with FakeDiscord(heartbeat_interval_ms=20) as fake:
         client = make_client()
         async with running_client(fake, client):
-            await asyncio.sleep(0.1)
+            await until(lambda: client.latency != float("inf") and len(heartbeats_sent(fake)) >= 3)
             assert client.latency != float("inf")  # an ACK arrived
-        heartbeats = [p for p in fake.gateway_received if p["op"] == 1]
+        heartbeats = heartbeats_sent(fake)
         assert len(heartbeats) >= 3 and fake.resume_count == 0  # no zombie reconnects
+
+
+def heartbeats_sent(fake: FakeDiscord) -> list[dict]:
+    return [p for p in fake.gateway_received if p["op"] == 1]
 
 
 async def test_wrong_token_is_rejected(fake_discord: FakeDiscord):

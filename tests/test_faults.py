@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
@@ -18,23 +19,21 @@ from typing import AsyncIterator
 from sqlalchemy import event
 
 from bot import messages
-from bot.core.types import IncomingMessage
 from bot.llm.worker import ModelWorker
 from bot.service import ChatService
 from bot.store import Store, database
-from tests.conftest import settings_for
+from tests.support.conversation import said as said_in
+from tests.support.conversation import stored as turns
+from tests.support.discord_scene import running_bot
 from tests.support.scripted import ScriptedBackend
-from tests.test_discord_e2e import running_bot
+from tests.support.settings import settings_for
+from tests.support.sqlite_file import integrity
 
 SERVICE_LOG = "bot.service"
 
 
-def said(text: str, channel: int = 1) -> IncomingMessage:
-    return IncomingMessage(channel_id=channel, guild_id=20, author_id=30, author_name="Ann", content=text)
-
-
-async def turns(store: Store, channel: int) -> list[tuple[str, str]]:
-    return [(t.role, t.content) for t in await store.recent_turns(channel, 100)]
+def said(text: str, channel: int = 1):
+    return said_in(text, channel=channel)
 
 
 @asynccontextmanager
@@ -49,11 +48,6 @@ async def scripted_service_on(path: Path) -> AsyncIterator[ChatService]:
         worker.close()
         await store.close()
     assert integrity(path) == "ok"
-
-
-def integrity(path) -> str:
-    with sqlite3.connect(path) as connection:
-        return connection.execute("PRAGMA integrity_check").fetchone()[0]
 
 
 async def test_a_database_locked_past_the_busy_timeout_is_told_and_nothing_half_stored(tmp_path, monkeypatch, caplog):
@@ -140,8 +134,12 @@ async def test_a_failing_model_is_told_in_its_channel_and_another_channel_is_ans
 
 
 async def test_a_reply_past_its_time_limit_keeps_what_was_written_with_a_note(tmp_path, caplog):
-    slow = ScriptedBackend(reply=lambda prompt: " ".join(f"w{n}" for n in range(200)), word_delay_s=0.01)
-    worker = ModelWorker(slow, timeout_s=0.5)
+    # Ten words, then the model stalls on an event set only once the test is done: the time
+    # limit is sure to be hit with part of the answer written, however fast this machine is.
+    stalled = threading.Event()
+    slow = ScriptedBackend(reply=lambda prompt: " ".join(f"w{n}" for n in range(200)), gate=stalled,
+                           gate_after_words=10)
+    worker = ModelWorker(slow, timeout_s=2)
     try:
         async with running_bot(tmp_path, worker=worker, stream_edit_interval=0.0) as scene:
             random = scene.fake.add_text_channel(scene.world.guild, "random")
@@ -151,6 +149,7 @@ async def test_a_reply_past_its_time_limit_keeps_what_was_written_with_a_note(tm
             elsewhere = await scene.ask("quick one", channel=random)
             [(_, question), (_, kept)] = await scene.turns()
     finally:
+        stalled.set()
         worker.close()
     text = cut.json["content"]
     assert text.startswith("w0 w1") and text.endswith(f"\n-# {messages.CUT_SHORT_TIMEOUT}")

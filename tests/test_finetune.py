@@ -13,10 +13,12 @@ import pytest
 
 from bot.cli import main as cli_main
 from bot.config import load_settings
-from bot.finetune import (FinetuneError, FinetuneOptions, build_dataset, finetune, make_trainer,
-                          read_conversations, split_conversations, tokenize_conversation)
+from bot.llm.finetune import FinetuneOptions, finetune, make_trainer
+from bot.llm.training_data import (FinetuneError, build_dataset, read_conversations, split_conversations,
+                                   tokenize_conversation)
+from tests.support.cli import run_bot
+from tests.support.settings import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = REPO_ROOT / "config.toml"
 
 PERSONA = "You are Quackers, the duck of the Pond server."
@@ -80,7 +82,8 @@ def test_mask_covers_exactly_the_answers_and_their_end_of_turn(embedded_backend)
     for message in TWO_EXCHANGES[:3] + [TWO_EXCHANGES[4]]:
         assert message["content"] in rest
     # The tokens are the bot's own prompt tokens (typed control tokens stay text), and end at the last answer.
-    assert ids[:len(embedded_backend.render(TWO_EXCHANGES[:3]))] == embedded_backend.render(TWO_EXCHANGES[:3])
+    prompt = list(embedded_backend.render(TWO_EXCHANGES[:3]).token_ids)
+    assert ids[:len(prompt)] == prompt
     assert ids.count(embedded_backend.tokenizer.convert_tokens_to_ids("<|im_end|>")) == len(TWO_EXCHANGES)
     assert ids[-1] == embedded_backend.tokenizer.convert_tokens_to_ids("<|im_end|>")
 
@@ -200,8 +203,7 @@ def test_adapter_loads_with_peft_and_changes_greedy_output(trained):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bot", "--config", str(CONFIG), "finetune", *args],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    return run_bot("--config", str(CONFIG), "finetune", *args, timeout=120)
 
 
 def test_cli_missing_file(tmp_path):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from bot import messages
-from tests.test_service import said as said_in_service
+from tests.support.conversation import said as said_in_service
+from tests.support.store_queries import audit_entries
 
 ANN, BOB = 30, 31
 ANN_DM, BOB_DM = 900, 901
@@ -25,7 +26,7 @@ async def test_forget_me_erases_their_words_everywhere_and_their_dms_whole(scrip
     await scripted_service.reply(said("ann's secret", channel=ANN_DM, author_id=ANN, guild=None))
     await scripted_service.reply(said("bob's secret", channel=BOB_DM, author_id=BOB, guild=None))
 
-    answer = await scripted_service.forget_user(ANN, guild_id=20, channel_id=1)
+    answer = await scripted_service.privacy.forget_user(ANN, guild_id=20, channel_id=1)
 
     # 3 of her turns in servers + her DM's answer: 4. The bot's answers in servers stay.
     assert answer == messages.FORGOT_YOU.format(count=4)
@@ -34,7 +35,7 @@ async def test_forget_me_erases_their_words_everywhere_and_their_dms_whole(scrip
     assert await contents(store, ANN_DM) == []
     assert await contents(store, BOB_DM) == ["bob's secret", "echo: Bob: bob's secret"]  # others untouched
     # The audit log says who and how many, never what nor the person's name.
-    [entry] = await store.audit_entries()
+    [entry] = await audit_entries(store)
     assert (entry.action, entry.actor_id, entry.actor_name, entry.guild_id, entry.channel_id, entry.detail) == (
         "user.forget", ANN, None, 20, 1, "4 turns")
 
@@ -44,4 +45,4 @@ async def test_forget_me_erases_their_words_everywhere_and_their_dms_whole(scrip
 
 
 async def test_forget_me_with_nothing_stored_says_zero(scripted_service):
-    assert await scripted_service.forget_user(BOB) == messages.FORGOT_YOU.format(count=0)
+    assert await scripted_service.privacy.forget_user(BOB) == messages.FORGOT_YOU.format(count=0)

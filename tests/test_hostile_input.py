@@ -14,17 +14,13 @@ from bot import messages
 from bot.core.text import is_blank, without_lone_surrogates
 from bot.llm.chat_template import render_prompt_ids
 from bot.service import Actor
-from bot.store import Store
-from tests.test_discord_e2e import pings_no_one, running_bot
-from tests.test_service import said, stored
+from bot.discord_bot.posting import parts_to_post
+from tests.support.conversation import said, stored
+from tests.support.discord_scene import pings_no_one, running_bot
+from tests.support.store_queries import integrity
 
 ADMIN = Actor(id=1, name="Admin")
 ZERO_WIDTH_AND_BIDI = "\u200b\u200c\u200d\u2060\ufeff\u202a\u202b\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f"
-
-
-async def integrity(store: Store) -> str:
-    async with store.engine.connect() as connection:
-        return (await connection.exec_driver_sql("PRAGMA integrity_check")).scalar()
 
 
 # --------------------------------------------------------------------------- pure checks
@@ -57,8 +53,9 @@ async def test_a_4000_character_message_is_answered_and_one_more_is_refused(scri
     longest = "word " * 799 + "last!"
     assert len(longest) == 4000
     answer = await scripted_service.reply(said(longest))
-    assert answer.ok and all(len(part) <= 2000 for part in answer.parts)
-    assert "".join(answer.parts).replace("\n", " ").split() == f"echo: Ann: {longest}".split()
+    posted = parts_to_post(answer)  # as Discord gets it
+    assert answer.ok and len(posted) >= 2 and all(len(part) <= 2000 for part in posted)
+    assert "".join(posted).replace("\n", " ").split() == f"echo: Ann: {longest}".split()
     refused = await scripted_service.reply(said(longest + "!"))
     assert not refused.ok and refused.text.startswith("Your message is 4,001 characters; the limit is 4,000.")
     assert await stored(store) == [("user", longest), ("assistant", f"echo: Ann: {longest}")]
@@ -89,8 +86,9 @@ async def test_a_huge_code_block_comes_back_in_parts_with_every_fence_closed(scr
     code = "```python\n" + "\n".join(f"value_{n:03d} = {n} * {n}  # squared" for n in range(120)) + "\n```"
     assert 3500 < len(code) <= 4000
     reply = await scripted_service.reply(said(code))
-    assert reply.ok and len(reply.parts) >= 2
-    assert all(len(part) <= 2000 and part.count("```") % 2 == 0 for part in reply.parts)
+    posted = parts_to_post(reply)  # as Discord gets it
+    assert reply.ok and len(posted) >= 2
+    assert all(len(part) <= 2000 and part.count("```") % 2 == 0 for part in posted)
     assert [line for line in reply.text.splitlines() if line.startswith("value_")] == code.splitlines()[1:-1]
     assert await stored(store) == [("user", code), ("assistant", code)]
 
@@ -104,7 +102,7 @@ async def test_lone_surrogates_are_replaced_before_they_reach_the_database(scrip
 
 
 async def test_lone_surrogates_in_a_persona_are_replaced_too(scripted_service, store):
-    await scripted_service.set_persona(20, ADMIN, "You are \ud800 a pirate.")
+    await scripted_service.servers.set_persona(20, ADMIN, "You are \ud800 a pirate.")
     assert await store.persona(20) == "You are \ufffd a pirate."
 
 
@@ -147,7 +145,7 @@ def test_a_persona_full_of_template_syntax_is_plain_text_to_the_chat_template(
 
 
 async def test_a_persona_full_of_template_syntax_is_stored_and_used_as_written(scripted_service, scripted, store):
-    await scripted_service.set_persona(20, ADMIN, TEMPLATE_SYNTAX)
+    await scripted_service.servers.set_persona(20, ADMIN, TEMPLATE_SYNTAX)
     reply = await scripted_service.reply(said("hi"))
     assert reply.ok and scripted.prompts[-1][0] == {"role": "system", "content": TEMPLATE_SYNTAX}
 

@@ -11,8 +11,9 @@ from tests.support.load import run_burst
 
 
 async def test_a_burst_of_500_messages_over_50_channels_loses_nothing(tmp_path):
+    # The model answers nothing until the queue has filled and someone was told the bot is busy.
     report = await run_burst(tmp_path / "bot.db", channels=50, per_channel=10, users=10, max_waiting=10,
-                             model_delay_s=0.03)  # slower than messages arrive: the queue fills
+                             model_delay_s=0.03, hold_answers_until_busy=True)
     summary = "\n".join(report.lines())
     assert report.sent == 500, summary
     assert (report.lost, report.duplicated, report.out_of_order, report.other) == (0, 0, 0, 0), summary

@@ -9,9 +9,9 @@ from sqlalchemy import text
 from bot.llm.worker import ModelWorker
 from bot.service import ChatService
 from bot.telemetry import JsonLinesFormatter
+from tests.support.conversation import said
+from tests.support.discord_scene import running_bot
 from tests.support.scripted import ScriptedBackend
-from tests.test_discord_e2e import running_bot
-from tests.test_service import said
 
 SECRET = "my locker code is pineapple-4417"
 ANSWER = "noted, I will remember mango-9921"

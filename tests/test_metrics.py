@@ -13,20 +13,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from bot.app import open_app
 from bot.cli import _is_user_fixable
 from bot.config import load_settings
-from bot.core.types import IncomingMessage
 from bot.discord_bot.launch import run_on_discord
 from bot.llm.worker import ModelWorker
 from bot.metrics import MetricsError
-from tests.conftest import REPO_ROOT, settings_for
 from tests.fakediscord import FakeDiscord, build_world, point_discord_py_at
-from tests.support.openai_server import free_port
-from tests.support.scripted import ScriptedBackend
-from tests.test_discord_e2e import MESSAGES, Gate, replying_to
+from tests.support.conversation import said as said_in
+from tests.support.discord_scene import MESSAGES, replying_to
+from tests.support.ports import free_port
+from tests.support.scripted import Gate, ScriptedBackend
+from tests.support.settings import REPO_ROOT, settings_for
 
 
-def said(text: str, channel_id: int = 10) -> IncomingMessage:
-    return IncomingMessage(channel_id=channel_id, guild_id=1, author_id=7, author_name="Alice", content=text,
-                           message_id=99)
+def said(text: str, channel_id: int = 10):
+    return said_in(text, channel=channel_id, guild=1, author="Alice", author_id=7, message_id=99)
 
 
 def scrape_now(port: int) -> dict[str, float]:

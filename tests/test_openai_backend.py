@@ -3,6 +3,7 @@ with the embedded SmolLM2-135M), not a mock: streaming, memory through the chat 
 time limits, and the sentences users get when the server cannot answer."""
 
 import asyncio
+import contextlib
 import logging
 
 import pytest
@@ -11,11 +12,14 @@ from bot.config import ConfigError, GenerationSettings, load_settings
 from bot.core.types import IncomingMessage
 from bot.llm import embedded
 from bot.llm.loading import load_model
-from bot.llm.openai_backend import OpenAICompatibleModel, api_key_from_environment
-from bot.llm.worker import GenerationFailed, GenerationTimeout
+from bot.llm.openai_backend import OpenAICompatibleModel, RemoteTokenCounter
+from bot.llm.remote_setup import api_key_from_environment
+from bot.llm.port import GenerationFailed, GenerationTimeout
 from bot.service import ChatService
-from tests.conftest import settings_for
-from tests.support.openai_server import free_port, stub_server, transformers_server
+from tests.support.openai_server import stub_server, transformers_server
+from tests.support.ports import free_port
+from tests.support.settings import settings_for
+from tests.support.models import generate, stream
 
 GREEDY = GenerationSettings(max_new_tokens=16, do_sample=False)
 HELLO = [{"role": "user", "content": "Write one sentence about the sea."}]
@@ -33,16 +37,27 @@ def server_url(model_dir, tmp_path_factory):
 
 
 class RecordingModel(OpenAICompatibleModel):
-    """The real backend, keeping each request body it sends so tests can check what the server got."""
+    """The real backend, keeping each request body it sends so tests can check what the server got,
+    and counting the responses being read (0 once every connection's response is closed)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.sent: list[dict] = []
+        self.open_streams = 0
 
     def request_body(self, messages, params):
         body = super().request_body(messages, params)
         self.sent.append(body)
         return body
+
+    @contextlib.asynccontextmanager
+    async def _post(self, body):
+        async with super()._post(body) as response:
+            self.open_streams += 1
+            try:
+                yield response
+            finally:
+                self.open_streams -= 1
 
 
 def remote_settings(tmp_path, model_dir, server_url, **model):
@@ -57,16 +72,16 @@ async def remote(tmp_path, model_dir, server_url):
     settings = remote_settings(tmp_path, model_dir, server_url)
     model = load_model(settings)
     assert isinstance(model, OpenAICompatibleModel)
-    recording = RecordingModel(model.base_url, model.model_name, model.backend, timeout_s=30,
+    recording = RecordingModel(model.base_url, model.name, model.context_tokens, model.counter, timeout_s=30,
                                send_repetition_penalty=False)
     yield recording
     await recording.aclose()
 
 
 async def test_a_reply_streams_in_pieces_that_add_up_to_the_whole_reply(remote):
-    pieces = [piece async for piece in remote.stream(HELLO, GREEDY)]
+    pieces = [piece async for piece in stream(remote, HELLO, GREEDY)]
     assert len(pieces) > 3
-    assert "".join(pieces) == await remote.generate(HELLO, GREEDY)
+    assert "".join(pieces) == await generate(remote, HELLO, GREEDY)
     assert remote.sent[0]["stream"] is True and remote.sent[0]["max_tokens"] == 16
     assert remote.sent[0]["temperature"] == 0.0  # greedy
 
@@ -84,20 +99,20 @@ async def test_the_bot_remembers_the_first_turn_through_the_server(tmp_path, sto
 
 
 async def test_stopping_early_closes_the_connection_and_the_server_keeps_answering(remote):
-    stream = remote.stream(HELLO, GenerationSettings(max_new_tokens=200, do_sample=False))
-    async for _piece in stream:
+    pieces = stream(remote, HELLO, GenerationSettings(max_new_tokens=200, do_sample=False))
+    async for _piece in pieces:
         assert remote.open_streams == 1
         break
-    await stream.aclose()
+    await pieces.aclose()
     assert remote.open_streams == 0
-    assert await remote.generate(HELLO, GREEDY)
+    assert await generate(remote, HELLO, GREEDY)
 
 
 async def test_a_cancelled_reply_closes_its_connection(remote):
     started = asyncio.Event()
 
     async def listen():
-        async for _piece in remote.stream(HELLO, GenerationSettings(max_new_tokens=200, do_sample=False)):
+        async for _piece in stream(remote, HELLO, GenerationSettings(max_new_tokens=200, do_sample=False)):
             started.set()
 
     task = asyncio.create_task(listen())
@@ -111,32 +126,32 @@ async def test_a_cancelled_reply_closes_its_connection(remote):
 async def test_a_reply_past_its_time_limit_times_out_and_the_backend_keeps_working(remote):
     remote.timeout_s = 0.2
     with pytest.raises(GenerationTimeout, match="longer than"):
-        await remote.generate(HELLO, GenerationSettings(max_new_tokens=2000, do_sample=False))
+        await generate(remote, HELLO, GenerationSettings(max_new_tokens=2000, do_sample=False))
     assert remote.open_streams == 0
     remote.timeout_s = 30
-    assert await remote.generate(HELLO, GREEDY)
+    assert await generate(remote, HELLO, GREEDY)
 
 
 async def test_an_unreachable_server_is_named_in_a_sentence(remote):
-    closed = OpenAICompatibleModel(f"http://127.0.0.1:{free_port()}/v1", "m", remote.backend, timeout_s=5)
+    closed = OpenAICompatibleModel(f"http://127.0.0.1:{free_port()}/v1", "m", 2048, remote.counter, timeout_s=5)
     with pytest.raises(GenerationFailed, match=r"could not be reached\.$"):
-        await closed.generate(HELLO, GREEDY)
+        await generate(closed, HELLO, GREEDY)
     await closed.aclose()
 
 
 async def test_the_servers_own_error_message_is_passed_on(remote):
-    wrong = OpenAICompatibleModel(remote.base_url, "no-such/model", remote.backend, timeout_s=5,
+    wrong = OpenAICompatibleModel(remote.base_url, "no-such/model", 2048, remote.counter, timeout_s=5,
                                   send_repetition_penalty=False)
     with pytest.raises(GenerationFailed, match=r"HTTP 4\d\d.*pinned"):
-        await wrong.generate(HELLO, GREEDY)
+        await generate(wrong, HELLO, GREEDY)
     await wrong.aclose()
 
 
 async def test_the_thinking_switch_and_repetition_penalty_are_sent(remote):
     remote.thinking = True
-    assert await remote.generate(HELLO, GREEDY)  # the server accepts the template switch
+    assert await generate(remote, HELLO, GREEDY)  # the server accepts the template switch
     assert remote.sent[-1]["chat_template_kwargs"] == {"enable_thinking": True}
-    penalised = OpenAICompatibleModel(remote.base_url, "m", remote.backend)
+    penalised = OpenAICompatibleModel(remote.base_url, "m", 2048, remote.counter)
     body = penalised.request_body(HELLO, GenerationSettings(repetition_penalty=1.3))
     assert body["repetition_penalty"] == 1.3 and "frequency_penalty" not in body
 
@@ -144,7 +159,7 @@ async def test_the_thinking_switch_and_repetition_penalty_are_sent(remote):
 async def test_the_prompt_is_counted_with_the_local_tokenizer(tmp_path, model_dir, remote):
     from bot.llm.transformers_backend import load_transformers_backend
     local = load_transformers_backend(load_settings(environ={"BOT_MODEL_NAME": str(model_dir)}).model)
-    assert remote.count_tokens(HELLO) == local.count_tokens(HELLO)
+    assert remote.render(HELLO).tokens == local.render(HELLO).tokens
     assert remote.context_tokens == local.context_tokens
 
 
@@ -156,7 +171,7 @@ def test_without_a_local_tokenizer_the_budget_is_estimated_with_one_warning(tmp_
         model = load_model(settings)
     warnings = [r.message for r in caplog.records if "approximate" in r.message]
     assert len(warnings) == 1
-    assert model.count_tokens([{"role": "user", "content": "x" * 300}]) >= 100
+    assert model.render([{"role": "user", "content": "x" * 300}]).tokens >= 100
     assert model.context_tokens == 4096
 
 
@@ -187,9 +202,9 @@ async def test_busy_and_failing_servers_become_one_sentence(status, body, expect
     app = web.Application()
     app.router.add_post("/v1/chat/completions", refuse)
     async with stub_server(app) as base_url:
-        model = OpenAICompatibleModel(base_url, "m", None, timeout_s=5)
+        model = OpenAICompatibleModel(base_url, "m", 2048, RemoteTokenCounter(thinking=False), timeout_s=5)
         try:
             with pytest.raises(GenerationFailed, match=expected):
-                await model.generate(HELLO, GREEDY)
+                await generate(model, HELLO, GREEDY)
         finally:
             await model.aclose()

@@ -2,13 +2,22 @@
 
 import pytest
 
-from bot.core.prompt import PromptTooLong, build_prompt
+from bot.core.prompt import PromptTooLong, RenderedPrompt, build_prompt
 from bot.core.types import Turn
 
 
 def words(messages):
-    """A counter anyone can check by hand: one token per word, four per message."""
-    return sum(len(m["content"].split()) + 4 for m in messages)
+    """A render anyone can check by hand: one token per word, four per message."""
+    return RenderedPrompt(messages, sum(len(m["content"].split()) + 4 for m in messages))
+
+
+class CountingRender:
+    def __init__(self):
+        self.rendered: list[int] = []  # how many messages each render had
+
+    def __call__(self, messages):
+        self.rendered.append(len(messages))
+        return words(messages)
 
 
 def conversation(n):
@@ -30,7 +39,7 @@ def test_persona_is_the_system_message_and_each_user_turn_names_its_speaker():
         {"role": "user", "content": "Bob: and me?"},
     ]
     assert prompt.dropped_turns == 0
-    assert prompt.tokens == words(prompt.messages)
+    assert prompt.tokens == words(prompt.messages).tokens
 
 
 def test_oldest_turns_go_first_and_persona_and_newest_turn_stay():
@@ -81,8 +90,24 @@ def test_count_with_the_real_chat_template_matches_the_tokenizer(embedded_worker
     messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Ann: hello there"}]
     expected = backend.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                      return_dict=True)["input_ids"]
-    assert embedded_worker.count_tokens(messages) == len(expected)
+    rendered = embedded_worker.render(messages)
+    assert rendered.tokens == len(expected) and list(rendered.token_ids) == expected
     turns = conversation(200)
-    prompt = build_prompt("You are terse.", turns, embedded_worker.count_tokens, budget=500)
+    prompt = build_prompt("You are terse.", turns, embedded_worker.render, budget=500)
     assert 0 < prompt.tokens <= 500
-    assert prompt.tokens == embedded_worker.count_tokens(prompt.messages)
+    assert prompt.rendered.token_ids == embedded_worker.render(prompt.messages).token_ids
+
+
+def test_a_prompt_that_fits_is_rendered_once_and_that_render_is_the_prompt():
+    render = CountingRender()
+    prompt = build_prompt("P", conversation(10), render, budget=10**6, max_turns=40, start=0)
+    assert render.rendered == [1 + 20]
+    assert prompt.rendered.messages == prompt.messages and prompt.tokens == words(prompt.messages).tokens
+
+
+def test_cutting_older_turns_renders_each_candidate_start_at_most_once():
+    render = CountingRender()
+    prompt = build_prompt("P", conversation(100), render, budget=300)
+    assert prompt.trimmed and prompt.tokens <= 300
+    assert len(render.rendered) == len(set(render.rendered))  # no suffix rendered twice
+    assert len(render.rendered) <= 12  # a binary search over 200 turns, not a render per turn

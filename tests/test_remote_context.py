@@ -15,10 +15,11 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from bot.llm.loading import load_model
-from bot.llm.openai_backend import FALLBACK_CONTEXT_TOKENS
+from bot.llm.remote_setup import FALLBACK_CONTEXT_TOKENS
 from bot.service import ChatService
-from tests.conftest import settings_for
-from tests.support.openai_server import free_port, stub_server
+from tests.support.openai_server import stub_server
+from tests.support.ports import free_port
+from tests.support.settings import settings_for
 
 NAME = "example-org/served-model"  # not in any local cache: only the server can tell its length
 

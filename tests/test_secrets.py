@@ -15,10 +15,10 @@ import pytest
 
 from bot.discord_bot.launch import DiscordSetupError, run_on_discord
 from bot.llm.worker import ModelWorker
-from tests.conftest import REPO_ROOT, settings_for
 from tests.fakediscord import FakeDiscord, build_world, point_discord_py_at
+from tests.support.discord_scene import MESSAGES, replying_to
 from tests.support.scripted import ScriptedBackend
-from tests.test_discord_e2e import MESSAGES, replying_to
+from tests.support.settings import REPO_ROOT, settings_for
 
 # Shaped like a real one (base64 id, timestamp, HMAC), so that nothing treats it specially.
 TOKEN = "MTA5ODc2NTQzMjEwOTg3NjU0Mw.GhJkLm.s3cr3t-T0k3n-n0-0n3-sh0uld-3v3r-s33"

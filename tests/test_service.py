@@ -6,21 +6,14 @@ import pytest
 
 from bot import messages
 from bot.config import ModelSettings
-from bot.core.types import IncomingMessage
 from bot.llm.worker import ModelWorker
 from bot.service import Actor, ChatService, UserError
-from tests.conftest import settings_for
+from tests.support.conversation import said, stored
 from tests.support.scripted import ScriptedBackend
+from tests.support.settings import settings_for
+from tests.support.store_queries import audit_entries, count_turns
 
 ADMIN = Actor(id=1, name="Admin")
-
-
-def said(text, channel=10, guild=20, author="Ann", author_id=30):
-    return IncomingMessage(channel_id=channel, guild_id=guild, author_id=author_id, author_name=author, content=text)
-
-
-async def stored(store, channel=10):
-    return [(t.role, t.content) for t in await store.recent_turns(channel, 100)]
 
 
 async def test_the_real_model_remembers_the_first_turn(tmp_path, store, embedded_engine):
@@ -37,7 +30,7 @@ async def test_the_real_model_remembers_the_first_turn(tmp_path, store, embedded
 
 
 async def test_the_model_is_given_persona_speakers_and_history(scripted_service, scripted):
-    await scripted_service.set_persona(20, ADMIN, "You are a pirate.")
+    await scripted_service.servers.set_persona(20, ADMIN, "You are a pirate.")
     await scripted_service.reply(said("hello", author="Ann"))
     await scripted_service.reply(said("hi all", author="Bob", author_id=31))
     assert scripted.prompts[-1] == [
@@ -74,19 +67,19 @@ async def test_a_4000_character_message_is_answered(scripted_service):
 
 
 async def test_an_oversized_persona_is_refused_with_the_limit_and_the_old_one_kept(scripted_service):
-    await scripted_service.set_persona(20, ADMIN, "Be brief.")
+    await scripted_service.servers.set_persona(20, ADMIN, "Be brief.")
     with pytest.raises(UserError, match="100,000 characters; the limit is 4,000"):
-        await scripted_service.set_persona(20, ADMIN, "p" * 100_000)
+        await scripted_service.servers.set_persona(20, ADMIN, "p" * 100_000)
     with pytest.raises(UserError, match="needs some text"):
-        await scripted_service.set_persona(20, ADMIN, "  ")
-    assert "Be brief." in await scripted_service.show_persona(20)
+        await scripted_service.servers.set_persona(20, ADMIN, "  ")
+    assert "Be brief." in await scripted_service.servers.show_persona(20)
 
 
 async def test_persona_reset_goes_back_to_the_default_and_is_audited(scripted_service, store, settings):
-    await scripted_service.set_persona(20, ADMIN, "Be brief.")
-    await scripted_service.reset_persona(20, ADMIN)
-    assert settings.persona.default in await scripted_service.show_persona(20)
-    assert [e.action for e in await store.audit_entries(20)] == ["persona.set", "persona.reset"]
+    await scripted_service.servers.set_persona(20, ADMIN, "Be brief.")
+    await scripted_service.servers.reset_persona(20, ADMIN)
+    assert settings.persona.default in await scripted_service.servers.show_persona(20)
+    assert [e.action for e in await audit_entries(store, 20)] == ["persona.set", "persona.reset"]
 
 
 async def test_reset_forgets_the_channel_and_writes_the_audit_log(scripted_service, store):
@@ -95,7 +88,7 @@ async def test_reset_forgets_the_channel_and_writes_the_audit_log(scripted_servi
     answer = await scripted_service.reset_channel(20, 10, ADMIN)
     assert "4 message(s)" in answer
     assert await stored(store) == []
-    [entry] = await store.audit_entries(20)
+    [entry] = await audit_entries(store, 20)
     assert (entry.action, entry.actor_id, entry.channel_id, entry.detail) == ("history.reset", 1, 10, "4 turns")
 
 
@@ -124,7 +117,7 @@ async def test_history_beyond_the_context_is_cut_and_the_user_is_told(tmp_path, 
     assert any(r.dropped_turns and r.notes for r in replies)
     assert all(backend.count_tokens(p) <= 120 for p in backend.prompts)
     assert backend.prompts[-1][-1]["content"] == "Ann: message number 11 with some words in it"
-    assert await store.count_turns(10) == 24  # cut from the prompt, never from the database
+    assert await count_turns(store, 10) == 24  # cut from the prompt, never from the database
 
 
 async def test_a_message_too_long_for_the_context_is_refused_and_not_stored(tmp_path, store):
@@ -153,7 +146,7 @@ async def test_smollm3_thinking_switch_and_no_think_block_is_ever_stored(tiny_sm
 
     backend = load_transformers_backend(ModelSettings(name=str(tiny_smollm3_dir), device_map="cpu",
                                                       thinking=thinking))
-    prompt_text = backend.tokenizer.decode(backend.render([{"role": "user", "content": "hi"}]))
+    prompt_text = backend.tokenizer.decode(backend.render([{"role": "user", "content": "hi"}]).token_ids)
     assert ("Reasoning Mode: /no_think" in prompt_text) is not thinking
     assert prompt_text.endswith("<think>\n\n</think>\n") is not thinking
     # A reply that reasons first: the decode keeps the markers so the whole block is removed.

@@ -8,6 +8,7 @@ without losing, doubling or reordering any channel's turns.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from contextlib import AsyncExitStack
 
@@ -17,7 +18,7 @@ from bot.config import ConfigError, DiscordSettings
 from bot.discord_bot.client import shard_options
 from bot.store import Store
 from tests.fakediscord import FakeDiscord, build_world
-from tests.test_crash import BotProcess, ask, posted_answers
+from tests.support.bot_subprocess import START_TIMEOUT_S, BotProcess, ask, posted_answers
 
 SHARD_COUNT = 2
 QUESTIONS_PER_CHANNEL = 3
@@ -60,22 +61,29 @@ async def test_two_shard_processes_answer_their_own_servers_into_one_database(tm
         other_guild = add_guild_on_shard(fake, 1 - first_shard, "Other Guild")
         other_channel = fake.add_text_channel(other_guild, "general")
         fake.add_member(other_guild, world.alice)
+        bots = []
         for shard_id in range(SHARD_COUNT):
             bot = BotProcess(fake, tmp_path / "unused.db", tmp_path / f"shard{shard_id}.log", 0.0,
                              database_url=shared_database_url,
                              extra_arguments=("--shard-id", str(shard_id), "--shard-count", str(SHARD_COUNT)))
             processes.push_async_callback(bot.kill)
             await bot.start()
+            bots.append(bot)
 
         asked = await asyncio.gather(ask_in_turn(world, world.general, "first"),
                                      ask_in_turn(world, other_channel, "other"))
-        await asyncio.sleep(0.5)  # time for a second, wrongly routed answer to show up
 
-        assert len(posted_answers(fake)) == SHARD_COUNT * QUESTIONS_PER_CHANNEL  # each answered once
         assert sessions_by_shard(fake) == {0, 1}
         for session in fake.gateway.sessions.values():
             assert guilds_with_messages(session) <= {g.id for g in (world.guild, other_guild)
                                                      if shard_of(g.id) == session.shard_id}
+        # A process stops cleanly only once every message it took in has its answer posted: a
+        # second, wrongly routed answer would have reached Discord before both have exited.
+        for bot in bots:
+            bot.signal(signal.SIGTERM)
+        for bot in bots:
+            assert await bot.exit_code(START_TIMEOUT_S) == 0, bot.log()
+        assert len(posted_answers(fake)) == SHARD_COUNT * QUESTIONS_PER_CHANNEL  # each answered once
         store = await Store.open(shared_database_url, migrate=False)
         try:
             for channel, questions in zip((world.general, other_channel), asked):

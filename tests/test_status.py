@@ -10,7 +10,7 @@ from bot.llm.openai_backend import OpenAICompatibleModel, RemoteTokenCounter
 from bot.service import ChatService
 from bot.terminal import TerminalChat
 from tests.fakediscord import CommandNotPermitted, permissions
-from tests.test_discord_e2e import EPHEMERAL, running_bot
+from tests.support.discord_scene import EPHEMERAL, running_bot
 
 
 async def test_an_admin_sees_the_status_privately_and_a_member_cannot(tmp_path):
@@ -52,7 +52,7 @@ async def test_the_terminal_chat_has_status_too(scripted_service):
 
 async def test_a_remote_server_is_named_without_its_credentials(store, settings):
     model = OpenAICompatibleModel("http://bot:s3cret@models.internal:8000/v1?token=abc", "HuggingFaceTB/SmolLM3-3B",
-                                  RemoteTokenCounter("HuggingFaceTB/SmolLM3-3B", 32768, thinking=False))
+                                  32768, RemoteTokenCounter(thinking=False))
     shown = await ChatService(store, model, settings).status()
     assert "Model: HuggingFaceTB/SmolLM3-3B (32,768 tokens of context)" in shown
     assert "Backend: OpenAI-compatible server at http://models.internal:8000/v1\n" in shown

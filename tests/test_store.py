@@ -11,6 +11,7 @@ from sqlalchemy import inspect, text
 from bot.store import Store, StoreError
 from bot.store.database import create_engine, downgrade, upgrade
 from bot.store.models import Base
+from tests.support.store_queries import count_turns
 
 
 def url(path):
@@ -63,7 +64,7 @@ async def test_processes_starting_at_once_on_a_new_database_migrate_it_once(data
     try:
         assert await schema_differences(stores[0].engine) == []
         await stores[1].add_turn(channel_id=1, role="user", content="hello")
-        assert await stores[2].count_turns(1) == 1
+        assert await count_turns(stores[2], 1) == 1
     finally:
         for store in stores:
             await store.close()
@@ -83,7 +84,7 @@ async def test_window_is_the_newest_turns_of_one_channel_oldest_first(store):
         await store.add_turn(channel_id=2, guild_id=9, role="user", content=f"c2-{i}", author_name="Bob")
     window = await store.recent_turns(1, 4)
     assert [t.content for t in window] == ["c1-6", "c1-7", "c1-8", "c1-9"]
-    assert await store.count_turns(2) == 10
+    assert await count_turns(store, 2) == 10
 
 
 async def test_edits_deletes_and_reset_change_only_their_targets(store):

@@ -1,23 +1,6 @@
 """The terminal chat, driven as a user drives it: a real process with piped input."""
 
-import os
-import subprocess
-import sys
-
-from tests.conftest import REPO_ROOT
-
-
-def chat(database, text, *extra_args, env: dict[str, str] | None = None):
-    """Run the terminal chat on the embedded model, greedy, as user Ann; return the finished process."""
-    env = {**os.environ, "BOT_MODEL_NAME": "embedded", "BOT_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
-           "BOT_GENERATION_DO_SAMPLE": "false", "BOT_MODEL_DTYPE": "float32", "BOT_GENERATION_MAX_NEW_TOKENS": "40",
-           **(env or {})}
-    return subprocess.run([sys.executable, "-m", "bot", "chat", "--user", "Ann", *extra_args], input=text, capture_output=True,
-                          text=True, cwd=REPO_ROOT, env=env, timeout=300)
-
-
-def bot_lines(output):
-    return [line for line in output.splitlines() if line.startswith("bot> ")]
+from tests.support.cli import bot_lines, chat
 
 
 def test_two_turns_with_memory_commands_and_history_kept_across_runs(tmp_path):

@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
-from tests.conftest import REPO_ROOT
-from tests.test_terminal import bot_lines, chat
+from tests.support.cli import bot_lines, chat, run_bot
 
 T = TypeVar("T")
 QUESTIONS = ["Hello! What is your name?", "Tell me about the sea."]
@@ -19,8 +17,7 @@ NEW_QUESTION = "What is two plus two?"  # in no training conversation
 
 
 def bot(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bot", *args], capture_output=True, text=True, cwd=REPO_ROOT,
-                          env={**os.environ, **env}, timeout=600)
+    return run_bot(*args, env={**os.environ, **env}, timeout=600)
 
 
 def both(run: Callable[[T], subprocess.CompletedProcess], first: T, second: T) -> list[subprocess.CompletedProcess]:

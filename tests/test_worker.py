@@ -5,8 +5,10 @@ import asyncio
 import pytest
 
 from bot.config import GenerationSettings
-from bot.llm.worker import GenerationFailed, GenerationTimeout, ModelBusy, ModelWorker
+from bot.llm.port import GenerationFailed, GenerationTimeout, ModelBusy
+from bot.llm.worker import ModelWorker
 from tests.support.scripted import ScriptedBackend
+from tests.support.models import generate
 
 PROMPT = [{"role": "user", "content": "hello"}]
 
@@ -22,7 +24,7 @@ async def test_the_event_loop_keeps_running_while_the_model_works():
             await asyncio.sleep(0.01)
 
     beating = asyncio.create_task(heartbeat())
-    reply = await worker.generate(PROMPT, GenerationSettings())
+    reply = await generate(worker, PROMPT, GenerationSettings())
     beating.cancel()
     assert reply == "echo: hello"
     assert ticks > 5  # a blocking generate on the loop would have allowed one tick at most
@@ -33,11 +35,11 @@ async def test_a_generation_past_its_time_limit_is_stopped_and_the_worker_goes_o
     backend = ScriptedBackend(delay_s=30)
     worker = ModelWorker(backend, timeout_s=0.2)
     with pytest.raises(GenerationTimeout, match="longer than 0 seconds|longer than"):
-        await worker.generate(PROMPT, GenerationSettings())
+        await generate(worker, PROMPT, GenerationSettings())
     await asyncio.to_thread(backend.stopped_early.wait, 5)
     assert backend.stopped_early.is_set()  # the thread was told to stop, not left running
     backend.delay_s = 0
-    assert await worker.generate(PROMPT, GenerationSettings()) == "echo: hello"
+    assert await generate(worker, PROMPT, GenerationSettings()) == "echo: hello"
     worker.close()
 
 
@@ -45,23 +47,23 @@ async def test_a_model_that_raises_gives_a_clear_error_and_the_worker_goes_on():
     backend = ScriptedBackend(reply=RuntimeError("CUDA out of memory"))
     worker = ModelWorker(backend, timeout_s=5)
     with pytest.raises(GenerationFailed, match="RuntimeError"):
-        await worker.generate(PROMPT, GenerationSettings())
+        await generate(worker, PROMPT, GenerationSettings())
     backend.reply = lambda messages: "fine again"
-    assert await worker.generate(PROMPT, GenerationSettings()) == "fine again"
+    assert await generate(worker, PROMPT, GenerationSettings()) == "fine again"
     worker.close()
 
 
 async def test_the_real_model_generates_and_its_time_limit_stops_it(embedded_worker):
     greedy = GenerationSettings(do_sample=False, max_new_tokens=8)
-    first = await embedded_worker.generate(PROMPT, greedy)
-    assert first.strip() and first == await embedded_worker.generate(PROMPT, greedy)
+    first = await generate(embedded_worker, PROMPT, greedy)
+    assert first.strip() and first == await generate(embedded_worker, PROMPT, greedy)
     embedded_worker.timeout_s = 0.05
     try:
         with pytest.raises(GenerationTimeout):
-            await embedded_worker.generate(PROMPT, GenerationSettings(max_new_tokens=2000))
+            await generate(embedded_worker, PROMPT, GenerationSettings(max_new_tokens=2000))
     finally:
         embedded_worker.timeout_s = 120
-    assert await embedded_worker.generate(PROMPT, greedy) == first
+    assert await generate(embedded_worker, PROMPT, greedy) == first
 
 
 def test_auto_dtype_is_bfloat16_only_where_the_cpu_runs_it_natively(tmp_path):
@@ -82,10 +84,10 @@ def test_auto_dtype_is_bfloat16_only_where_the_cpu_runs_it_natively(tmp_path):
 
 async def test_past_max_waiting_a_reply_is_refused_at_once_and_the_rest_are_written():
     worker = ModelWorker(ScriptedBackend(delay_s=0.05), timeout_s=5, max_waiting=2)
-    results = await asyncio.gather(*(worker.generate(PROMPT, GenerationSettings()) for _ in range(5)),
+    results = await asyncio.gather(*(generate(worker, PROMPT, GenerationSettings()) for _ in range(5)),
                                    return_exceptions=True)
     busy = [r for r in results if isinstance(r, ModelBusy)]
     assert results[:3] == ["echo: hello"] * 3  # one written, two waiting
     assert len(busy) == 2 and all(b.waiting == 2 for b in busy)
-    assert await worker.generate(PROMPT, GenerationSettings()) == "echo: hello"  # room again once done
+    assert await generate(worker, PROMPT, GenerationSettings()) == "echo: hello"  # room again once done
     worker.close()

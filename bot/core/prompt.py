@@ -1,7 +1,9 @@
 """Persona + channel history -> chat messages that fit the model's context.
 
-Token counts come from a callable that renders the messages with the model's
-own chat template, so the budget is exact, never a characters-per-token guess.
+Token counts come from the model's `render`, which renders the messages with the
+model's own chat template, so the budget is exact, never a characters-per-token
+guess. The render that fits is kept: its token ids go to the model as they are,
+so a turn is rendered once (more only when older turns must be cut).
 """
 
 from __future__ import annotations
@@ -12,7 +14,20 @@ from typing import Callable, Sequence
 from .types import Turn
 
 ChatMessages = list[dict[str, str]]
-TokenCounter = Callable[[ChatMessages], int]
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """Chat messages as a model reads them: rendered by its chat template, with their length.
+    `token_ids` are the ids a local model prefills as they are (None where the prompt is sent
+    as messages, to a server that renders it itself)."""
+
+    messages: ChatMessages
+    tokens: int
+    token_ids: tuple[int, ...] | None = None
+
+
+Render = Callable[[ChatMessages], RenderedPrompt]
 
 # When the history no longer fits, trim it down to this share of the limit in
 # one go. Dropping a single turn each time would change the start of the prompt
@@ -33,10 +48,17 @@ class PromptTooLong(Exception):
 
 @dataclass(frozen=True)
 class Prompt:
-    messages: ChatMessages
-    tokens: int
+    rendered: RenderedPrompt
     first_turn: int  # index into the given turns of the oldest turn kept
     trimmed: bool  # this call had to cut older turns (the previous prompt's start no longer fit)
+
+    @property
+    def messages(self) -> ChatMessages:
+        return self.rendered.messages
+
+    @property
+    def tokens(self) -> int:
+        return self.rendered.tokens
 
     @property
     def dropped_turns(self) -> int:
@@ -50,7 +72,7 @@ def turn_to_message(turn: Turn) -> dict[str, str]:
     return {"role": turn.role, "content": turn.content}
 
 
-def build_prompt(persona: str, turns: Sequence[Turn], count_tokens: TokenCounter, budget: int, *,
+def build_prompt(persona: str, turns: Sequence[Turn], render: Render, budget: int, *,
                  max_turns: int | None = None, start: int = 0,
                  trim_to_share: float = TRIM_TO_SHARE) -> Prompt:
     """The persona as system message, then the channel's turns from `start` on, within limits.
@@ -63,32 +85,36 @@ def build_prompt(persona: str, turns: Sequence[Turn], count_tokens: TokenCounter
     """
     system = [{"role": "system", "content": persona}]
     history = [turn_to_message(t) for t in turns]
+    renders: dict[int, RenderedPrompt] = {}
+
+    def rendered_from(first: int) -> RenderedPrompt:  # each suffix is rendered at most once
+        if first not in renders:
+            renders[first] = render(system + history[first:])
+        return renders[first]
+
     start = min(max(start, 0), len(history) - 1)
     trimmed = False
     if max_turns and len(history) - start > max_turns:
         start = len(history) - max(1, int(max_turns * trim_to_share))
         trimmed = True
-    tokens = count_tokens(system + history[start:])
-    if tokens > budget:
-        newest_only = count_tokens(system + history[-1:])
+    if rendered_from(start).tokens > budget:
+        newest_only = rendered_from(len(history) - 1).tokens
         if newest_only > budget:
             raise PromptTooLong(newest_only, budget)
         target = max(newest_only, int(budget * trim_to_share))
-        start = _first_turn_that_fits(system, history, count_tokens, target, start)
+        start = _first_turn_that_fits(lambda first: rendered_from(first).tokens, len(history), target, start)
         trimmed = True
     if trimmed:
         start = _start_at_user_turn(history, start)
-        tokens = count_tokens(system + history[start:])
-    return Prompt(system + history[start:], tokens, first_turn=start, trimmed=trimmed)
+    return Prompt(rendered_from(start), first_turn=start, trimmed=trimmed)
 
 
-def _first_turn_that_fits(system: ChatMessages, history: ChatMessages,
-                          count_tokens: TokenCounter, target: int, low: int) -> int:
+def _first_turn_that_fits(tokens_from: Callable[[int], int], length: int, target: int, low: int) -> int:
     """Smallest start index whose suffix fits in `target` tokens (binary search: counts grow with length)."""
-    high = len(history) - 1  # the newest turn alone is known to fit
+    high = length - 1  # the newest turn alone is known to fit
     while low < high:
         middle = (low + high) // 2
-        if count_tokens(system + history[middle:]) <= target:
+        if tokens_from(middle) <= target:
             high = middle
         else:
             low = middle + 1

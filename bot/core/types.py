@@ -45,13 +45,10 @@ class IncomingMessage:
 
 @dataclass(frozen=True)
 class Reply:
-    """What the bot says back: the text, split into postable parts, and how it came about."""
+    """What the bot says back: the whole text, and how it came about. Front ends present it their
+    own way (Discord splits it into messages of its size limit; the terminal prints it whole)."""
 
-    parts: list[str]
+    text: str
     ok: bool = True  # False when the reply is an error or refusal, not the model's answer
     dropped_turns: int = 0  # older turns left out of the prompt to fit the model's context
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.parts)

@@ -98,27 +98,27 @@ def add_commands(tree: app_commands.CommandTree, service: ChatService) -> None:
 
 
 def persona_commands(service: ChatService) -> app_commands.Group:
-    limit = service.settings.history.max_persona_chars
+    limit = service.servers.persona_limit
     group = GuardedGroup("persona", "The bot's persona (its instructions) in this server", "manage_guild")
     persona_text = app_commands.Range[str, 1, min(limit, DISCORD_OPTION_MAX_LENGTH)]
 
     @group.command(name="set", description=f"Give the bot a new persona in this server (up to {limit:,} characters)")
     @app_commands.describe(text=f"How the bot should behave, up to {limit:,} characters")
     async def persona_set(interaction: discord.Interaction, text: persona_text) -> None:
-        await answer(interaction, lambda: service.set_persona(interaction.guild_id, actor(interaction), text))
+        await answer(interaction, lambda: service.servers.set_persona(interaction.guild_id, actor(interaction), text))
 
     @group.command(name="show", description="Show the persona the bot uses in this server")
     async def persona_show(interaction: discord.Interaction) -> None:
-        await answer(interaction, lambda: service.show_persona(interaction.guild_id))
+        await answer(interaction, lambda: service.servers.show_persona(interaction.guild_id))
 
     @group.command(name="reset", description="Go back to the default persona in this server")
     async def persona_reset(interaction: discord.Interaction) -> None:
-        await answer(interaction, lambda: service.reset_persona(interaction.guild_id, actor(interaction)))
+        await answer(interaction, lambda: service.servers.reset_persona(interaction.guild_id, actor(interaction)))
 
     @group.command(name="adapter", description="Pick the fine-tuned model (LoRA adapter) the bot uses in this server")
     @app_commands.describe(name='One of the bot\'s adapters, "default" or "base" (no adapter)')
     async def persona_adapter(interaction: discord.Interaction, name: app_commands.Range[str, 1, 100]) -> None:
-        await answer(interaction, lambda: service.set_adapter(interaction.guild_id, actor(interaction), name))
+        await answer(interaction, lambda: service.servers.set_adapter(interaction.guild_id, actor(interaction), name))
 
     @persona_adapter.autocomplete("name")
     async def adapter_names(_interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
@@ -129,7 +129,7 @@ def persona_commands(service: ChatService) -> app_commands.Group:
 
 def adapter_choices(service: ChatService, current: str) -> list[app_commands.Choice[str]]:
     """What /persona adapter offers as the admin types: the operator's adapters only."""
-    names = [n for n in service.model.adapters.choices() if current.strip().lower() in n.lower()]
+    names = [n for n in service.servers.adapter_choices() if current.strip().lower() in n.lower()]
     return [app_commands.Choice(name=n, value=n) for n in names[:25]]  # Discord shows at most 25
 
 
@@ -148,7 +148,7 @@ def autoreply_commands(service: ChatService) -> app_commands.Group:
 
     def switch(enabled: bool) -> Callable[[discord.Interaction], Awaitable[None]]:
         async def callback(interaction: discord.Interaction) -> None:
-            await answer(interaction, lambda: service.set_auto_reply(
+            await answer(interaction, lambda: service.servers.set_auto_reply(
                 interaction.guild_id, interaction.channel_id, actor(interaction), enabled))
         return callback
 
@@ -163,7 +163,7 @@ def forget_me_command(service: ChatService) -> app_commands.Command:
     @app_commands.command(name="forget-me", description="Erase everything the bot stored of what you wrote")
     @app_commands.allowed_contexts(guilds=True, dms=True)
     async def forget_me(interaction: discord.Interaction) -> None:
-        await answer(interaction, lambda: service.forget_user(
+        await answer(interaction, lambda: service.privacy.forget_user(
             interaction.user.id, interaction.guild_id, interaction.channel_id))
 
     return forget_me
@@ -182,7 +182,7 @@ def export_command(service: ChatService) -> app_commands.Command:
             first, last = (parse_day(since) if since else None), (parse_day(until) if until else None)
         except ValueError as problem:
             raise UserError(messages.EXPORT_BAD_DATE.format(problem=problem)) from None
-        made = await service.export_server(interaction.guild_id, actor(interaction),
+        made = await service.privacy.export_server(interaction.guild_id, actor(interaction),
                                            channel_id=channel.id if channel else None, since=first, until=last)
         if not made.summary.conversations:
             scope = f" in #{channel.name}" if channel else ""
@@ -214,12 +214,12 @@ def opt_out_commands(service: ChatService) -> list[app_commands.Command]:
     @app_commands.command(name="optout", description="Keep what you write out of training-data exports")
     @app_commands.allowed_contexts(guilds=True, dms=True)
     async def optout(interaction: discord.Interaction) -> None:
-        await answer(interaction, lambda: service.opt_out_of_export(interaction.user.id))
+        await answer(interaction, lambda: service.privacy.opt_out_of_export(interaction.user.id))
 
     @app_commands.command(name="optin", description="Allow what you write in training-data exports again")
     @app_commands.allowed_contexts(guilds=True, dms=True)
     async def optin(interaction: discord.Interaction) -> None:
-        await answer(interaction, lambda: service.opt_in_to_export(interaction.user.id))
+        await answer(interaction, lambda: service.privacy.opt_in_to_export(interaction.user.id))
 
     return [optout, optin]
 

@@ -15,7 +15,7 @@ import discord
 from .. import messages
 from ..app import open_app
 from ..config import Settings
-from ..llm.worker import ModelWorker
+from ..llm.port import ChatModel
 from .client import ChatBot, chat_bot_for, shard_options
 
 DOTENV_PATH = Path(".env")
@@ -82,7 +82,7 @@ async def check_token(token: str) -> None:
         await probe.close()
 
 
-async def run_on_discord(settings: Settings, model: ModelWorker | None = None) -> int:
+async def run_on_discord(settings: Settings, model: ChatModel | None = None) -> int:
     """Chat on Discord until stopped (Ctrl-C). Reconnects on its own after network trouble."""
     token = discord_token(settings)
     sharding = shard_options(settings.discord)

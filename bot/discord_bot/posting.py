@@ -31,8 +31,9 @@ POSTING_ERRORS = (discord.HTTPException, aiohttp.ClientError, asyncio.TimeoutErr
 
 
 def parts_to_post(reply: Reply, limit: int = DISCORD_MESSAGE_LIMIT) -> list[str]:
-    """The reply's parts, with its notes as small subtext lines under the last part (or after it)."""
-    parts = list(reply.parts)
+    """The reply in Discord-sized parts (code fences kept whole), with its notes as small
+    subtext lines under the last part (or after it)."""
+    parts = split_message(reply.text, limit)
     if not reply.notes:
         return parts
     subtext = "\n".join(f"-# {note}" for note in reply.notes)

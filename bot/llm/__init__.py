@@ -1,9 +1,12 @@
-"""Language-model backends and the worker that runs them off the event loop.
+"""Language-model backends behind one port (bot/llm/port.py), and the ways they are run.
 
-Importing this package does not import torch: the transformers backend is loaded
-on demand by `load_backend`, so the core and the tests of the flow stay light.
+Importing this package does not import torch: the transformers backend is loaded on
+demand by `loading.load_model`, so the core and the tests of the flow stay light.
 """
 
-from .worker import Backend, GenerationError, GenerationFailed, GenerationTimeout, ModelWorker
+from .port import (Abilities, ChatModel, GenerationError, GenerationFailed, GenerationTimeout, ModelBusy, ModelKind,
+                   ModelLoad)
+from .worker import ModelWorker
 
-__all__ = ["Backend", "GenerationError", "GenerationFailed", "GenerationTimeout", "ModelWorker"]
+__all__ = ["Abilities", "ChatModel", "GenerationError", "GenerationFailed", "GenerationTimeout", "ModelBusy",
+           "ModelKind", "ModelLoad", "ModelWorker"]

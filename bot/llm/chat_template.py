@@ -18,13 +18,34 @@ it, so it stays. Our contents come stripped, except what users type.)
 
 from __future__ import annotations
 
+import copy
 import re
+import threading
 import uuid
 
 ChatMessages = list[dict[str, str]]
 
 # One piece of the rendered prompt: its text, and whether it is the template's own markup.
 Piece = tuple[str, bool]
+
+
+class PerThreadTokenizer:
+    """A tokenizer for whichever thread asks, each its own copy. Prompts are rendered on other
+    threads than the model's (the service renders off the event loop while the model generates):
+    a Rust tokenizer used from two threads at once fails ("already borrowed"), and one lock
+    would queue every channel's prompt behind the others."""
+
+    def __init__(self, tokenizer):
+        self._pristine = copy.deepcopy(tokenizer)  # copied from, never used: the original may be busy
+        self._copying = threading.Lock()
+        self._local = threading.local()
+
+    def get(self):
+        tokenizer = self._local.__dict__.get("tokenizer")
+        if tokenizer is None:
+            with self._copying:
+                tokenizer = self._local.tokenizer = copy.deepcopy(self._pristine)
+        return tokenizer
 
 
 def render_prompt_ids(tokenizer, messages: ChatMessages, **template_options) -> list[int]:

@@ -1,7 +1,8 @@
 """The batching model engine: many channels share the local model at the same time.
 
-A drop-in for ModelWorker in front of a TransformersBackend (same `generate`,
-`count_tokens`, `context_tokens`, `name`), plus streaming and per-channel caches.
+A ChatModel (bot/llm/port.py) in front of a TransformersBackend, like the
+one-at-a-time ModelWorker, with continuous batching and per-channel caches. It
+prefills the token ids the service rendered (the prompt is never rendered twice).
 
 How a round of the engine thread goes (continuous batching):
 
@@ -35,7 +36,7 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Hashable
+from typing import AsyncIterator, Hashable
 
 import torch
 from transformers import DynamicCache
@@ -43,9 +44,10 @@ from transformers import DynamicCache
 from ..config import GenerationSettings
 from ..core.tokens import common_prefix_length
 from .kv_cache import PrefixCache, RunningBatch, cache_from_layers, crop_to, layers_of, new_cache
+from .port import (Abilities, ChatModel, GenerationError, GenerationFailed, GenerationTimeout, ModelBusy, ModelKind,
+                   ModelLoad, RenderedPrompt)
 from .sampling import IncrementalText, RowSampler
 from .transformers_backend import TransformersBackend
-from .worker import ChatMessages, GenerationError, GenerationFailed, GenerationTimeout, ModelBusy, ModelFront
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +71,13 @@ class EngineCounters:
 class _Request:
     """One generation, as both threads see it. The engine thread only calls send()."""
 
-    def __init__(self, messages: ChatMessages, params: GenerationSettings, cache_key: Hashable | None,
-                 deadline: float, wants_deltas: bool, lora: str | None = None):
-        self.messages = messages
+    def __init__(self, prompt_ids: list[int], params: GenerationSettings, cache_key: Hashable | None,
+                 deadline: float, lora: str | None = None):
+        self.prompt_ids = prompt_ids
         self.params = params
         self.cache_key = cache_key
         self.lora = lora  # the adapter it runs with (None: the base model)
         self.deadline = deadline  # on the event loop's clock
-        self.wants_deltas = wants_deltas
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
         self.cancelled = False  # set by the caller's side; the engine drops the request at its next step
@@ -126,13 +127,17 @@ def use_attention(model, implementation: str) -> None:
     log.info("The batching engine runs %s attention.", implementation)
 
 
-class BatchingEngine(ModelFront):
+class BatchingEngine(ChatModel):
     """Runs a TransformersBackend's model for many callers at once on one thread of its own."""
 
     def __init__(self, backend: TransformersBackend, *, timeout_s: float = 120.0, max_batch: int = 8,
                  max_waiting: int = 64, cache_budget_bytes: int = DEFAULT_CACHE_BUDGET_BYTES,
                  prefill_chunk_tokens: int = 256, torch_threads: int | None = None, attention: str = "auto"):
-        super().__init__(backend)
+        self.backend = backend
+        self.name = backend.name
+        self.context_tokens = backend.context_tokens
+        self.abilities = Abilities(ModelKind.BATCHING, adapters=backend.adapters, channel_caches=True,
+                                   max_batch=max_batch)
         self.model = backend.model
         chosen = attention_for(attention, self.model.device.type)
         if chosen:
@@ -147,9 +152,6 @@ class BatchingEngine(ModelFront):
         self.torch_threads = torch_threads
         self.prefix_cache = PrefixCache(cache_budget_bytes)
         self.counters = EngineCounters()
-        # Test seam: called on the engine thread before each token is chosen for a row, with
-        # (cache_key, tokens chosen so far). An exception fails that request only.
-        self.before_token: Callable[[Hashable | None, int], None] | None = None
         new_cache(self.model.config)  # refuse unsupported models here, not on the first request
         self._stop_ids = set(backend.stop_ids)
         self._wakeup = threading.Condition()
@@ -162,25 +164,18 @@ class BatchingEngine(ModelFront):
         self._thread = threading.Thread(target=self._run, name="model-engine", daemon=True)
         self._thread.start()
 
-    async def generate(self, messages: ChatMessages, params: GenerationSettings, *,
-                       cache_key: Hashable | None = None, adapter: str | None = None) -> str:
-        """The model's raw reply. Raises ModelBusy, GenerationTimeout or GenerationFailed.
-        `cache_key` (the channel id) keeps this conversation's cache for its next turn; `adapter`
-        is a LoRA adapter's name, "base", or None for the configured default."""
-        request = self._submit(messages, params, cache_key, wants_deltas=False, adapter=adapter)
-        try:
-            while True:
-                kind, value = await self._next_event(request)
-                if kind == DONE:
-                    return value
-        finally:
-            self._cancel(request)
+    def render(self, messages) -> RenderedPrompt:
+        return self.backend.render(messages)
 
-    async def stream(self, messages: ChatMessages, params: GenerationSettings, *,
-                     cache_key: Hashable | None = None, adapter: str | None = None) -> AsyncIterator[str]:
-        """The reply as text deltas, as tokens come; same errors and arguments as generate(). Stop early
-        with contextlib.aclosing (or by cancelling the task) to free the place in the batch at once."""
-        request = self._submit(messages, params, cache_key, wants_deltas=True, adapter=adapter)
+    def output_tokens(self, text: str) -> int:
+        return self.backend.output_tokens(text)
+
+    async def stream(self, prompt: RenderedPrompt, params: GenerationSettings, *, channel: Hashable | None = None,
+                     adapter: str | None = None) -> AsyncIterator[str]:
+        """The reply as text deltas, as tokens come (see ChatModel.stream). `channel` keeps this
+        conversation's cache for its next turn. Stop early with contextlib.aclosing (or by
+        cancelling the task) to free the place in the batch at once."""
+        request = self._submit(list(prompt.token_ids), params, channel, adapter)
         try:
             while True:
                 kind, value = await self._next_event(request)
@@ -204,11 +199,12 @@ class BatchingEngine(ModelFront):
 
     # What is going on (safe from any thread) ----------------------------------
 
-    def waiting(self) -> int:
+    def load(self) -> ModelLoad:
         with self._wakeup:
-            return len(self._waiting)
+            waiting = len(self._waiting)
+        return ModelLoad(waiting=waiting, active=self._active(), cached_channels=len(self.prefix_cache.keys()))
 
-    def active(self) -> int:
+    def _active(self) -> int:
         """Requests the engine is working on: prefilling or in the running batch."""
         return len(self._rows) + len(self._prefills)
 
@@ -216,7 +212,7 @@ class BatchingEngine(ModelFront):
         """Where a request made now would wait: 0 when a place in the batch is free."""
         with self._wakeup:
             waiting = len(self._waiting)
-        return waiting + 1 if self.active() + waiting >= self.max_batch else 0
+        return waiting + 1 if self._active() + waiting >= self.max_batch else 0
 
     def forget(self, cache_key: Hashable) -> None:
         """Drop a channel's kept cache (its history was wiped). Only frees memory sooner:
@@ -229,10 +225,10 @@ class BatchingEngine(ModelFront):
 
     # The caller's side ---------------------------------------------------------
 
-    def _submit(self, messages: ChatMessages, params: GenerationSettings, cache_key: Hashable | None,
-                wants_deltas: bool, adapter: str | None) -> _Request:
+    def _submit(self, prompt_ids: list[int], params: GenerationSettings, cache_key: Hashable | None,
+                adapter: str | None) -> _Request:
         deadline = asyncio.get_running_loop().time() + self.timeout_s
-        request = _Request(messages, params, cache_key, deadline, wants_deltas, self.lora_for(adapter))
+        request = _Request(prompt_ids, params, cache_key, deadline, self.adapter_to_run(adapter))
         with self._wakeup:
             if self._closing:
                 raise GenerationFailed(SHUTTING_DOWN)
@@ -294,7 +290,7 @@ class BatchingEngine(ModelFront):
 
     def _start_prefill(self, request: _Request) -> None:
         try:
-            prompt_ids = self.backend.render(request.messages)
+            prompt_ids = request.prompt_ids
             max_new_tokens = self._answer_limit(request.params, len(prompt_ids))
             cache, reused = self._cache_for(request, prompt_ids)
         except Exception as error:
@@ -414,22 +410,20 @@ class BatchingEngine(ModelFront):
 
     def _choose_token(self, row: _Row, logits: torch.Tensor) -> bool:
         """Choose the row's next token and pass on its text. True when the row is finished."""
-        if self.before_token is not None:
-            self.before_token(row.request.cache_key, row.generated)
         token = row.sampler.next_token(logits)
         row.generated += 1
         self.counters.generated_tokens += 1
         delta = row.text.push(token)
-        if delta and row.request.wants_deltas:
+        if delta:
             row.request.send(DELTA, delta)
         row.next_token = token
         return token in self._stop_ids or row.generated >= row.max_new_tokens
 
     def _complete(self, row: _Row) -> None:
         delta = row.text.finish()
-        if delta and row.request.wants_deltas:
+        if delta:
             row.request.send(DELTA, delta)
-        row.request.send(DONE, row.text.text)
+        row.request.send(DONE, None)
 
     def _retire(self, keep: list[int], discard: list[int]) -> None:
         """Take rows out of the batch; `keep` rows leave their cache to their channel."""

@@ -186,10 +186,5 @@ class PrefixCache:
         with self._lock:
             return list(self._entries)
 
-    @property
-    def total_bytes(self) -> int:
-        with self._lock:
-            return self._total()
-
     def _total(self) -> int:
         return sum(entry.nbytes for entry in self._entries.values())

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from ..config import Settings
-from .worker import ModelFront, ModelWorker
+from .port import ChatModel
+from .worker import ModelWorker
 
 
-def load_model(settings: Settings) -> ModelFront:
+def load_model(settings: Settings) -> ChatModel:
     if settings.model.backend == "openai":
         # A server writes the replies: no torch, no engine here.
-        from .openai_backend import load_openai_model
+        from .remote_setup import load_openai_model
         return load_openai_model(settings.model)
     # Imported here so that commands which never load a model never import torch.
     from .engine import BatchingEngine

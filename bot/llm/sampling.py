@@ -2,8 +2,9 @@
 
 Every row of a batch carries its own settings, so the next token is chosen per
 row from that row's logits, with transformers' own logits processors, in the
-order transformers' generate() applies them: repetition penalty over the row's
-prompt + generated ids, then temperature, then top-p; greedy when do_sample is off.
+order transformers' generate() applies them (bot/llm/decoding.py says what each
+setting means): repetition penalty over the row's prompt + generated ids, then
+temperature, then top-p; greedy when do_sample is off or temperature is 0.
 """
 
 from __future__ import annotations
@@ -11,33 +12,11 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from transformers import (
-    LogitsProcessorList,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopPLogitsWarper,
-)
 
 from ..config import GenerationSettings
+from .decoding import is_greedy, logits_processors
 
 REPLACEMENT_CHAR = "\ufffd"
-
-
-def is_greedy(params: GenerationSettings) -> bool:
-    """Temperature 0 is read as its limit, greedy decoding (transformers would refuse it outright)."""
-    return not params.do_sample or params.temperature == 0
-
-
-def processors_for(params: GenerationSettings) -> LogitsProcessorList:
-    processors = LogitsProcessorList()
-    if params.repetition_penalty != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
-    if not is_greedy(params):
-        if params.temperature != 1.0:
-            processors.append(TemperatureLogitsWarper(float(params.temperature)))
-        if params.top_p < 1.0:
-            processors.append(TopPLogitsWarper(params.top_p))
-    return processors
 
 
 class RowSampler:
@@ -45,7 +24,7 @@ class RowSampler:
 
     def __init__(self, params: GenerationSettings, prompt_ids: list[int], device: torch.device | str = "cpu"):
         self.greedy = is_greedy(params)
-        self.processors = processors_for(params)
+        self.processors = logits_processors(params)
         self._seen = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # where the logits are
 
     def next_token(self, logits: torch.Tensor) -> int:

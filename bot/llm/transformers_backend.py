@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 import warnings
@@ -14,8 +13,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, 
 from ..config import GenerationSettings, ModelSettings
 from . import embedded
 from .adapters import NO_ADAPTERS, AdapterProblem, Adapters, plan_adapters
-from .chat_template import render_prompt_ids
-from .worker import ChatMessages, StopSignal
+from .chat_template import PerThreadTokenizer, render_prompt_ids
+from .decoding import generate_arguments
+from .port import ChatMessages, RenderedPrompt
+from .worker import Emit, StopSignal
 
 log = logging.getLogger(__name__)
 
@@ -37,46 +38,50 @@ class _StopWhenAsked(StoppingCriteria):
 
 
 class TransformersBackend:
+    """The loaded model and tokenizer. The batching engine runs it for many channels at once;
+    the one-at-a-time worker calls `generate_stream` (the TextGenerator of bot/llm/worker.py)."""
+
+    streams = False  # transformers' generate() gives the whole answer at once
+
     def __init__(self, model, tokenizer, name: str, thinking: bool, context_tokens: int = 0,
                  adapters: Adapters = NO_ADAPTERS):
         self.model = model  # a peft model holding every adapter when there are any
         self.adapters = adapters
-        self.tokenizer = tokenizer
-        # Counting runs on other threads than generation; a tokenizer of its own avoids
-        # the Rust tokenizer's "already borrowed" errors under concurrent use.
-        self._counting_tokenizer = copy.deepcopy(tokenizer)
+        self.tokenizer = tokenizer  # the model thread's: decoding as it generates
+        self._tokenizers = PerThreadTokenizer(tokenizer)  # for render and output_tokens, from any thread
         self.name = name
         self.thinking = thinking
         self.context_tokens = context_tokens or _model_context_length(model)
         self.stop_ids = _stop_token_ids(model, tokenizer)
 
-    def render(self, messages: ChatMessages, tokenizer=None) -> list[int]:
-        """Token ids of the prompt, built by the model's own chat template. Message contents are
+    def render(self, messages: ChatMessages) -> RenderedPrompt:
+        """The prompt's token ids, built by the model's own chat template. Message contents are
         always plain text: control tokens typed by a user cannot open or end a turn."""
-        return render_prompt_ids(tokenizer or self.tokenizer, messages, enable_thinking=self.thinking)
+        ids = render_prompt_ids(self._tokenizers.get(), messages, enable_thinking=self.thinking)
+        return RenderedPrompt(messages, len(ids), tuple(ids))
 
-    def count_tokens(self, messages: ChatMessages) -> int:
-        return len(self.render(messages, self._counting_tokenizer))
+    def output_tokens(self, text: str) -> int:
+        return len(self._tokenizers.get().encode(text, add_special_tokens=False))
 
     def lora_arguments(self, loras: list[str | None]) -> dict:
         """The forward/generate argument that runs each row with its own adapter (None: the base
         model), peft's mixed-adapter batch; nothing at all when no adapter is loaded."""
         return {"adapter_names": [lora or PEFT_BASE for lora in loras]} if self.adapters.any else {}
 
-    def generate(self, messages: ChatMessages, params: GenerationSettings, should_stop: StopSignal,
-                 lora: str | None = None) -> str:
-        """One reply with transformers' generate(); `lora` is the adapter (None: the base model)."""
-        input_ids = torch.tensor([self.render(messages)], device=self.model.device)
+    def generate_stream(self, prompt: RenderedPrompt, params: GenerationSettings, should_stop: StopSignal,
+                        emit: Emit, lora: str | None) -> None:
+        """One reply with transformers' generate(), emitted whole; `lora` is the adapter (None: the base model)."""
+        input_ids = torch.tensor([prompt.token_ids], device=self.model.device)
         output = self.model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             stopping_criteria=StoppingCriteriaList([_StopWhenAsked(should_stop)]),
             pad_token_id=self.tokenizer.pad_token_id or self.stop_ids[0],
             eos_token_id=self.stop_ids,
-            **sampling_arguments(params),
+            **generate_arguments(params),
             **self.lora_arguments([lora]),
         )
-        return self.decode(output[0, input_ids.shape[1]:].tolist())
+        emit(self.decode(output[0, input_ids.shape[1]:].tolist()))
 
     def decode(self, token_ids: list[int]) -> str:
         """Text of the new tokens up to the end-of-turn token. Special tokens are kept in the
@@ -91,14 +96,6 @@ class TransformersBackend:
             if special not in ("<think>", "</think>"):
                 text = text.replace(special, "")
         return text
-
-
-def sampling_arguments(params: GenerationSettings) -> dict:
-    arguments = {"max_new_tokens": params.max_new_tokens, "repetition_penalty": params.repetition_penalty,
-                 "do_sample": params.do_sample}
-    if params.do_sample:  # transformers warns when these are given for greedy decoding
-        arguments.update(temperature=params.temperature, top_p=params.top_p)
-    return arguments
 
 
 def _model_context_length(model) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import AsyncIterator
 
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -94,10 +94,6 @@ class Store:
         async with self._sessions() as session:
             rows = (await session.scalars(query)).all()
         return [_to_turn(row) for row in reversed(rows)]
-
-    async def count_turns(self, channel_id: int) -> int:
-        async with self._sessions() as session:
-            return await session.scalar(select(func.count()).where(Message.channel_id == channel_id))
 
     async def clear_channel(self, channel_id: int) -> int:
         async with self._sessions.begin() as session:
@@ -228,13 +224,6 @@ class Store:
         async with self._sessions.begin() as session:
             session.add(AuditEntry(action=action, actor_id=actor_id, actor_name=actor_name,
                                    guild_id=guild_id, channel_id=channel_id, detail=detail))
-
-    async def audit_entries(self, guild_id: int | None = None) -> list[AuditEntry]:
-        query = select(AuditEntry).order_by(AuditEntry.id)
-        if guild_id is not None:
-            query = query.where(AuditEntry.guild_id == guild_id)
-        async with self._sessions() as session:
-            return list((await session.scalars(query)).all())
 
 
 def _to_turn(row: Message) -> Turn:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +19,10 @@ from bot.discord_bot.client import ChatBot, required_intents
 from bot.llm.worker import ModelWorker
 from bot.service import ChatService
 from bot.store import Store
-from tests.conftest import settings_for
 from tests.fakediscord import FakeDiscord, build_world, make_client, running_client
 from tests.support.scripted import ScriptedBackend
+from tests.support.settings import settings_for
+from tests.support.waiting import until
 
 MESSAGES = "/channels/{id}/messages"
 BUSY_START = messages.BUSY.split("{")[0]
@@ -66,11 +68,18 @@ class LoadReport:
 
 
 async def run_burst(database: Path, *, channels: int = 50, per_channel: int = 10, users: int = 10,
-                    max_waiting: int = 20, model_delay_s: float = 0.0, settle_s: float = 30.0) -> LoadReport:
+                    max_waiting: int = 20, model_delay_s: float = 0.0, settle_s: float = 30.0,
+                    hold_answers_until_busy: bool = False) -> LoadReport:
     """Send channels x per_channel messages as fast as the fake takes them; wait until each is
-    answered (or nothing has moved for `settle_s`); report what reached Discord and the database."""
+    answered (or nothing has moved for `settle_s`); report what reached Discord and the database.
+
+    With `hold_answers_until_busy`, the model writes nothing until a first "busy" refusal is
+    posted (there are more channels than places in the model's queue): both answers and
+    refusals are then sure to happen, however fast or slow this machine is."""
     settings = settings_for(database).with_overrides("discord", stream_edit_interval=0.0)
-    worker = ModelWorker(ScriptedBackend(delay_s=model_delay_s), timeout_s=60, max_waiting=max_waiting)
+    answers_may_start = threading.Event() if hold_answers_until_busy else None
+    worker = ModelWorker(ScriptedBackend(delay_s=model_delay_s, gate=answers_may_start), timeout_s=60,
+                         max_waiting=max_waiting)
     try:
         async with FakeDiscord() as fake:
             world = build_world(fake)
@@ -84,12 +93,19 @@ async def run_burst(database: Path, *, channels: int = 50, per_channel: int = 10
                                   settings=settings.discord)
                 async with running_client(fake, bot):
                     sent = await send_burst(fake, rooms, people, per_channel)
+                    if answers_may_start is not None:
+                        await until(lambda: busy_posted(fake), limit_s=settle_s)
+                        answers_may_start.set()
                     await wait_for_replies(fake, sent, settle_s)
+                    # Until nothing is being answered: a second answer to a message would be posted by then.
+                    await bot.events.wait_until_answered(settle_s)
                     report = account_for_posts(fake, sent)
                     await account_for_storage(store, sent, report)
             finally:
                 await store.close()
     finally:
+        if answers_may_start is not None:
+            answers_may_start.set()
         worker.close()
     return report
 
@@ -131,7 +147,11 @@ async def wait_for_replies(fake: FakeDiscord, sent: list[Sent], settle_s: float)
         elif loop.time() - last_change > settle_s:
             break
         await asyncio.sleep(0.05)
-    await asyncio.sleep(0.2)  # a duplicate would come right after
+
+
+def busy_posted(fake: FakeDiscord) -> bool:
+    return any(request.status == 200 and (request.json or {}).get("content", "").startswith(BUSY_START)
+               for request in fake.requests_to("POST", MESSAGES))
 
 
 def account_for_posts(fake: FakeDiscord, sent: list[Sent]) -> LoadReport:

@@ -14,7 +14,6 @@ import glob
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import warnings
@@ -23,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.support.ports import free_port
 
 SERVER_BINARY_GLOB = "/usr/lib/postgresql/*/bin"
 SUPERUSER = "postgres"
@@ -73,12 +74,6 @@ def os_user_for_server() -> str | None:
     return SUPERUSER
 
 
-def free_loopback_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _run(server: PostgresServer, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     command = [str(server.bin_dir / tool), *args]
     if server.run_as:
@@ -96,7 +91,7 @@ def start_server() -> tuple[PostgresServer, Path]:
     root = Path(tempfile.mkdtemp(prefix="bot-tests-pg-"))
     if run_as:
         shutil.chown(root, user=run_as)
-    server = PostgresServer(root / "data", free_loopback_port(), bin_dir, run_as)
+    server = PostgresServer(root / "data", free_port(), bin_dir, run_as)
     # No fsync: the data is thrown away, and syncing would make each test's CREATE DATABASE slow.
     _run(server, "initdb", "-D", str(server.data_dir), "-U", SUPERUSER, "--auth=trust", "-N", "-E", "UTF8")
     options = f"-h 127.0.0.1 -p {server.port} -k {root} -F -c full_page_writes=off"

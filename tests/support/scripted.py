@@ -1,18 +1,21 @@
 """A scripted model backend for tests about the bot, not the words.
 
-It implements the same Backend protocol as the transformers backend and runs
-inside the real ModelWorker, so the executor, time limits and error paths are
-the real ones; only the words are scripted.
+It is a TextGenerator (bot/llm/worker.py), like the transformers backend, and
+runs inside the real ModelWorker, so the executor, time limits and error paths
+are the real ones; only the words are scripted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
 from typing import Callable
 
 from bot.config import GenerationSettings
+from bot.core.prompt import RenderedPrompt
+from bot.llm.adapters import NO_ADAPTERS
 
 ChatMessages = list[dict[str, str]]
 
@@ -22,20 +25,37 @@ def echo_last_user_message(messages: ChatMessages) -> str:
 
 
 class ScriptedBackend:
+    adapters = NO_ADAPTERS
+    streams = True
+
     def __init__(self, reply: Callable[[ChatMessages], str] | str = echo_last_user_message,
                  context_tokens: int = 4096, delay_s: float = 0.0, name: str = "scripted",
-                 word_delay_s: float = 0.0):
+                 word_delay_s: float = 0.0, gate: threading.Event | None = None, gate_after_words: int = 0):
         self.reply = reply
         self.word_delay_s = word_delay_s  # when set, the reply streams out word by word
         self.context_tokens = context_tokens
         self.delay_s = delay_s
         self.name = name
+        # With a gate, each answer waits until it is set: before the answer is given, or, when
+        # streamed with gate_after_words > 0, once that many words are out. Asked to stop while
+        # waiting, the model stops there, as a real one does at its next token. A test holds the
+        # model for as long as it needs, with no guess at how long anything takes.
+        self.gate = gate
+        self.gate_after_words = gate_after_words
         self.prompts: list[ChatMessages] = []
+        self.renders = 0  # chat-template renders asked for
         self.stopped_early = threading.Event()
 
     def count_tokens(self, messages: ChatMessages) -> int:
         """One token per word plus a few per message for the template: deterministic and easy to reason about."""
         return sum(len(m["content"].split()) + 4 for m in messages) + 2
+
+    def render(self, messages: ChatMessages) -> RenderedPrompt:
+        self.renders += 1
+        return RenderedPrompt(messages, self.count_tokens(messages))
+
+    def output_tokens(self, text: str) -> int | None:
+        return None
 
     def generate(self, messages: ChatMessages, params: GenerationSettings, should_stop) -> str:
         self.prompts.append([dict(m) for m in messages])
@@ -45,15 +65,48 @@ class ScriptedBackend:
                 self.stopped_early.set()
                 return ""
             time.sleep(0.005)
+        if self.gate_after_words == 0 and not self._through_gate(should_stop):
+            return ""
         if isinstance(self.reply, Exception):
             raise self.reply
         return self.reply(messages) if callable(self.reply) else self.reply
 
-    def generate_stream(self, messages: ChatMessages, params: GenerationSettings, should_stop, emit) -> None:
-        text = self.generate(messages, params, should_stop)
-        for word in re.split(r"(?<= )", text):
+    def generate_stream(self, prompt: RenderedPrompt, params: GenerationSettings, should_stop, emit,
+                        lora: str | None = None) -> None:
+        text = self.generate(prompt.messages, params, should_stop)
+        for index, word in enumerate(re.split(r"(?<= )", text)):
+            if index and index == self.gate_after_words and not self._through_gate(should_stop):
+                return
             if should_stop():
                 self.stopped_early.set()
                 return
             emit(word)
             time.sleep(self.word_delay_s)
+
+    def _through_gate(self, should_stop) -> bool:
+        """Wait for the gate (if any); False when asked to stop meanwhile."""
+        while self.gate is not None and not self.gate.wait(0.005):
+            if should_stop():
+                self.stopped_early.set()
+                return False
+        return True
+
+
+class Gate:
+    """Holds the scripted model inside generate() until the test opens it, so a test can act
+    while an answer is being written (without guessing how long anything takes)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    def wrap(self, reply: Callable[[list], str]) -> Callable[[list], str]:
+        def held(messages_: list) -> str:
+            self.entered.set()
+            if not self.opened.wait(timeout=10):
+                raise TimeoutError("the test never opened the gate")
+            return reply(messages_)
+        return held
+
+    async def wait_entered(self) -> None:
+        assert await asyncio.to_thread(self.entered.wait, 5), "the model was never asked"

@@ -1,0 +1,58 @@
+"""What the conversation keeps in memory per channel: its place in line, and where its last
+prompt began."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict, defaultdict
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from .core.types import Turn
+
+
+class ChannelSequence:
+    """One FIFO line per channel: a channel's messages, edits, deletes and resets happen one at a
+    time, in the order they arrived; different channels never wait for each other. A line is
+    forgotten when nobody is in it.
+
+    Order holds because asyncio.Lock queues its waiters in order, and `turn()` joins the line
+    before its first await: a caller that enters before any await of its own keeps its place."""
+
+    def __init__(self) -> None:
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._users: defaultdict[int, int] = defaultdict(int)
+
+    @asynccontextmanager
+    async def turn(self, channel_id: int) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(channel_id, asyncio.Lock())
+        self._users[channel_id] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[channel_id] -= 1
+            if not self._users[channel_id]:
+                del self._users[channel_id], self._locks[channel_id]
+
+
+class PromptStarts:
+    """Per channel, the row id of the oldest turn in its last prompt (bounded, least recently used out).
+    Starting the next prompt there keeps prompts append-only, which keeps prefix caches valid."""
+
+    def __init__(self, capacity: int = 50_000):
+        self._starts: OrderedDict[int, int] = OrderedDict()
+        self._capacity = capacity
+
+    def remember(self, channel_id: int, turn_id: int) -> None:
+        self._starts[channel_id] = turn_id
+        self._starts.move_to_end(channel_id)
+        while len(self._starts) > self._capacity:
+            self._starts.popitem(last=False)
+
+    def index_in(self, channel_id: int, turns: list[Turn]) -> int | None:
+        turn_id = self._starts.get(channel_id)
+        return next((i for i, turn in enumerate(turns) if turn.id == turn_id), None) if turn_id else None
+
+    def forget(self, channel_id: int) -> None:
+        self._starts.pop(channel_id, None)

@@ -1,0 +1,59 @@
+"""Generation settings in each backend's own terms: the one place they are translated.
+
+One meaning for every value, whichever backend writes the reply:
+- greedy decoding when `do_sample` is off or `temperature` is 0 (the limit of ever colder
+  sampling; transformers' temperature warper would refuse 0 outright);
+- `temperature` and `top_p` shape sampling only; greedy decoding ignores them;
+- `repetition_penalty` (1.0: none) divides the scores of tokens already in the prompt or
+  the answer, as transformers applies it, whether sampling or greedy;
+- `max_new_tokens` bounds the answer's tokens.
+
+No torch at import: the remote backend uses this module too.
+"""
+
+from __future__ import annotations
+
+from ..config import GenerationSettings
+
+
+def is_greedy(params: GenerationSettings) -> bool:
+    return not params.do_sample or params.temperature == 0
+
+
+def generate_arguments(params: GenerationSettings) -> dict:
+    """Keyword arguments for transformers' `model.generate()`."""
+    arguments = {"max_new_tokens": params.max_new_tokens, "repetition_penalty": params.repetition_penalty,
+                 "do_sample": not is_greedy(params)}
+    if not is_greedy(params):  # transformers warns when these are given for greedy decoding
+        arguments.update(temperature=params.temperature, top_p=params.top_p)
+    return arguments
+
+
+def logits_processors(params: GenerationSettings):
+    """transformers' own processors for the batching engine's per-row choice, in the order
+    `generate()` applies them: repetition penalty, then temperature, then top-p."""
+    from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                              TopPLogitsWarper)
+
+    processors = LogitsProcessorList()
+    if params.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    if not is_greedy(params):
+        if params.temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(float(params.temperature)))
+        if params.top_p < 1.0:
+            processors.append(TopPLogitsWarper(params.top_p))
+    return processors
+
+
+def openai_fields(params: GenerationSettings, *, send_repetition_penalty: bool) -> dict:
+    """Fields of an OpenAI-compatible chat-completion request. Greedy decoding is temperature 0
+    in that API (it has no do_sample field)."""
+    greedy = is_greedy(params)
+    fields = {"max_tokens": params.max_new_tokens, "temperature": 0.0 if greedy else params.temperature,
+              "top_p": 1.0 if greedy else params.top_p}
+    if send_repetition_penalty:
+        # Not part of the OpenAI API (frequency_penalty is a different, additive penalty);
+        # vLLM, SGLang and llama.cpp server accept it, `transformers serve` refuses it.
+        fields["repetition_penalty"] = params.repetition_penalty
+    return fields

@@ -1,0 +1,128 @@
+"""What each server sets for itself: its persona, its LoRA adapter, and auto-reply per channel.
+Changes are checked here and written to the audit log."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from . import messages
+from .config import Settings
+from .core.text import without_lone_surrogates
+from .core.validate import problem_with_persona
+from .llm.adapters import BASE, DEFAULT, Adapters
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+class UserError(Exception):
+    """A request that cannot be done as asked. str() is the sentence to show the user."""
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asked for a command (for the audit log)."""
+
+    id: int
+    name: str
+
+
+class ServerSettings:
+    def __init__(self, store: Store, settings: Settings, adapters: Adapters):
+        self.store = store
+        self.default_persona = settings.persona.default
+        self.persona_limit = settings.history.max_persona_chars  # characters
+        self.adapters = adapters  # what the model serves
+        self._gone_adapters: set[tuple[int, str]] = set()  # (server, adapter) picks no longer served, logged
+
+    # Persona ------------------------------------------------------------
+
+    async def persona_for(self, guild_id: int | None) -> str:
+        """The server's own persona, else the configured default (always the default in DMs)."""
+        custom = await self.store.persona(guild_id) if guild_id is not None else None
+        return custom or self.default_persona
+
+    async def set_persona(self, guild_id: int, actor: Actor, text: str) -> str:
+        problem = problem_with_persona(text, self.persona_limit)
+        if problem:
+            raise UserError(problem)
+        text = without_lone_surrogates(text.strip())
+        await self.store.set_persona(guild_id, text, actor.id)
+        await self.store.record_audit(action="persona.set", actor_id=actor.id, actor_name=actor.name,
+                                      guild_id=guild_id, detail=f"{len(text)} characters")
+        return messages.PERSONA_SET.format(length=len(text))
+
+    async def show_persona(self, guild_id: int) -> str:
+        custom = await self.store.persona(guild_id)
+        shown = (messages.PERSONA_SHOW_CUSTOM.format(persona=custom) if custom
+                 else messages.PERSONA_SHOW_DEFAULT.format(persona=self.default_persona))
+        return shown + await self._adapter_note(guild_id)
+
+    async def reset_persona(self, guild_id: int, actor: Actor) -> str:
+        await self.store.set_persona(guild_id, None, actor.id)
+        await self.store.record_audit(action="persona.reset", actor_id=actor.id, actor_name=actor.name,
+                                      guild_id=guild_id)
+        return messages.PERSONA_RESET
+
+    # Adapters (fine-tuned LoRA weights, see bot/llm/adapters.py) ---------
+
+    def adapter_choices(self) -> list[str]:
+        """What an admin may pick: the operator's adapters by name, "default" and "base"."""
+        return self.adapters.choices()
+
+    async def adapter_for(self, guild_id: int | None) -> str | None:
+        """The adapter this server's replies run with: its pick, if the model still serves it, else
+        None (the configured default). A pick that is gone (the operator removed that adapter) is
+        logged for the operator, once; the server's members simply get the default."""
+        if guild_id is None or not self.adapters.any:  # nothing to pick from: no lookup at all
+            return None
+        picked = await self.store.adapter(guild_id)
+        if picked is None or picked in self.adapters.choices():
+            return picked
+        if (guild_id, picked) not in self._gone_adapters:
+            self._gone_adapters.add((guild_id, picked))
+            log.warning('server %s picked the adapter "%s", which is no longer served; it gets the default (%s)',
+                        guild_id, picked, self.adapters.label or "the base model")
+        return None
+
+    async def set_adapter(self, guild_id: int, actor: Actor, name: str) -> str:
+        """A server admin picks one of the operator's adapters by name, "default" or "base". Its
+        channels' next replies use it (prefix caches are never reused across adapters)."""
+        choices = self.adapters.choices()
+        name = without_lone_surrogates(name.strip())
+        if not choices:
+            raise UserError(messages.ADAPTERS_NONE)
+        if name not in choices:
+            listed = messages.ADAPTER_CHOOSE.format(names=", ".join(choices))
+            raise UserError(messages.ADAPTER_UNKNOWN.format(name=name[:100]) + " " + listed if name else listed)
+        await self.store.set_adapter(guild_id, None if name == DEFAULT else name)
+        await self.store.record_audit(action="adapter.set", actor_id=actor.id, actor_name=actor.name,
+                                      guild_id=guild_id, detail=name)
+        return messages.ADAPTER_SET.format(adapter=self._describe_adapter(name))
+
+    async def _adapter_note(self, guild_id: int) -> str:
+        """For /persona show: which adapter is in use (nothing when the model serves none)."""
+        if not self.adapters.any:
+            return ""
+        return "\n\n" + messages.ADAPTER_IN_USE.format(adapter=self._describe_adapter(
+            await self.adapter_for(guild_id) or DEFAULT))
+
+    def _describe_adapter(self, name: str) -> str:
+        label = self.adapters.label
+        if name == DEFAULT and label:
+            return messages.ADAPTER_DEFAULT.format(name=label)
+        if name in (DEFAULT, BASE):
+            return messages.ADAPTER_NONE
+        return messages.ADAPTER_NAMED.format(name=name)
+
+    # Auto-reply ---------------------------------------------------------
+
+    async def auto_reply(self, channel_id: int) -> bool:
+        return await self.store.auto_reply(channel_id)
+
+    async def set_auto_reply(self, guild_id: int | None, channel_id: int, actor: Actor, enabled: bool) -> str:
+        await self.store.set_auto_reply(channel_id, guild_id, enabled, actor.id)
+        await self.store.record_audit(action="autoreply.on" if enabled else "autoreply.off", actor_id=actor.id,
+                                      actor_name=actor.name, guild_id=guild_id, channel_id=channel_id)
+        return messages.AUTOREPLY_ON if enabled else messages.AUTOREPLY_OFF
