@@ -1,6 +1,7 @@
 """The conversation flow as a user meets it: memory, personas, limits, failures, order."""
 
 import asyncio
+import threading
 
 import pytest
 
@@ -175,7 +176,8 @@ async def test_progress_shows_the_answer_growing_without_its_think_block(store, 
 
 
 async def test_reset_stops_the_answer_being_written_and_nothing_of_it_is_kept(store, settings):
-    backend = ScriptedBackend(reply=lambda m: "word " * 400, word_delay_s=0.01)
+    never = threading.Event()  # the model holds after five words until the reset stops it
+    backend = ScriptedBackend(reply=lambda m: "word " * 400, gate=never, gate_after_words=5)
     service = ChatService(store, ModelWorker(backend, timeout_s=30), settings)
     started = asyncio.Event()
 
@@ -194,8 +196,10 @@ async def test_reset_stops_the_answer_being_written_and_nothing_of_it_is_kept(st
 
 
 async def test_an_answer_cut_by_the_time_limit_keeps_what_was_written_and_says_so(store, settings):
-    backend = ScriptedBackend(reply=lambda m: "slow " * 200, word_delay_s=0.01)
-    service = ChatService(store, ModelWorker(backend, timeout_s=0.3), settings)
+    never = threading.Event()  # ten words, then the model holds until the time limit stops it
+    backend = ScriptedBackend(reply=lambda m: "slow " * 200, gate=never, gate_after_words=10)
+    service = ChatService(store, ModelWorker(backend, timeout_s=2), settings)
     reply = await service.reply(said("take your time"))
+    assert reply.text == ("slow " * 10).strip()
     assert reply.ok and reply.text.startswith("slow slow") and messages.CUT_SHORT_TIMEOUT in reply.notes
     assert await stored(store) == [("user", "take your time"), ("assistant", reply.text)]

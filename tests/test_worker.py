@@ -1,6 +1,7 @@
 """The model worker: off the event loop, time limits, failures, and a worker that keeps working."""
 
 import asyncio
+import threading
 
 import pytest
 
@@ -14,20 +15,19 @@ PROMPT = [{"role": "user", "content": "hello"}]
 
 
 async def test_the_event_loop_keeps_running_while_the_model_works():
-    worker = ModelWorker(ScriptedBackend(delay_s=0.3), timeout_s=5)
-    ticks = 0
+    """The model answers only once the event loop has ticked ten times while it waits: a
+    generation that blocked the loop would never be let through (and fail at the gate's limit)."""
+    ticked = threading.Event()
+    worker = ModelWorker(ScriptedBackend(gate=ticked), timeout_s=60)
 
     async def heartbeat():
-        nonlocal ticks
-        while True:
-            ticks += 1
+        for _ in range(10):
             await asyncio.sleep(0.01)
+        ticked.set()
 
     beating = asyncio.create_task(heartbeat())
     reply = await generate(worker, PROMPT, GenerationSettings())
-    beating.cancel()
-    assert reply == "echo: hello"
-    assert ticks > 5  # a blocking generate on the loop would have allowed one tick at most
+    assert reply == "echo: hello" and beating.done()
     worker.close()
 
 

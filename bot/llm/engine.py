@@ -219,10 +219,6 @@ class BatchingEngine(ChatModel):
         a stale cache is never used past the tokens it shares with the new prompt anyway."""
         self.prefix_cache.forget(cache_key)
 
-    def cached_keys(self) -> list[Hashable]:
-        """Channels with a kept cache, least recently used first."""
-        return self.prefix_cache.keys()
-
     # The caller's side ---------------------------------------------------------
 
     def _submit(self, prompt_ids: list[int], params: GenerationSettings, cache_key: Hashable | None,
