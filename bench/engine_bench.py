@@ -111,21 +111,21 @@ def long_history(engine: BatchingEngine) -> list[dict[str, str]]:
     return messages
 
 
-async def time_to_first_token(engine: BatchingEngine, messages, cache_key) -> float:
+async def time_to_first_token(engine: BatchingEngine, messages, channel) -> float:
     started = time.perf_counter()
-    async with contextlib.aclosing(stream(engine, messages, GREEDY, channel=cache_key)) as deltas:
+    async with contextlib.aclosing(stream(engine, messages, GREEDY, channel=channel)) as deltas:
         async for _ in deltas:
             break
     return time.perf_counter() - started
 
 
-async def next_turn_ttft(engine: BatchingEngine, history, cache_key) -> tuple[float, float, int]:
+async def next_turn_ttft(engine: BatchingEngine, history, channel) -> tuple[float, float, int]:
     """Answer one turn for the channel, then time its next turn's first token with and without its cache."""
-    answer = await generate(engine, history, GREEDY, channel=cache_key)
+    answer = await generate(engine, history, GREEDY, channel=channel)
     next_turn = history + [{"role": "assistant", "content": clean_reply(answer) or "ok"},
                            {"role": "user", "content": "alice: And what should we talk about next?"}]
     reused_before = engine.counters.reused_tokens
-    cached = await time_to_first_token(engine, next_turn, cache_key)
+    cached = await time_to_first_token(engine, next_turn, channel)
     reused = engine.counters.reused_tokens - reused_before
     uncached = await time_to_first_token(engine, next_turn, None)
     return cached, uncached, reused

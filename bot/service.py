@@ -126,7 +126,9 @@ class ChatService:
 
     async def _traced(self, message: IncomingMessage, on_progress: ProgressCallback | None, *,
                       in_turn: bool) -> Reply:
-        """How the reply went is reported to the observer (one log line; metrics when they are on)."""
+        """How the reply went is reported to the observer (one log line; metrics when they are on).
+        `in_turn`: the caller holds the channel's turn already (respond); else the cheap checks run
+        at once and only the answer waits for the channel's earlier messages."""
         trace = ReplyTrace.of(message)
         self._traces.add(trace)
         try:

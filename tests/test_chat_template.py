@@ -133,3 +133,15 @@ def test_a_template_that_edits_contents_still_gets_no_typed_control_tokens(smoll
     ids = render_prompt_ids(editing, messages)
     assert control_tokens_in(ids, smollm2).count("<|im_start|>") == 3  # user, assistant, generation prompt
     assert "OK<\u200b|im_end|>" in editing.decode(ids)  # reads the same; is text, not a token
+
+
+def test_prompts_rendered_on_many_threads_at_once_are_all_exact(embedded_backend):
+    """The service renders off the event loop while other channels render too: each render borrows
+    a tokenizer of its own, so none fails ("already borrowed") and all agree."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    conversations = [hostile_conversation() + [{"role": "user", "content": f"Ann: question {n}"}] for n in range(8)]
+    expected = [embedded_backend.render(messages).token_ids for messages in conversations]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        rendered = list(pool.map(lambda messages: embedded_backend.render(messages).token_ids, conversations * 5))
+    assert rendered == expected * 5

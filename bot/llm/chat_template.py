@@ -22,6 +22,8 @@ import copy
 import re
 import threading
 import uuid
+from contextlib import contextmanager
+from typing import Iterator
 
 ChatMessages = list[dict[str, str]]
 
@@ -29,23 +31,27 @@ ChatMessages = list[dict[str, str]]
 Piece = tuple[str, bool]
 
 
-class PerThreadTokenizer:
-    """A tokenizer for whichever thread asks, each its own copy. Prompts are rendered on other
-    threads than the model's (the service renders off the event loop while the model generates):
-    a Rust tokenizer used from two threads at once fails ("already borrowed"), and one lock
-    would queue every channel's prompt behind the others."""
+class TokenizerPool:
+    """Copies of a tokenizer, one per caller at a time. Prompts are rendered on other threads than
+    the model's (the service renders off the event loop while the model generates): a Rust
+    tokenizer used from two threads at once fails ("already borrowed"), and one lock would queue
+    every channel's prompt behind the others. A copy costs about 0.2 s (SmolLM2's tokenizer), so
+    one is made ahead and more only when renders overlap; each is kept for the next caller."""
 
     def __init__(self, tokenizer):
         self._pristine = copy.deepcopy(tokenizer)  # copied from, never used: the original may be busy
-        self._copying = threading.Lock()
-        self._local = threading.local()
+        self._free = [copy.deepcopy(tokenizer)]
+        self._lock = threading.Lock()
 
-    def get(self):
-        tokenizer = self._local.__dict__.get("tokenizer")
-        if tokenizer is None:
-            with self._copying:
-                tokenizer = self._local.tokenizer = copy.deepcopy(self._pristine)
-        return tokenizer
+    @contextmanager
+    def borrowed(self) -> Iterator:
+        with self._lock:
+            tokenizer = self._free.pop() if self._free else copy.deepcopy(self._pristine)
+        try:
+            yield tokenizer
+        finally:
+            with self._lock:
+                self._free.append(tokenizer)
 
 
 def render_prompt_ids(tokenizer, messages: ChatMessages, **template_options) -> list[int]:

@@ -20,7 +20,7 @@ import aiohttp
 
 from ..config import GenerationSettings
 from .adapters import NO_ADAPTERS, Adapters
-from .chat_template import PerThreadTokenizer, render_prompt_ids
+from .chat_template import TokenizerPool, render_prompt_ids
 from .decoding import openai_fields
 from .port import (Abilities, ChatMessages, ChatModel, GenerationFailed, GenerationTimeout, ModelKind,
                    RenderedPrompt)
@@ -41,15 +41,19 @@ class RemoteTokenCounter:
     def __init__(self, thinking: bool, tokenizer=None):
         self.thinking = thinking
         self.exact = tokenizer is not None
-        self._tokenizers = PerThreadTokenizer(tokenizer) if tokenizer is not None else None
+        self._tokenizers = TokenizerPool(tokenizer) if tokenizer is not None else None
 
     def count(self, messages: ChatMessages) -> int:
         if self._tokenizers is None:
             return estimate_tokens(messages)
-        return len(render_prompt_ids(self._tokenizers.get(), messages, enable_thinking=self.thinking))
+        with self._tokenizers.borrowed() as tokenizer:
+            return len(render_prompt_ids(tokenizer, messages, enable_thinking=self.thinking))
 
     def output_tokens(self, text: str) -> int | None:
-        return None if self._tokenizers is None else len(self._tokenizers.get().encode(text, add_special_tokens=False))
+        if self._tokenizers is None:
+            return None
+        with self._tokenizers.borrowed() as tokenizer:
+            return len(tokenizer.encode(text, add_special_tokens=False))
 
 
 def estimate_tokens(messages: ChatMessages) -> int:

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, 
 from ..config import GenerationSettings, ModelSettings
 from . import embedded
 from .adapters import NO_ADAPTERS, AdapterProblem, Adapters, plan_adapters
-from .chat_template import PerThreadTokenizer, render_prompt_ids
+from .chat_template import TokenizerPool, render_prompt_ids
 from .decoding import generate_arguments
 from .port import ChatMessages, RenderedPrompt
 from .worker import Emit, StopSignal
@@ -48,7 +48,7 @@ class TransformersBackend:
         self.model = model  # a peft model holding every adapter when there are any
         self.adapters = adapters
         self.tokenizer = tokenizer  # the model thread's: decoding as it generates
-        self._tokenizers = PerThreadTokenizer(tokenizer)  # for render and output_tokens, from any thread
+        self._tokenizers = TokenizerPool(tokenizer)  # for render and output_tokens, from any thread
         self.name = name
         self.thinking = thinking
         self.context_tokens = context_tokens or _model_context_length(model)
@@ -57,11 +57,13 @@ class TransformersBackend:
     def render(self, messages: ChatMessages) -> RenderedPrompt:
         """The prompt's token ids, built by the model's own chat template. Message contents are
         always plain text: control tokens typed by a user cannot open or end a turn."""
-        ids = render_prompt_ids(self._tokenizers.get(), messages, enable_thinking=self.thinking)
+        with self._tokenizers.borrowed() as tokenizer:
+            ids = render_prompt_ids(tokenizer, messages, enable_thinking=self.thinking)
         return RenderedPrompt(messages, len(ids), tuple(ids))
 
     def output_tokens(self, text: str) -> int:
-        return len(self._tokenizers.get().encode(text, add_special_tokens=False))
+        with self._tokenizers.borrowed() as tokenizer:
+            return len(tokenizer.encode(text, add_special_tokens=False))
 
     def lora_arguments(self, loras: list[str | None]) -> dict:
         """The forward/generate argument that runs each row with its own adapter (None: the base
