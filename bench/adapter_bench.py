@@ -7,6 +7,7 @@ prompts; the median step of 32, best of three runs; one torch thread."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import statistics
 import tempfile
@@ -65,15 +66,24 @@ async def main() -> None:
                                           Path(folder) / "pirate", adapter_name="pirate")
         tuned.load_adapter(Path(folder) / "poet", adapter_name="poet")
         tuned.eval()
+    def one_adapter(name):  # peft's single-adapter path, as the engine runs a batch all on one adapter
+        tuned.set_adapter(name)
+        return contextlib.nullcontext()
+
     cases = {
-        "no adapters (model not wrapped)": (plain, None),
-        "adapters loaded, every row on the base model": (tuned, ["__base__"] * BATCH),
-        "every row on one adapter": (tuned, ["pirate"] * BATCH),
-        "rows on two adapters and the base": (tuned, ["pirate"] * 3 + ["poet"] * 3 + ["__base__"] * 2),
+        "no adapters (model not wrapped)": (plain, None, contextlib.nullcontext),
+        "adapters loaded, every row on the base (mixed path)": (tuned, ["__base__"] * BATCH, contextlib.nullcontext),
+        "adapters loaded, every row on the base (disabled)": (tuned, None, tuned.disable_adapter),
+        "every row on one adapter (mixed path)": (tuned, ["pirate"] * BATCH, contextlib.nullcontext),
+        "every row on one adapter (single-adapter path)": (tuned, None, lambda: one_adapter("pirate")),
+        "rows on two adapters and the base": (tuned, ["pirate"] * 3 + ["poet"] * 3 + ["__base__"] * 2,
+                                              contextlib.nullcontext),
     }
-    best = {name: min(_step_ms(model, plain.config, names) for _ in range(RUNS))
-            for name, (model, names) in cases.items()}
+    best = {}
+    for name, (model, names, context) in cases.items():
+        with context():
+            best[name] = min(_step_ms(model, plain.config, names) for _ in range(RUNS))
     plain_ms = best["no adapters (model not wrapped)"]
     print(f"Adapters: one decode step, batch {BATCH}, {PROMPT_TOKENS}-token prompts, 1 torch thread")
     for name, ms in best.items():
-        print(f"  {name:46s} {ms:6.1f} ms  {ms / plain_ms:5.2f}x")
+        print(f"  {name:52s} {ms:6.1f} ms  {ms / plain_ms:5.2f}x")

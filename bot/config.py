@@ -61,7 +61,8 @@ class ModelSettings:
 class EngineSettings:
     batching: bool = setting(True, "serve many channels at once with the batching engine "
                              "(false: one reply at a time, with transformers' own generate)")
-    max_batch: int = setting(8, "replies written at the same time", low=1, high=256)
+    max_batch: int = setting(0, "replies written at the same time, each in a key/value slot of its own "
+                             "(0: from the device, 64 on a GPU, 8 on a CPU)", low=0, high=1024)
     max_waiting: int = setting(64, "replies that may wait for a place; past this, users are told the bot is busy",
                                low=0, high=100_000)
     cache_budget_mb: int = setting(1024, "memory for the channels' kept prompt caches (on the model's device), in MiB",

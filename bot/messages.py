@@ -98,6 +98,7 @@ STATUS_BACKEND_BATCHING = "local batching engine (up to {max_batch} replies at o
 STATUS_BACKEND_WORKER = "local one-at-a-time worker"
 STATUS_BACKEND_REMOTE = "OpenAI-compatible server at {url}"
 STATUS_PROMPT_CACHES = "Prompt caches kept: {count:,} channel(s)"
+STATUS_SLOTS = "Slots in use: {used} of {slots}"
 STATUS_SHARD = "Shard: {shard} of {count}"
 STATUS_UNSHARDED = "Shard: none (one connection for every server)"
 STATUS_SERVERS = "Servers: {count:,}"

@@ -46,6 +46,12 @@ class Metrics(Observer):
         self.queue_depth = Gauge(
             "smolbot_queue_depth", "Replies waiting for the model: asked for, no text yet (waiting for a "
             "place, or their prompt being read)", registry=registry)
+        self.model_slots = Gauge(
+            "smolbot_model_slots", "Replies the model can write at once (the batching engine's slots; 1 for the "
+            "one-at-a-time worker; 0 for a remote server, which decides)", registry=registry)
+        self.model_slots_in_use = Gauge(
+            "smolbot_model_slots_in_use", "Replies the model is reading or writing now, as the model counts them",
+            registry=registry)
         self.active_generations = Gauge(
             "smolbot_active_generations", "Replies the model is writing now", registry=registry)
         self.replies_in_progress = Gauge(
@@ -77,7 +83,10 @@ class Metrics(Observer):
         self.queue_depth.set_function(lambda: service.load().waiting)
         self.active_generations.set_function(lambda: service.load().writing)
         self.replies_in_progress.set_function(lambda: service.load().in_progress)
-        self._count_tokens = output_token_counter(service.model)
+        model = service.model
+        self.model_slots.set(model.abilities.max_batch)
+        self.model_slots_in_use.set_function(lambda: model.load().active)
+        self._count_tokens = output_token_counter(model)
 
     def reply_done(self, trace: ReplyTrace) -> None:
         super().reply_done(trace)

@@ -19,8 +19,11 @@ def status_text(model: ChatModel, load: Load, observer: Observer, extra_lines: t
         queue=load.waiting + load.writing, waiting=load.waiting, writing=load.writing,
         uptime=format_duration(observer.uptime()), answered=observer.outcomes["answered"],
         refused=observer.outcomes["refused"], failed=observer.outcomes["failed"])]
+    model_load = model.load()
+    if model.abilities.kind is ModelKind.BATCHING:
+        lines.append(messages.STATUS_SLOTS.format(used=model_load.active, slots=model.abilities.max_batch))
     if model.abilities.channel_caches:
-        lines.append(messages.STATUS_PROMPT_CACHES.format(count=model.load().cached_channels))
+        lines.append(messages.STATUS_PROMPT_CACHES.format(count=model_load.cached_channels))
     return "\n".join([*lines, *extra_lines])
 
 

@@ -20,10 +20,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bot.config import GenerationSettings
 from bot.core.cleaning import clean_reply
+from bot.llm.batch_runner import BatchRunner
 from bot.llm.engine import BatchingEngine
 from bot.core.tokens import common_prefix_length
-from bot.llm.kv_cache import PrefixCache, RunningBatch
-from bot.llm.sampling import IncrementalText
+from bot.llm.kv_cache import PrefixCache
+from bot.llm.detokenize import IncrementalText
 from bot.llm.transformers_backend import TransformersBackend
 from bot.llm.port import GenerationFailed, GenerationTimeout, ModelBusy
 from tests.support.models import generate, kept_bytes, stream
@@ -68,25 +69,35 @@ def varied_backend(tiny_smollm3_dir) -> TransformersBackend:
     return load_tiny(tiny_smollm3_dir, weight_scale=10.0)
 
 
-class SteeredEngine(BatchingEngine):
-    """The engine, with two test controls on one channel's row as it chooses its fourth token
-    (three already sent): `failing_channel` raises there (a fault inside one row's step);
-    `held_channel` holds the engine thread there until `release` is set, so that an answer is
-    certainly still being written, whatever this machine's speed, until the test says so."""
+class SteeredRunner(BatchRunner):
+    """The engine thread's runner, with two test controls on one channel's row as it takes its
+    fourth token (three already sent): `failing_channel` raises there (a fault inside one row's
+    step); `held_channel` holds the engine thread there until `release` is set, so that an answer
+    is certainly still being written, whatever this machine's speed, until the test says so."""
 
+    def __init__(self, engine, *args, **options):
+        super().__init__(*args, **options)
+        self.engine = engine
+
+    def _take_token(self, row, token):
+        if row.generated == 3 and row.request.cache_key is not None:
+            if row.request.cache_key == self.engine.failing_channel:
+                raise RuntimeError("simulated fault")
+            if row.request.cache_key == self.engine.held_channel:
+                self.engine.release.wait(timeout=120)  # the limit only guards against a hung test
+        super()._take_token(row, token)
+
+
+class SteeredEngine(BatchingEngine):
     failing_channel = held_channel = None
 
     def __init__(self, *args, **options):
-        super().__init__(*args, **options)
         self.release = threading.Event()
+        super().__init__(*args, **options)
 
-    def _choose_token(self, row, logits):
-        if row.generated == 3 and row.request.cache_key is not None:
-            if row.request.cache_key == self.failing_channel:
-                raise RuntimeError("simulated fault")
-            if row.request.cache_key == self.held_channel:
-                self.release.wait(timeout=120)  # the limit only guards against a hung test
-        return super()._choose_token(row, logits)
+    def _new_runner(self):
+        return SteeredRunner(self, self.backend, max_batch=self.max_batch, prefix_cache=self.prefix_cache,
+                             prefill_chunk_tokens=self.prefill_chunk_tokens, counters=self.counters)
 
 
 @pytest.fixture
@@ -120,6 +131,37 @@ async def test_answers_decoded_together_equal_answers_decoded_alone(varied_backe
     assert together == alone
     assert len(set(alone)) == len(alone)  # different prompts, different answers: the rows did not mix
     assert engine.counters.largest_batch == len(PROMPTS)
+
+
+async def test_rows_joining_and_leaving_mid_way_answer_as_model_generate_alone(varied_backend, make_engine):
+    """Three slots for eight replies of different lengths, each started once the previous one has
+    begun: rows join a batch already decoding, leave at different steps, and their slots are taken
+    again, while every answer stays transformers' own generate() for that prompt alone."""
+    from bot.llm.worker import ModelWorker
+
+    engine = make_engine(varied_backend, max_batch=3)
+    cases = [(PROMPTS[i % 4], dataclasses.replace(GREEDY if i % 2 else PENALISED, max_new_tokens=4 + 3 * i))
+             for i in range(8)]
+    reference = ModelWorker(varied_backend, timeout_s=120)  # model.generate, one prompt at a time
+    try:
+        expected = [await generate(reference, prompt, params) for prompt, params in cases]
+    finally:
+        reference.close()
+    tasks = []
+    for prompt, params in cases:
+        begun = asyncio.Event()
+        tasks.append(asyncio.create_task(collect_after(stream(engine, prompt, params), begun)))
+        await asyncio.wait([asyncio.create_task(begun.wait()), tasks[-1]], return_when=asyncio.FIRST_COMPLETED)
+    assert await asyncio.gather(*tasks) == expected
+    assert engine.counters.largest_batch == 3
+
+
+async def collect_after(pieces, begun: asyncio.Event) -> str:
+    text = ""
+    async for piece in pieces:
+        text += piece
+        begun.set()
+    return text
 
 
 async def test_eager_attention_answers_like_sdpa_alone_and_in_a_batch(varied_backend, tiny_smollm3_dir,
@@ -234,27 +276,35 @@ def test_common_prefix_length():
     assert common_prefix_length([], [1]) == 0
 
 
-def test_rows_of_different_lengths_are_left_padded_and_leave_cleanly():
-    batch = RunningBatch(config=None)
-    for length, fill in ((3, 1.0), (5, 2.0), (2, 3.0)):
-        batch.add(_fake_cache(length, fill))
-    assert batch.pads == [2, 0, 3] and batch.length == 5
-    mask, positions = batch.step_inputs("cpu")
-    assert mask.tolist() == [[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1]]
-    assert positions.flatten().tolist() == [3, 5, 2]
-    keys, _ = batch.row_layers(2)[0]
-    assert keys.shape[2] == 2 and bool((keys == 3.0).all())
-    batch.remove([1])  # the longest row leaves: the columns nobody needs are cut
-    assert batch.pads == [0, 1] and batch.length == 3
-    assert bool((batch.row_layers(0)[0][0] == 1.0).all()) and bool((batch.row_layers(1)[0][0] == 3.0).all())
+def test_slots_hold_rows_in_place_and_a_step_masks_by_their_lengths():
+    from types import SimpleNamespace
 
+    from bot.llm.slots import SlotCache
 
-def _fake_cache(length: int, fill: float):
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    cache.update(torch.full((1, 2, length, 4), fill), torch.full((1, 2, length, 4), fill), 0)
-    return cache
+    config = SimpleNamespace(num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, hidden_size=8)
+    slots = SlotCache(config, slots=3, max_tokens=1000, device="cpu", dtype=torch.float32)
+    a, b, c = slots.take(), slots.take(), slots.take()
+    assert (a, b, c) == (0, 1, 2) and slots.take() is None
+    for slot, length, fill in ((a, 3, 1.0), (b, 5, 2.0)):  # prefill: the new tokens' keys land in place
+        positions, mask = slots.prefill_inputs(slot, length)
+        assert positions.tolist() == [list(range(length))] and mask.shape == (1, 1, length, length + 1)
+        slots.update(torch.full((1, 1, length, 4), fill), torch.full((1, 1, length, 4), fill), 0)
+    slots.start_decoding(a)
+    slots.start_decoding(b)
+    slots.give_back(c)  # left before decoding: nothing moves
+    assert slots.top() == 2 and slots.lengths[:2] == [3, 5]
+    positions, mask = slots.decode_inputs(slots.top())
+    assert positions.flatten().tolist() == [3, 5]
+    allowed = (mask[:, 0, 0] == 0).tolist()  # columns: scratch, then one per token, the new one included
+    assert allowed == [[False, True, True, True, True, False, False], [False, True, True, True, True, True, True]]
+    keys, _ = slots.update(torch.full((2, 1, 1, 4), 9.0), torch.full((2, 1, 1, 4), 9.0), 0)
+    slots.advance()
+    assert slots.lengths[:2] == [4, 6] and keys[0, 0, 4, 0] == 9.0 and keys[1, 0, 6, 0] == 9.0
+    assert bool((keys[0, 0, 1:4] == 1.0).all()) and bool((keys[1, 0, 1:6] == 2.0).all())
+    slots.give_back(a)  # a row leaves: the other keeps its slot and its keys where they are
+    positions, mask = slots.decode_inputs(slots.top())
+    assert (mask[0, 0, 0] == 0).tolist()[:2] == [True, False]  # a free slot in range attends its scratch only
+    assert bool((slots.copy_out(b)[0][0][0, 0, :5] == 2.0).all())
 
 
 # Streaming ---------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 
 from bot.config import GenerationSettings
 from bot.llm import transformers_backend
-from bot.llm.decoding import generate_arguments, logits_processors, openai_fields
+from bot.llm.decoding import SamplingRow, generate_arguments, openai_fields, sampling_row
 from bot.llm.openai_backend import OpenAICompatibleModel, RemoteTokenCounter
 from bot.llm.port import ModelKind
 from bot.service import ChatService
@@ -75,7 +75,8 @@ def test_every_greedy_setting_translates_to_greedy_everywhere(params):
     assert generate_arguments(params)["do_sample"] is False
     assert "temperature" not in generate_arguments(params)  # transformers warns about it when greedy
     assert openai_fields(params, send_repetition_penalty=False)["temperature"] == 0.0
-    assert [type(p).__name__ for p in logits_processors(params)] == []
+    assert sampling_row(params).greedy and sampling_row(params).temperature == 1.0
+    assert sampling_row(params).top_p_cut == 0.0
 
 
 def test_sampling_settings_translate_to_each_backends_names():
@@ -86,5 +87,4 @@ def test_sampling_settings_translate_to_each_backends_names():
     assert openai_fields(hot, send_repetition_penalty=True) == {"max_tokens": 50, "temperature": 0.8,
                                                                 "top_p": 0.9, "repetition_penalty": 1.2}
     assert "repetition_penalty" not in openai_fields(hot, send_repetition_penalty=False)
-    assert [type(p).__name__ for p in logits_processors(hot)] == [
-        "RepetitionPenaltyLogitsProcessor", "TemperatureLogitsWarper", "TopPLogitsWarper"]
+    assert sampling_row(hot) == SamplingRow(greedy=False, temperature=0.8, top_p_cut=1.0 - 0.9, penalty=1.2)

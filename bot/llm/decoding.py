@@ -13,6 +13,8 @@ No torch at import: the remote backend uses this module too.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..config import GenerationSettings
 
 
@@ -29,21 +31,24 @@ def generate_arguments(params: GenerationSettings) -> dict:
     return arguments
 
 
-def logits_processors(params: GenerationSettings):
-    """transformers' own processors for the batching engine's per-row choice, in the order
-    `generate()` applies them: repetition penalty, then temperature, then top-p."""
-    from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
-                              TopPLogitsWarper)
+@dataclass(frozen=True)
+class SamplingRow:
+    """A reply's settings as the batching engine's sampler (bot/llm/batch_sampler.py) applies them,
+    in transformers' order and arithmetic: repetition penalty, temperature, top-p."""
 
-    processors = LogitsProcessorList()
-    if params.repetition_penalty != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
-    if not is_greedy(params):
-        if params.temperature != 1.0:
-            processors.append(TemperatureLogitsWarper(float(params.temperature)))
-        if params.top_p < 1.0:
-            processors.append(TopPLogitsWarper(params.top_p))
-    return processors
+    greedy: bool
+    temperature: float  # 1.0 for greedy rows: dividing by 1.0 changes nothing
+    top_p_cut: float  # the probability mass top-p removes, 1 - top_p; 0: none (greedy rows, top_p >= 1)
+    penalty: float  # 1.0: none
+
+
+def sampling_row(params: GenerationSettings) -> SamplingRow:
+    greedy = is_greedy(params)
+    # The cut is computed in Python (double) as transformers computes it, so that a float32
+    # comparison cuts where transformers' own TopPLogitsWarper does.
+    cut = 0.0 if greedy or params.top_p >= 1.0 else 1.0 - float(params.top_p)
+    return SamplingRow(greedy, 1.0 if greedy else float(params.temperature), cut,
+                       float(params.repetition_penalty))
 
 
 def openai_fields(params: GenerationSettings, *, send_repetition_penalty: bool) -> dict:

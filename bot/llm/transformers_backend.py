@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
+from typing import Iterator
 import warnings
 from pathlib import Path
 
@@ -53,6 +55,7 @@ class TransformersBackend:
         self.thinking = thinking
         self.context_tokens = context_tokens or _model_context_length(model)
         self.stop_ids = _stop_token_ids(model, tokenizer)
+        self._active_adapter: str | None = None  # unknown until the first single-adapter batch switches
 
     def render(self, messages: ChatMessages) -> RenderedPrompt:
         """The prompt's token ids, built by the model's own chat template. Message contents are
@@ -65,24 +68,45 @@ class TransformersBackend:
         with self._tokenizers.borrowed() as tokenizer:
             return len(tokenizer.encode(text, add_special_tokens=False))
 
-    def lora_arguments(self, loras: list[str | None]) -> dict:
-        """The forward/generate argument that runs each row with its own adapter (None: the base
-        model), peft's mixed-adapter batch; nothing at all when no adapter is loaded."""
-        return {"adapter_names": [lora or PEFT_BASE for lora in loras]} if self.adapters.any else {}
+    @contextmanager
+    def adapters_for(self, loras: list[str | None]) -> Iterator[dict]:
+        """Run a forward with each row on its own adapter (None: the base model); yields the
+        forward's extra arguments. Rows that all share one adapter (or all none) run peft's
+        single-adapter path, the adapter switched on for the batch; only a mix of adapters
+        needs the mixed-batch path (`adapter_names`), where every LoRA layer splits the batch
+        by adapter in Python. Nothing at all when no adapter is loaded."""
+        if not self.adapters.any:
+            yield {}
+            return
+        chosen = set(loras)
+        if len(chosen) > 1:
+            yield {"adapter_names": [lora or PEFT_BASE for lora in loras]}
+        elif None in chosen:
+            with self.model.disable_adapter():
+                yield {}
+        else:
+            self._switch_to(chosen.pop())
+            yield {}
+
+    def _switch_to(self, adapter: str) -> None:
+        if self._active_adapter != adapter:  # peft walks every layer to switch: only on a change
+            self.model.set_adapter(adapter)
+            self._active_adapter = adapter
 
     def generate_stream(self, prompt: RenderedPrompt, params: GenerationSettings, should_stop: StopSignal,
                         emit: Emit, lora: str | None) -> None:
         """One reply with transformers' generate(), emitted whole; `lora` is the adapter (None: the base model)."""
         input_ids = torch.tensor([prompt.token_ids], device=self.model.device)
-        output = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            stopping_criteria=StoppingCriteriaList([_StopWhenAsked(should_stop)]),
-            pad_token_id=self.tokenizer.pad_token_id or self.stop_ids[0],
-            eos_token_id=self.stop_ids,
-            **generate_arguments(params),
-            **self.lora_arguments([lora]),
-        )
+        with self.adapters_for([lora]) as lora_arguments:
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                stopping_criteria=StoppingCriteriaList([_StopWhenAsked(should_stop)]),
+                pad_token_id=self.tokenizer.pad_token_id or self.stop_ids[0],
+                eos_token_id=self.stop_ids,
+                **generate_arguments(params),
+                **lora_arguments,
+            )
         emit(self.decode(output[0, input_ids.shape[1]:].tolist()))
 
     def decode(self, token_ids: list[int]) -> str:

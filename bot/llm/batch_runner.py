@@ -1,0 +1,299 @@
+"""The engine thread's work: prefill new requests, decode every row together, retire rows.
+
+A round (BatchRunner.round, called by the engine thread while there is work):
+
+1. rows whose caller stopped listening leave (their computed keys/values are kept for the
+   channel);
+2. prefill: requests that took a slot run their prompt into it, at most
+   `prefill_chunk_tokens` a round (oldest first), so a long prompt does not stall the rows
+   already answering; a channel's kept prefix is copied into the slot first, and only the
+   rest of the prompt is run;
+3. decode: one forward for the slots [0, top), one token for each decoding row; all rows'
+   next tokens are chosen at once on the device (BatchSampler) and read back in one copy;
+   finished, failed and cancelled rows give their slot back at once.
+
+Keys/values live in fixed slots (bot/llm/slots.py): nothing is concatenated or copied when
+rows join or leave. Text is detokenized incrementally (bot/llm/detokenize.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+import torch
+
+from ..core.tokens import common_prefix_length
+from .batch_sampler import BatchSampler
+from .kv_cache import PrefixCache
+from .port import GenerationError, GenerationFailed
+from .detokenize import IncrementalText
+from .slots import SlotCache
+from .transformers_backend import TransformersBackend
+
+log = logging.getLogger(__name__)
+
+# What the engine thread sends to a waiting caller.
+DELTA, DONE, ERROR = "delta", "done", "error"
+
+
+@dataclass
+class EngineCounters:
+    """Running totals, for benchmarks and operators."""
+
+    prefilled_tokens: int = 0  # prompt tokens run through the model
+    reused_tokens: int = 0  # prompt tokens taken from a channel's kept cache instead
+    generated_tokens: int = 0
+    largest_batch: int = 0
+    decode_steps: int = 0
+    host_reads: int = 0  # device-to-host copies of chosen tokens (one per decode step)
+
+
+@dataclass
+class _Row:
+    """A request in a slot: prefilling while `done` < the prompt's length, then decoding."""
+
+    request: object  # engine._Request
+    slot: int
+    cache_ids: list[int]  # the tokens whose keys/values are in the slot, in order
+    max_new_tokens: int
+    text: IncrementalText
+    done: int = 0  # prompt tokens in the slot
+    generated: int = 0
+    finished: bool = False
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return self.request.prompt_ids
+
+
+class BatchRunner:
+    """Owned by the engine thread alone."""
+
+    def __init__(self, backend: TransformersBackend, *, max_batch: int, prefix_cache: PrefixCache,
+                 prefill_chunk_tokens: int, counters: EngineCounters):
+        self.backend = backend
+        self.model = backend.model
+        config = self.model.config
+        device, dtype = self.model.device, self.model.dtype
+        self.slots = SlotCache(config, max_batch, backend.context_tokens, device, dtype)
+        self.sampler = BatchSampler(max_batch, config.vocab_size, device)
+        self.prefix_cache = prefix_cache
+        self.prefill_chunk_tokens = prefill_chunk_tokens
+        self.counters = counters
+        self.stop_ids = set(backend.stop_ids)
+        self._prefills: deque[_Row] = deque()
+        self._decoding: dict[int, _Row] = {}  # by slot
+        self._next_tokens = torch.zeros(max_batch, dtype=torch.long, device=device)  # chosen, not yet run
+        self.outbox = Outbox()
+
+    @property
+    def active(self) -> int:
+        return len(self._prefills) + len(self._decoding)
+
+    # Joining ------------------------------------------------------------------------
+
+    def start(self, request, max_new_tokens: int) -> None:
+        """A request takes a slot (the engine admits no more than there are slots)."""
+        slot = self.slots.take()
+        # Held back: a trailing start of a special token's text, which decode removes once whole.
+        text = IncrementalText(self.backend.decode, hold=self.backend.tokenizer.all_special_tokens)
+        row = _Row(request, slot, [], max_new_tokens, text)
+        try:
+            row.done = self._reuse_kept_prefix(row)
+        except Exception as error:
+            self._leave(row, error=error)
+            return
+        row.cache_ids = list(row.prompt_ids[:row.done])
+        self.counters.reused_tokens += row.done
+        self._prefills.append(row)
+
+    def _reuse_kept_prefix(self, row: _Row) -> int:
+        """Copy the channel's kept keys/values for the longest common token prefix into the slot
+        (the chat template may render the previous answer differently from how it was generated,
+        so only token equality counts). Keys/values computed under another adapter are dropped.
+        Returns the prompt tokens reused; the last prompt token is always run (its logits choose
+        the first answer token)."""
+        request = row.request
+        kept = self.prefix_cache.take(request.cache_key) if request.cache_key is not None else None
+        if not kept or kept.lora != request.lora:
+            return 0
+        reused = min(common_prefix_length(kept.token_ids, row.prompt_ids), len(row.prompt_ids) - 1)
+        if reused > 0:
+            self.slots.load(row.slot, kept.layers, reused)
+        return max(reused, 0)
+
+    # A round -----------------------------------------------------------------------------
+
+    def round(self) -> None:
+        try:
+            self._drop_cancelled()
+            self._prefill_some()
+            if self._decoding:
+                self._decode_step()
+        finally:
+            self.outbox.flush()
+
+    def _drop_cancelled(self) -> None:
+        for row in [r for r in self._prefills if r.request.cancelled]:
+            self._prefills.remove(row)
+            self._leave(row, keep=True)
+        for row in [r for r in self._decoding.values() if r.request.cancelled]:
+            self._leave(row, keep=True)
+
+    def _prefill_some(self) -> None:
+        """Run up to prefill_chunk_tokens prompt tokens, oldest request first."""
+        budget = self.prefill_chunk_tokens
+        while self._prefills and budget > 0:
+            row = self._prefills[0]
+            chunk = row.prompt_ids[row.done:row.done + budget]
+            try:
+                logits = self._forward_prefill(row, chunk)
+            except Exception as error:
+                self._prefills.popleft()
+                self._leave(row, error=error)
+                continue
+            row.done += len(chunk)
+            row.cache_ids.extend(chunk)
+            budget -= len(chunk)
+            self.counters.prefilled_tokens += len(chunk)
+            if row.done == len(row.prompt_ids):
+                self._prefills.popleft()
+                self._start_decoding(row, logits)
+
+    def _forward_prefill(self, row: _Row, chunk: list[int]) -> torch.Tensor:
+        device = self.model.device
+        positions, mask = self.slots.prefill_inputs(row.slot, len(chunk))
+        with self.backend.adapters_for([row.request.lora]) as lora_arguments:
+            output = self.model(input_ids=torch.tensor([chunk], device=device), position_ids=positions,
+                                attention_mask=mask, cache=self.slots, use_cache=True, logits_to_keep=1,
+                                **lora_arguments)
+        return output.logits[:, -1]
+
+    def _start_decoding(self, row: _Row, logits: torch.Tensor) -> None:
+        self.sampler.add(row.slot, row.request.params, row.prompt_ids)
+        try:
+            token = self.sampler.choose(logits, [row.slot])
+            self._next_tokens[row.slot] = token[0]
+            self._take_token(row, token.item())
+        except Exception as error:
+            self._leave(row, error=error)
+            return
+        if not row.finished:
+            self.slots.start_decoding(row.slot)
+            self._decoding[row.slot] = row
+            self.counters.largest_batch = max(self.counters.largest_batch, len(self._decoding))
+
+    def _decode_step(self) -> None:
+        """One token for every decoding row, in one forward over the slots [0, top)."""
+        top = self.slots.top()
+        rows = [self._decoding[slot] for slot in sorted(self._decoding)]
+        try:
+            positions, mask = self.slots.decode_inputs(top)
+            # A slot in range that does not decode runs with any row's adapter: its output is unused,
+            # and a batch all on one adapter keeps peft's single-adapter path.
+            loras = [(self._decoding.get(s) or rows[0]).request.lora for s in range(top)]
+            with self.backend.adapters_for(loras) as lora_arguments:
+                output = self.model(input_ids=self._next_tokens[:top, None], position_ids=positions,
+                                    attention_mask=mask, cache=self.slots, use_cache=True, logits_to_keep=1,
+                                    **lora_arguments)
+            self.slots.advance()
+            slots = [row.slot for row in rows]
+            slot_index = self.sampler.index(slots)
+            logits = output.logits[:, -1] if len(slots) == top else output.logits[slot_index, -1]  # no gather: all decode
+            tokens = self.sampler.choose(logits, slots)
+            self._next_tokens[slot_index] = tokens
+            chosen = tokens.tolist()  # the one device-to-host read of the step
+        except Exception as error:
+            # One forward serves every row, so every row fails; the engine goes on for the next requests.
+            for row in rows:
+                self._leave(row, error=error)
+            return
+        self.counters.decode_steps += 1
+        self.counters.host_reads += 1
+        for row in rows:
+            row.cache_ids.append(row.text.token_ids[-1])  # the token this step ran is in the slot now
+        self._take_tokens(rows, chosen)
+
+    def _take_tokens(self, rows: list[_Row], tokens: list[int]) -> None:
+        """Pass each row's new token on; a row that fails here leaves alone, the others go on."""
+        for row, token in zip(rows, tokens):
+            try:
+                self._take_token(row, token)
+            except Exception as error:
+                self._leave(row, error=error)
+
+    def _take_token(self, row: _Row, token: int) -> None:
+        """Pass the token on as text; a finished row leaves, its cache kept for the channel."""
+        row.generated += 1
+        self.counters.generated_tokens += 1
+        delta = row.text.push(token)
+        if delta:
+            self.outbox.post(row.request, DELTA, delta)
+        if token in self.stop_ids or row.generated >= row.max_new_tokens:
+            row.finished = True
+            delta = row.text.finish()
+            if delta:
+                self.outbox.post(row.request, DELTA, delta)
+            self._leave(row, keep=True)
+            self.outbox.post(row.request, DONE, None)
+
+    # Leaving --------------------------------------------------------------------------------
+
+    def _leave(self, row: _Row, *, keep: bool = False, error: Exception | None = None) -> None:
+        """The row gives its slot back; with `keep`, what the slot holds is kept for the channel."""
+        self._decoding.pop(row.slot, None)
+        if keep and row.request.cache_key is not None and row.cache_ids:
+            self.prefix_cache.put(row.request.cache_key, row.cache_ids, self.slots.copy_out(row.slot),
+                                  row.request.lora)
+        self.sampler.remove(row.slot)
+        self.slots.give_back(row.slot)
+        if error is not None:
+            self.outbox.post(row.request, ERROR, failure_for(error))
+
+    def fail_all(self, error: Exception) -> None:
+        for row in [*self._prefills, *self._decoding.values()]:
+            self._leave(row, error=error)
+        self._prefills.clear()
+        self.outbox.flush()
+
+
+class Outbox:
+    """What a round has for the callers, handed to their event loop in one call per round:
+    waking a loop costs a write to its self-pipe, too much to pay for every token of every row."""
+
+    def __init__(self) -> None:
+        self._by_loop: dict[object, list[tuple[object, tuple[str, object]]]] = {}
+
+    def post(self, request, kind: str, value: object) -> None:
+        self._by_loop.setdefault(request.loop, []).append((request.events, (kind, value)))
+
+    def flush(self) -> None:
+        by_loop, self._by_loop = self._by_loop, {}
+        for loop, events in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, events)
+            except RuntimeError:  # that event loop is closed: nobody is listening
+                pass
+
+
+def _deliver(events) -> None:
+    for queue, event in events:
+        queue.put_nowait(event)
+
+
+def fail(request, error: Exception) -> None:
+    request.send(ERROR, failure_for(error))
+
+
+def failure_for(error: Exception) -> GenerationError:
+    """What the caller is told: a fresh GenerationError (never one instance for several callers)."""
+    if isinstance(error, GenerationError):
+        # A fresh instance per caller: one exception raised in several tasks would share a traceback.
+        failure = type(error)(str(error))
+    else:
+        log.error("the model failed while generating", exc_info=error)
+        failure = GenerationFailed(f"The model failed while writing a reply ({type(error).__name__}).")
+        failure.__cause__ = error
+    return failure
+

@@ -1,0 +1,197 @@
+"""The batching engine's key/value cache: one fixed slot per row, allocated once.
+
+Every layer holds keys and values as [slots, kv_heads, columns, head_dim]. A request takes
+a free slot for its whole life (prefill, then decode) and gives it back when it ends;
+nothing is concatenated, padded or copied when rows join or leave. A decode step runs
+the slots [0, top) together, top being one past the highest slot in use (free slots are
+taken lowest first, so that range stays tight).
+
+Column 0 of every slot is scratch: a slot that is in the range but not decoding (free, or
+still being prefilled) writes its step's throwaway key there and attends to it alone, so
+its output is finite and its real columns are untouched. A slot's token at position p
+lives in column p + 1. The attention mask of a step is made by two comparisons against
+the slots' lengths (a tensor on the device), never rebuilt row by row in Python.
+
+The object is handed to the model as its `cache`: transformers' attention layers call
+`update(keys, values, layer_idx)` with the new tokens' keys/values and attend to what it
+returns, and a 4D mask passed by the caller is used as it is (masking_utils).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+LayerKV = tuple[torch.Tensor, torch.Tensor]  # (keys, values) of one layer, [1, kv_heads, tokens, head_dim]
+
+FIRST_COLUMNS = 256  # columns a slot starts with; doubled (one copy) when a row needs more
+
+
+class UnsupportedModel(Exception):
+    """The model is not a plain full-attention transformer (sliding windows, linear attention)."""
+
+
+def kv_shape(config) -> tuple[int, int, int]:
+    """(layers, kv_heads, head_dim) of a decoder config; refuses layer kinds slots cannot hold."""
+    kinds = set(getattr(config, "layer_types", None) or ["full_attention"])
+    if getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None):
+        kinds.add("sliding_attention")
+    if kinds != {"full_attention"}:
+        raise UnsupportedModel(f"the batching engine needs full-attention layers only (found {', '.join(sorted(kinds))})")
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return config.num_hidden_layers, getattr(config, "num_key_value_heads", None) or heads, head_dim
+
+
+class SlotCache:
+    def __init__(self, config, slots: int, max_tokens: int, device, dtype: torch.dtype):
+        self.layers, self.kv_heads, self.head_dim = kv_shape(config)
+        self.slots = slots
+        self.max_columns = max_tokens + 1  # the scratch column and the longest row
+        self.device, self.dtype = torch.device(device), dtype
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self._allocate(min(FIRST_COLUMNS, self.max_columns))
+        self.lengths = [0] * slots  # tokens stored per slot (host side: the engine's bookkeeping)
+        # The same on the device, with which slots decode: a step's mask and positions are
+        # computed from these, and they change by small in-place updates, not rebuilt per step.
+        self.length_tensor = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self.decoding = torch.zeros(slots, dtype=torch.bool, device=self.device)
+        self._decoding_slots: set[int] = set()
+        self._free = list(range(slots))
+        # Set by prepare() for the next forward:
+        self._rows = slice(0, 0)
+        self._write_at: torch.Tensor | None = None  # [rows, new tokens]: the column of each new token
+        self._row_index: torch.Tensor | None = None
+        self._kv_columns = 0
+
+    @property
+    def columns(self) -> int:
+        return self.keys[0].shape[2]
+
+    # Slots ------------------------------------------------------------------------
+
+    def take(self) -> int | None:
+        """The lowest free slot (None when every slot is taken)."""
+        if not self._free:
+            return None
+        self._free.sort()
+        slot = self._free.pop(0)
+        self._set_length(slot, 0)
+        return slot
+
+    def give_back(self, slot: int) -> None:
+        self.stop_decoding(slot)
+        self._set_length(slot, 0)
+        self._free.append(slot)
+
+    def start_decoding(self, slot: int) -> None:
+        self._decoding_slots.add(slot)
+        self.decoding[slot] = True
+
+    def stop_decoding(self, slot: int) -> None:
+        if slot in self._decoding_slots:
+            self._decoding_slots.discard(slot)
+            self.decoding[slot] = False
+
+    def _set_length(self, slot: int, tokens: int) -> None:
+        self.lengths[slot] = tokens
+        self.length_tensor[slot] = tokens
+
+    @property
+    def in_use(self) -> int:
+        return self.slots - len(self._free)
+
+    def top(self) -> int:
+        """One past the highest decoding slot (the range a decode step runs)."""
+        return max(self._decoding_slots) + 1 if self._decoding_slots else 0
+
+    def nbytes_per_token(self) -> int:
+        return 2 * self.layers * self.kv_heads * self.head_dim * self.keys[0].element_size()
+
+    # Moving a row's keys/values in and out (a channel's kept prefix) ------------------
+
+    def load(self, slot: int, layers: Sequence[LayerKV], tokens: int) -> None:
+        """Copy the first `tokens` positions of kept keys/values into an empty slot."""
+        self.ensure_columns(tokens + 1)
+        for layer, (keys, values) in enumerate(layers):
+            self.keys[layer][slot, :, 1:tokens + 1] = keys[0, :, :tokens]
+            self.values[layer][slot, :, 1:tokens + 1] = values[0, :, :tokens]
+        self._set_length(slot, tokens)
+
+    def copy_out(self, slot: int) -> list[LayerKV]:
+        """A copy of the slot's keys/values (to keep for the channel's next turn)."""
+        tokens = self.lengths[slot]
+        return [(self.keys[layer][slot:slot + 1, :, 1:tokens + 1].clone(),
+                 self.values[layer][slot:slot + 1, :, 1:tokens + 1].clone()) for layer in range(self.layers)]
+
+    # Steps ---------------------------------------------------------------------------
+
+    def prefill_inputs(self, slot: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Make the next forward write `tokens` new tokens after the slot's stored ones; returns
+        (position_ids [1, tokens], mask [1, 1, tokens, columns]): each new token attends to the
+        slot's stored tokens and to the new ones up to itself."""
+        start = self.lengths[slot]
+        self.ensure_columns(start + tokens + 1)
+        positions = torch.arange(start, start + tokens, device=self.device)
+        self._set_step(slice(slot, slot + 1), (positions + 1)[None], start + tokens + 1)
+        columns = torch.arange(self._kv_columns, device=self.device)
+        allowed = (columns[None, :] >= 1) & (columns[None, :] <= positions[:, None] + 1)
+        self._set_length(slot, start + tokens)
+        return positions[None], self._additive(allowed[None, None])
+
+    def decode_inputs(self, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Make the next forward write one token for each decoding slot of [0, top) (the others
+        write to their scratch column). Returns (position_ids [top, 1], mask [top, 1, 1, columns])."""
+        longest = max((self.lengths[slot] for slot in self._decoding_slots), default=0)
+        self.ensure_columns(longest + 2)
+        decoding, lengths = self.decoding[:top], self.length_tensor[:top]
+        write_at = torch.where(decoding, lengths + 1, 0)
+        self._set_step(slice(0, top), write_at[:, None], longest + 2)
+        columns = torch.arange(self._kv_columns, device=self.device)[None, :]
+        allowed = torch.where(decoding[:, None], (columns >= 1) & (columns <= write_at[:, None]), columns == 0)
+        return torch.where(decoding, lengths, 0)[:, None], self._additive(allowed[:, None, None, :])
+
+    def advance(self) -> None:
+        """After a decode step: every decoding slot holds one more token."""
+        self.length_tensor += self.decoding
+        for slot in self._decoding_slots:
+            self.lengths[slot] += 1
+
+    def _set_step(self, rows: slice, write_at: torch.Tensor, kv_columns: int) -> None:
+        self._rows, self._write_at, self._kv_columns = rows, write_at, kv_columns
+        self._row_index = torch.arange(rows.stop - rows.start, device=self.device)[:, None]
+
+    def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
+        """A mask every attention implementation reads alike: 0 where allowed, the dtype's lowest
+        value elsewhere (eager attention adds the mask to the scores; SDPA takes it as a bias)."""
+        return torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill_(
+            ~allowed, torch.finfo(self.dtype).min)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, **_kwargs
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Called by each attention layer: store the new tokens' keys/values in their columns and
+        return the rows' keys/values up to the step's last column."""
+        keys = self.keys[layer_idx][self._rows]
+        values = self.values[layer_idx][self._rows]
+        keys[self._row_index, :, self._write_at] = key_states.transpose(1, 2).to(self.dtype)
+        values[self._row_index, :, self._write_at] = value_states.transpose(1, 2).to(self.dtype)
+        return keys[:, :, :self._kv_columns], values[:, :, :self._kv_columns]
+
+    # Memory ----------------------------------------------------------------------------
+
+    def ensure_columns(self, needed: int) -> None:
+        """Grow every slot to at least `needed` columns (doubling: a rare copy, amortised)."""
+        if needed > self.max_columns:
+            raise ValueError(f"{needed - 1} tokens do not fit a slot of {self.max_columns - 1}")
+        if needed > self.columns:
+            self._allocate(min(max(needed, 2 * self.columns), self.max_columns))
+
+    def _allocate(self, columns: int) -> None:
+        shape = (self.slots, self.kv_heads, columns, self.head_dim)
+        old_keys, old_values = self.keys, self.values
+        self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)]
+        self.values = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)]
+        for new, old in zip(self.keys + self.values, old_keys + old_values):
+            new[:, :, :old.shape[2]] = old
