@@ -166,8 +166,7 @@ class SlotCache:
     def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
         """A mask every attention implementation reads alike: 0 where allowed, the dtype's lowest
         value elsewhere (eager attention adds the mask to the scores; SDPA takes it as a bias)."""
-        return torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill_(
-            ~allowed, torch.finfo(self.dtype).min)
+        return torch.where(allowed, 0.0, torch.finfo(self.dtype).min).to(self.dtype)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, **_kwargs
                ) -> tuple[torch.Tensor, torch.Tensor]:

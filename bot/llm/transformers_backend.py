@@ -55,6 +55,8 @@ class TransformersBackend:
         self.thinking = thinking
         self.context_tokens = context_tokens or _model_context_length(model)
         self.stop_ids = _stop_token_ids(model, tokenizer)
+        # Read once: the tokenizer builds this list anew on every access, and decode runs per token.
+        self._removed_specials = [t for t in tokenizer.all_special_tokens if t not in ("<think>", "</think>")]
         self._active_adapter: str | None = None  # unknown until the first single-adapter batch switches
 
     def render(self, messages: ChatMessages) -> RenderedPrompt:
@@ -118,8 +120,8 @@ class TransformersBackend:
                 token_ids = token_ids[:position]
                 break
         text = self.tokenizer.decode(token_ids, skip_special_tokens=False)
-        for special in self.tokenizer.all_special_tokens:
-            if special not in ("<think>", "</think>"):
+        for special in self._removed_specials:
+            if special in text:
                 text = text.replace(special, "")
         return text
 
