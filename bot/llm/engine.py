@@ -45,8 +45,10 @@ log = logging.getLogger(__name__)
 SHUTTING_DOWN = "The model is shutting down; the reply was stopped."
 DEFAULT_CACHE_BUDGET_BYTES = 1 << 30
 
+
 class _Request:
-    """One generation, as both threads see it. The engine thread only calls send()."""
+    """One generation, as both threads see it. The engine thread only hands it events through
+    its event loop (send, or the runner's Outbox once a round); the caller reads `events`."""
 
     def __init__(self, prompt_ids: list[int], params: GenerationSettings, cache_key: Hashable | None,
                  deadline: float, lora: str | None = None):
@@ -75,9 +77,10 @@ def default_max_batch(device_type: str) -> int:
 
 def attention_for(setting: str, device_type: str) -> str | None:
     """The attention implementation to run the batch with (None: leave the model's own).
-    A batch of rows of different lengths needs a padding mask, and PyTorch's SDPA takes a slow
-    path on CUDA with a mask: on an H200, 8 channels got 1.7x one channel's throughput with SDPA
-    and 5.3x with eager attention (bench/RESULTS.md). On a CPU the model's default is kept."""
+    Every step passes a mask (rows of different lengths in their slots), and PyTorch's SDPA took a
+    slow path on CUDA with a mask: on an H200, with the engine before slots, 8 channels got 1.7x one
+    channel's throughput with SDPA and 5.3x with eager attention (bench/RESULTS.md); to be measured
+    again with slots (bench.gpu_engine takes ATTENTION=...). On a CPU the model's default is kept."""
     if setting == "auto":
         return "eager" if device_type == "cuda" else None
     return setting
@@ -118,7 +121,6 @@ class BatchingEngine(ChatModel):
         self._wakeup = threading.Condition()
         self._waiting: deque[_Request] = deque()  # guarded by _wakeup
         self._closing = False
-        # Owned by the engine thread:
         self._runner: BatchRunner | None = None  # made on the engine thread, which owns it
         self._thread = threading.Thread(target=self._run, name="model-engine", daemon=True)
         self._thread.start()
