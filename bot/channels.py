@@ -23,6 +23,11 @@ class ChannelSequence:
         self._locks: dict[int, asyncio.Lock] = {}
         self._users: defaultdict[int, int] = defaultdict(int)
 
+    def waiting(self) -> int:
+        """Callers queued behind another in their channel's line (safe from any thread)."""
+        counts = list(self._users.values())
+        return sum(counts) - len(counts)
+
     @asynccontextmanager
     async def turn(self, channel_id: int) -> AsyncIterator[None]:
         lock = self._locks.setdefault(channel_id, asyncio.Lock())

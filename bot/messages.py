@@ -91,7 +91,8 @@ ADAPTER_NONE = "the base model, without an adapter"
 
 STATUS = ("Model: {model} ({context:,} tokens of context)\n"
           "Backend: {backend}\n"
-          "Queue: {queue} ({waiting} waiting for the model, {writing} being written)\n"
+          "Queue: {queue} ({waiting_turn} waiting for their channel's turn, {waiting} waiting for the model, "
+          "{writing} being written)\n"
           "Uptime: {uptime}\n"
           "Since start: {answered:,} answered, {refused:,} refused, {failed:,} failed")
 STATUS_BACKEND_BATCHING = "local batching engine (up to {max_batch} replies at once)"

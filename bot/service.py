@@ -104,7 +104,7 @@ class ChatService:
                 delivered = await delivery.deliver(Reply(messages.ATTACHMENTS_ONLY, ok=False))
             elif decision.action is Action.ANSWER:
                 async with delivery.writing():
-                    reply = await self._traced(message, delivery.progress, in_turn=True)
+                    reply = await self._traced(message, delivery.progress)
                 delivered = await delivery.deliver(reply)
             else:
                 return
@@ -114,7 +114,8 @@ class ChatService:
     async def reply(self, message: IncomingMessage, on_progress: ProgressCallback | None = None) -> Reply:
         """Answer one message addressed to the bot: store it, ask the model, store and return the answer.
         `on_progress`, if given, is awaited with the visible text so far as the model writes."""
-        return await self._traced(message, on_progress, in_turn=False)
+        async with self._channels.turn(message.channel_id):
+            return await self._traced(message, on_progress)
 
     async def _decide(self, message: IncomingMessage) -> Decision:
         """The reply decision; the channel's auto-reply switch is read only when it matters."""
@@ -124,16 +125,14 @@ class ChatService:
                   decision.action.value, decision.reason)
         return decision
 
-    async def _traced(self, message: IncomingMessage, on_progress: ProgressCallback | None, *,
-                      in_turn: bool) -> Reply:
-        """How the reply went is reported to the observer (one log line; metrics when they are on).
-        `in_turn`: the caller holds the channel's turn already (respond); else the cheap checks run
-        at once and only the answer waits for the channel's earlier messages."""
+    async def _traced(self, message: IncomingMessage, on_progress: ProgressCallback | None) -> Reply:
+        """In the channel's turn. How the reply went is reported to the observer (one log line;
+        metrics when they are on)."""
         trace = ReplyTrace.of(message)
         self._traces.add(trace)
         try:
             # Repaired before anything stores, measures or tokenizes it.
-            return await self._checked(with_text_repaired(message), on_progress, trace, in_turn)
+            return await self._checked(with_text_repaired(message), on_progress, trace)
         except asyncio.CancelledError:
             trace.outcome = "cancelled"
             raise
@@ -144,8 +143,8 @@ class ChatService:
             self._traces.discard(trace)
             self.observer.reply_done(trace)
 
-    async def _checked(self, message: IncomingMessage, on_progress: ProgressCallback | None, trace: ReplyTrace,
-                       in_turn: bool) -> Reply:
+    async def _checked(self, message: IncomingMessage, on_progress: ProgressCallback | None,
+                       trace: ReplyTrace) -> Reply:
         problem = problem_with_message(message.content, self.settings.history.max_message_chars)
         if problem:
             return trace.refusal("empty" if is_blank(message.content) else "too_long", problem)
@@ -154,15 +153,6 @@ class ChatService:
         wait = self._cooldowns.wait_before(message.author_id)
         if wait:
             return trace.refusal("rate_limited", messages.SLOW_DOWN.format(seconds=whole_seconds(wait)))
-        if in_turn:
-            return await self._answer_safely(message, on_progress, trace)
-        async with self._channels.turn(message.channel_id):
-            return await self._answer_safely(message, on_progress, trace)
-
-    async def _answer_safely(self, message: IncomingMessage, on_progress: ProgressCallback | None,
-                             trace: ReplyTrace) -> Reply:
-        if self._shutting_down.is_set():  # it waited behind another answer while the bot began to stop
-            return trace.refusal("restarting", messages.RESTARTING)
         try:
             return await self._answer(message, on_progress, trace)
         except SQLAlchemyError as error:
@@ -319,7 +309,7 @@ class ChatService:
 
     def load(self) -> Load:
         """The replies in progress now (safe to call from another thread, as metrics scrapes do)."""
-        return load_of(list(self._traces))
+        return load_of(list(self._traces), self._channels.waiting())
 
     async def status(self, extra_lines: tuple[str, ...] = ()) -> str:
         """What an admin wants at a glance (/status): model, backend, queue, uptime, totals.

@@ -16,7 +16,7 @@ from .telemetry import Load, Observer
 def status_text(model: ChatModel, load: Load, observer: Observer, extra_lines: tuple[str, ...] = ()) -> str:
     lines = [messages.STATUS.format(
         model=model.name, context=model.context_tokens, backend=describe_backend(model.abilities),
-        queue=load.waiting + load.writing, waiting=load.waiting, writing=load.writing,
+        queue=load.queue, waiting_turn=load.waiting_turn, waiting=load.waiting, writing=load.writing,
         uptime=format_duration(observer.uptime()), answered=observer.outcomes["answered"],
         refused=observer.outcomes["refused"], failed=observer.outcomes["failed"])]
     model_load = model.load()

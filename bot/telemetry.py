@@ -162,10 +162,18 @@ class Load:
     in_progress: int = 0  # every message being answered, those waiting for their channel's turn too
     waiting: int = 0  # asked the model, no text yet (waiting for a place, or their prompt being read)
     writing: int = 0  # the model is writing them
+    waiting_turn: int = 0  # queued behind an earlier message of their channel
+
+    @property
+    def queue(self) -> int:
+        """Every message not answered yet: waiting their channel's turn, for the model, or being written."""
+        return self.waiting_turn + self.waiting + self.writing
 
 
-def load_of(traces: list[ReplyTrace]) -> Load:
-    return Load(len(traces), sum(t.waiting_for_model for t in traces), sum(t.being_written for t in traces))
+def load_of(traces: list[ReplyTrace], waiting_turn: int = 0) -> Load:
+    """`traces`: the replies taken in; `waiting_turn`: messages queued behind them in their channel."""
+    return Load(len(traces) + waiting_turn, sum(t.waiting_for_model for t in traces),
+                sum(t.being_written for t in traces), waiting_turn)
 
 
 class Observer:

@@ -652,6 +652,31 @@ async def test_a_slow_answer_appears_early_and_grows_by_throttled_edits(tmp_path
         assert (await scene.turns())[-1] == ("assistant", long_answer)
 
 
+async def test_the_echoes_of_the_bots_own_edits_touch_neither_the_queue_nor_the_database(tmp_path, monkeypatch):
+    long_answer = " ".join(f"word{i}" for i in range(60))
+    async with running_bot(tmp_path, stream_edit_interval=0.1) as scene:
+        edits_seen = []
+        original = scene.service.message_edited
+
+        async def recording(channel_id, message_id, text):
+            edits_seen.append(message_id)
+            await original(channel_id, message_id, text)
+
+        monkeypatch.setattr(scene.service, "message_edited", recording)
+        scene.model.reply = lambda m: long_answer
+        scene.model.word_delay_s = 0.02
+        question = await scene.say(f"{scene.fake.bot.mention} tell me a long story")
+        answer = await scene.reply_to(question)
+        edit_path = f"/channels/{scene.general.id}/messages/{answer.response['id']}"
+        await scene.fake.wait_for_request("PATCH", edit_path, predicate=lambda r: r.json["content"] == long_answer)
+        assert scene.fake.requests_to("PATCH", edit_path)  # the answer grew by edits, each echoed to the bot
+        # A person's edit after them: once it reaches the service, the echoes before it were handled.
+        await scene.fake.edit_message(scene.general, int(question["id"]), content=f"{scene.fake.bot.mention} a tale")
+        await until(lambda: edits_seen)
+        assert edits_seen == [int(question["id"])]
+        assert (await scene.turns())[-1] == ("assistant", long_answer)
+
+
 async def test_a_quick_answer_is_posted_once_whole(tmp_path):
     async with running_bot(tmp_path, stream_edit_interval=1.0) as scene:  # the production default
         message = await scene.say(f"{scene.fake.bot.mention} hi")

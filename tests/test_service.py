@@ -11,6 +11,7 @@ from bot.llm.worker import ModelWorker
 from bot.service import Actor, ChatService, UserError
 from tests.support.conversation import said, stored
 from tests.support.scripted import ScriptedBackend
+from tests.support.waiting import until
 from tests.support.settings import settings_for
 from tests.support.store_queries import audit_entries, count_turns
 
@@ -203,3 +204,18 @@ async def test_an_answer_cut_by_the_time_limit_keeps_what_was_written_and_says_s
     assert reply.text == ("slow " * 10).strip()
     assert reply.ok and reply.text.startswith("slow slow") and messages.CUT_SHORT_TIMEOUT in reply.notes
     assert await stored(store) == [("user", "take your time"), ("assistant", reply.text)]
+
+
+async def test_status_counts_every_reply_waiting_not_channels(store, settings):
+    """Mid-burst, /status counts the messages queued behind their channel's earlier ones too."""
+    opened = threading.Event()
+    backend = ScriptedBackend(reply=lambda m: "one two three four", gate=opened, gate_after_words=1)
+    service = ChatService(store, ModelWorker(backend, timeout_s=60), settings)
+    burst = [asyncio.create_task(service.reply(said(f"msg {i}", channel=channel)))
+             for channel in (10, 11) for i in range(3)]
+    await until(lambda: service.load().waiting_turn == 4 and service.load().writing + service.load().waiting == 2)
+    queue_line = (await service.status()).splitlines()[2]
+    assert queue_line.startswith("Queue: 6 (4 waiting for their channel's turn, ")
+    opened.set()
+    assert all(reply.ok for reply in await asyncio.gather(*burst))
+    assert service.load().queue == 0

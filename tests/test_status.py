@@ -33,7 +33,7 @@ async def test_an_admin_sees_the_status_privately_and_a_member_cannot(tmp_path):
     lines = answer["content"].splitlines()
     assert lines[0] == "Model: scripted (4,096 tokens of context)"
     assert lines[1] == "Backend: local one-at-a-time worker"
-    assert lines[2] == "Queue: 0 (0 waiting for the model, 0 being written)"
+    assert lines[2] == "Queue: 0 (0 waiting for their channel's turn, 0 waiting for the model, 0 being written)"
     assert lines[3].startswith("Uptime: ") and lines[3].endswith(" s")
     assert lines[4] == "Since start: 1 answered, 0 refused, 0 failed"
     assert "Shard: none (one connection for every server)" in lines and "Servers: 1" in lines

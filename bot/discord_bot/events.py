@@ -94,6 +94,8 @@ class DiscordEvents:
     async def message_edited(self, event: discord.RawMessageUpdateEvent, bot_user_id: int) -> None:
         if "content" not in event.data:
             return  # an embed or flag update (a link preview appearing), not a new text
+        if event.message.author.id == bot_user_id:
+            return  # the echo of the bot's own edit (a streamed answer growing): its memory has the answer
         text = readable_content(event.message, bot_user_id)
         await self.service.message_edited(event.channel_id, event.message_id, text)
 
