@@ -1,20 +1,52 @@
 """`python -m bench [name ...]`: run the benchmarks (all by default)."""
 
+import argparse
 import asyncio
+import importlib
 import sys
 
-from bench import adapter_bench, bot_latency, engine_bench, engine_overhead, load_bench, remote_bench, window_read
-
+# name: (module, what it measures, roughly how long it takes on the 2-core CPU machine of bench/RESULTS.md)
 BENCHES = {
-    "window": window_read.main,    # window read at 10^3 vs 10^6 stored messages
-    "latency": bot_latency.main,   # P1
-    "engine": engine_bench.main,   # P2, P3, P5
-    "overhead": engine_overhead.main,  # the engine's decode step over a bare batched forward (tiny SmolLM3)
-    "load": load_bench.main,       # a 500-message burst over 50 channels: lost / duplicated / order
-    "remote": remote_bench.main,   # local engine vs an OpenAI-compatible server, 8 channels
-    "adapters": adapter_bench.main,  # decode step cost of LoRA adapters (peft mixed batches)
+    "window": ("window_read", "window read at 10^3 vs 10^6 stored messages",
+               "a few min; it fills a 10^6-row SQLite file"),
+    "latency": ("bot_latency", "P1: end-to-end bot latency over bare model.generate", "about 1 min"),
+    "engine": ("engine_bench", "P2, P3, P5: batching throughput, event-loop lag, cached first token", "about 2 min"),
+    "overhead": ("engine_overhead", "the engine's decode step over a bare batched forward (tiny SmolLM3)",
+                 "under 1 min"),
+    "load": ("load_bench", "a 500-message burst over 50 channels: lost / duplicated / order", "under 1 min"),
+    "remote": ("remote_bench", "local engine vs an OpenAI-compatible server (transformers serve), 8 channels",
+               "about 2 min"),
+    "adapters": ("adapter_bench", "decode step cost of LoRA adapters (peft mixed batches)", "about 2 min"),
 }
 
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    listing = "\n".join(f"  {name:<9} {what} ({took})" for name, (_module, what, took) in BENCHES.items())
+    parser = _Parser(prog="python -m bench", formatter_class=argparse.RawDescriptionHelpFormatter,
+                     description="Run the benchmarks named (all of them by default) and print their ratios; "
+                     "results are kept in bench/RESULTS.md.",
+                     epilog="benchmarks (rough times on the 2-core CPU machine of bench/RESULTS.md):\n" + listing)
+    parser.add_argument("names", nargs="*", metavar="name", help="benchmarks to run: " + ", ".join(BENCHES))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    names = _parser().parse_args(argv).names or list(BENCHES)
+    unknown = [name for name in names if name not in BENCHES]
+    if unknown:
+        print(f"error: there is no benchmark named {unknown[0]!r}; the benchmarks are: {', '.join(BENCHES)}",
+              file=sys.stderr)
+        return 2
+    for name in names:
+        module = importlib.import_module(f"bench.{BENCHES[name][0]}")
+        asyncio.run(module.main())
+    return 0
+
+
 if __name__ == "__main__":
-    for name in sys.argv[1:] or BENCHES:
-        asyncio.run(BENCHES[name]())
+    sys.exit(main())

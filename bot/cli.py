@@ -13,7 +13,7 @@ import logging
 import sys
 from datetime import timedelta
 
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, load_settings, mask_url_password
 from .store import Store, StoreError
 
 log = logging.getLogger("bot")
@@ -51,35 +51,73 @@ def _is_user_fixable(error: Exception) -> bool:
     return isinstance(error, fixable)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bot", description="A Discord chat bot running its own language model.")
-    parser.add_argument("--config", help="settings file (default: config.toml, or $BOT_CONFIG)")
-    parser.add_argument("-v", "--verbose", action="store_true",
+# SQLite stores integers as signed 64-bit numbers: the largest id a channel or server can have.
+MAX_ID = 2**63 - 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake on the command line is one line (with where to look), not usage + error."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
+    """--config, -v, --log-format. On the subcommands (suppress=True) they have no defaults, so that
+    `python -m bot -v chat` is not undone by chat's own default; the main parser holds the defaults."""
+    def default(value):
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument("--config", default=default(None), help="settings file (default: config.toml, or $BOT_CONFIG)")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default(False),
                         help="debug logging (the only logging that shows what people and the model wrote)")
-    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+    parser.add_argument("--log-format", choices=("text", "json"), default=default("text"),
                         help="text: readable lines (default); json: one JSON object a line, for log aggregators")
+
+
+def _id(text: str) -> int:
+    """A channel or server id for --channel / --server: a whole number from 0 to 2**63 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= MAX_ID:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: ids are whole numbers from 0 to {MAX_ID}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m bot", description="A Discord chat bot running its own language model.")
+    _add_global_options(parser)
+    global_options = _Parser(add_help=False)
+    _add_global_options(global_options, suppress=True)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    model_option = argparse.ArgumentParser(add_help=False)
+    model_option = _Parser(add_help=False, parents=[global_options])
     model_option.add_argument("--model", help='model to load (overrides config), e.g. "embedded"')
 
     run = commands.add_parser("run", parents=[model_option],
-                              help="connect to Discord and chat there (needs DISCORD_TOKEN)")
+                              help="connect to Discord and chat there (needs DISCORD_TOKEN)",
+                              description="Connect to Discord with the token in DISCORD_TOKEN and answer there: "
+                              "when mentioned, in direct messages, and through the slash commands.")
     run.set_defaults(handler=_run)
 
-    chat = commands.add_parser("chat", parents=[model_option], help="chat with the bot in this terminal")
-    chat.add_argument("--channel", type=int, default=0, help="terminal conversation number (default 0)")
+    chat = commands.add_parser("chat", parents=[model_option], help="chat with the bot in this terminal",
+                               description="Chat with the bot in this terminal, on the configured model and "
+                               "database (type /help in the chat for its commands).")
+    chat.add_argument("--channel", type=_id, default=0, help="terminal conversation number (default 0)")
     chat.add_argument("--user", help="your name as the model sees it (default: your login name)")
     chat.set_defaults(handler=_chat)
 
-    export = commands.add_parser("export", help="write stored conversations as a JSONL training set",
+    export = commands.add_parser("export", parents=[global_options],
+                                 help="write stored conversations as a JSONL training set",
                                  description="Write the stored conversations as chat-format JSONL (one "
                                  '{"messages": [...]} conversation per line, the persona as system message), '
                                  "ready for `python -m bot finetune` or TRL's SFTTrainer. People who used "
                                  "/optout or /forget-me are left out, and so are the bot's answers to them.")
     export.add_argument("--out", default="export.jsonl", help="file to write (default: export.jsonl)")
-    export.add_argument("--server", type=int, help="only this server (guild id)")
-    export.add_argument("--channel", type=int, help="only this channel (channel id)")
+    export.add_argument("--server", type=_id, help="only this server (guild id)")
+    export.add_argument("--channel", type=_id, help="only this channel (channel id)")
     export.add_argument("--since", type=_day, help="first day, YYYY-MM-DD (UTC)")
     export.add_argument("--until", type=_day, help="last day, YYYY-MM-DD (UTC), included")
     export.add_argument("--min-turns", type=int, default=2,
@@ -92,13 +130,18 @@ def _parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=_export)
 
     finetune = commands.add_parser("finetune", parents=[model_option],
-                                   help="train a LoRA adapter on exported conversations (needs smolbot[train])")
+                                   help="train a LoRA adapter on exported conversations (needs smolbot[train])",
+                                   description="Train a LoRA adapter for the configured model (or --model) on "
+                                   "a JSONL file from `python -m bot export`; needs the smolbot[train] extra.")
     from .llm.finetune import add_arguments as add_finetune_arguments  # light: the heavy imports come in the handler
 
     add_finetune_arguments(finetune)
     finetune.set_defaults(handler=_finetune)
 
-    migrate = commands.add_parser("migrate", help="upgrade the database schema to the newest version")
+    migrate = commands.add_parser("migrate", parents=[global_options],
+                                  help="upgrade the database schema to the newest version",
+                                  description="Create the database, or upgrade its schema to the newest version "
+                                  "([database] url, or BOT_DATABASE_URL).")
     migrate.set_defaults(handler=_migrate)
     return parser
 
@@ -172,7 +215,7 @@ async def _finetune(settings: Settings, args: argparse.Namespace) -> int:
 async def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
     store = await Store.open(settings.database.url)
     await store.close()
-    print(f"The database at {settings.database.url} is up to date.")
+    print(f"The database at {mask_url_password(settings.database.url)} is up to date.")
     return 0
 
 

@@ -13,7 +13,10 @@ Secrets (the Discord token) come from the environment only, never the file.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib.util
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +24,10 @@ from typing import Any
 
 DEFAULT_CONFIG_PATH = Path("config.toml")
 ENV_PREFIX = "BOT_"
+# BOT_ variables the bot reads that are not settings: anything else named BOT_... must be a setting.
+OTHER_ENV_VARIABLES = frozenset({"BOT_CONFIG", "BOT_MODEL_API_KEY", "BOT_CACHE_DIR"})
+# The database drivers the bot runs on: async SQLAlchemy dialects it is tested with.
+SUPPORTED_DATABASES = ("sqlite+aiosqlite", "postgresql+asyncpg")
 
 
 class ConfigError(Exception):
@@ -158,9 +165,16 @@ SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fiel
 
 
 def load_settings(path: Path | str | None = None, environ: dict[str, str] | None = None) -> Settings:
-    """Read config.toml (if present) and the environment into checked Settings."""
+    """Read config.toml (if present) and the environment into checked Settings.
+
+    The default config.toml may be absent (the defaults apply); a file named by `path` or
+    BOT_CONFIG must exist."""
     environ = dict(os.environ if environ is None else environ)
-    path = Path(path or environ.get("BOT_CONFIG") or DEFAULT_CONFIG_PATH)
+    named = path or environ.get("BOT_CONFIG")
+    path = Path(named or DEFAULT_CONFIG_PATH)
+    if named and not path.is_file():
+        raise ConfigError(f"The config file {path} does not exist." if not path.exists()
+                          else f"The config file {path} is not a file.")
     raw = _read_toml(path) if path.exists() else {}
     if "discord" in raw and "token" in raw["discord"]:
         raise ConfigError(f"{path}: do not put the Discord token in the file; "
@@ -168,6 +182,7 @@ def load_settings(path: Path | str | None = None, environ: dict[str, str] | None
     if isinstance(raw.get("model"), dict) and "api_key" in raw["model"]:
         raise ConfigError(f"{path}: do not put the model server's API key in the file; "
                           "set the OPENAI_API_KEY (or BOT_MODEL_API_KEY) environment variable instead")
+    _check_env_names(environ)
     sections = {}
     for name, cls in SECTIONS.items():
         table = raw.pop(name, {})
@@ -176,10 +191,61 @@ def load_settings(path: Path | str | None = None, environ: dict[str, str] | None
         table = {**table, **_env_overrides(name, cls, environ)}
         sections[name] = _build_section(path, name, cls, table)
     if raw:
-        raise ConfigError(f"{path}: unknown section [{next(iter(raw))}]; known sections: "
-                          + ", ".join(SECTIONS))
+        raise ConfigError(f"{path}: unknown section [{next(iter(raw))}]"
+                          f"{_did_you_mean(next(iter(raw)), SECTIONS)}; known sections: " + ", ".join(SECTIONS))
+    check_database_url(sections["database"].url)
     token = (environ.get("DISCORD_TOKEN") or "").strip() or None
     return Settings(**sections, discord_token=token)
+
+
+def _did_you_mean(name: str, known, spell=lambda key: key) -> str:
+    """'; did you mean X?' for the known name nearest to `name` (spelled by `spell`), or ''."""
+    nearest = difflib.get_close_matches(name.lower(), [key.lower() for key in known], n=1, cutoff=0.6)
+    if not nearest:
+        return ""
+    match = next(key for key in known if key.lower() == nearest[0])
+    return f"; did you mean {spell(match)}?"
+
+
+def _env_name(section: str, key: str) -> str:
+    return f"{ENV_PREFIX}{section}_{key}".upper()
+
+
+def _check_env_names(environ: dict[str, str]) -> None:
+    """A BOT_ variable that names no setting is a typo that would be ignored silently: refuse it."""
+    settings = {_env_name(section, f.name) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in settings and name not in OTHER_ENV_VARIABLES:
+            raise ConfigError(f"The environment variable {name} names no setting{_did_you_mean(name, sorted(settings))}"
+                              " (settings are BOT_<SECTION>_<KEY>, as in config.toml)")
+
+
+def mask_url_password(url: str) -> str:
+    """The URL with the password of user:password@ replaced by ***, fit to print or log."""
+    return re.sub(r"^([^:/@]+://[^:/@]*):.*@", r"\1:***@", url, flags=re.DOTALL)
+
+
+def check_database_url(url: str) -> None:
+    """Refuse a database URL the bot cannot use, with one line saying what to write instead."""
+    shown = mask_url_password(url)
+    scheme, separator, rest = url.partition("://")
+    dialect, _, driver = scheme.lower().partition("+")
+    supported = " or ".join(f"{name}://..." for name in SUPPORTED_DATABASES)
+    if not separator or not dialect:
+        raise ConfigError(f"[database] url {shown!r} is not a database URL; use {supported}")
+    if scheme.lower() in SUPPORTED_DATABASES:
+        if importlib.util.find_spec(driver) is None:  # aiosqlite and asyncpg are dependencies; a broken install
+            raise ConfigError(f"[database] url {shown!r} needs the {driver} package, which is not installed: "
+                              f"pip install {driver}")
+        return
+    if dialect == "sqlite":
+        fix = "sqlite+aiosqlite://" + mask_url_password("x://" + rest)[len("x://"):]
+        raise ConfigError(f"[database] url {shown!r} needs the async SQLite driver: use {fix}")
+    if dialect in ("postgresql", "postgres"):
+        fix = "postgresql+asyncpg://" + mask_url_password("x://" + rest)[len("x://"):]
+        raise ConfigError(f"[database] url {shown!r} needs the async PostgreSQL driver: use {fix}")
+    raise ConfigError(f"[database] url {shown!r} uses {scheme!r}, which the bot does not support; "
+                      f"use {supported}")
 
 
 def _read_toml(path: Path) -> dict:
@@ -194,7 +260,7 @@ def _read_toml(path: Path) -> dict:
 def _env_overrides(section: str, cls: type, environ: dict[str, str]) -> dict[str, str]:
     overrides = {}
     for f in dataclasses.fields(cls):
-        key = f"{ENV_PREFIX}{section}_{f.name}".upper()
+        key = _env_name(section, f.name)
         if key in environ:
             overrides[f.name] = environ[key]
     return overrides
@@ -204,7 +270,8 @@ def _build_section(path: Path, section: str, cls: type, table: dict) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(table) - set(known))
     if unknown:
-        raise ConfigError(f"{path}: unknown key [{section}] {unknown[0]}; known keys: {', '.join(known)}")
+        raise ConfigError(f"{path}: unknown key [{section}] {unknown[0]}{_did_you_mean(unknown[0], known)}; "
+                          f"known keys: {', '.join(known)}")
     values = {name: _check_value(f"[{section}] {name}", known[name], value) for name, value in table.items()}
     return cls(**values)
 
