@@ -9,11 +9,17 @@ What is left out, and why:
 - people who ran /optout or /forget-me: their turns, and the bot's answers to them
   (an answer is written for its asker and often repeats what they said);
 - direct messages, unless asked for: they were private;
-- turns the bot refused are never stored, so they cannot leak in.
+- turns the bot refused are never stored, so they cannot leak in;
+- questions that never got an answer (a user turn followed by another user turn, or ending
+  the conversation): a failed or timed-out generation stores the question and nothing
+  after it, and a person who asks again leaves a row of identical unanswered questions.
+
+An answer cut short (time limit, restart) is stored as plain text like any other, without
+a mark saying so, so it cannot be told apart here and is exported as it stands.
 
 A channel's history becomes several conversations where it pauses for longer than
 `gap` (one line per sitting, not one endless line per channel), and a conversation
-ends at its last assistant turn: a trailing question without an answer teaches nothing.
+ends at its last assistant turn.
 Authors are pseudonymised by default ("User 1", "User 2", ... in order of appearance
 in each conversation), in the prefix and wherever their name appears in the text.
 """
@@ -68,6 +74,7 @@ class ExportSummary:
     turns: int = 0
     left_out_opted_out: int = 0  # turns of people who opted out, and the answers to them
     left_out_short: int = 0  # conversations under min_turns
+    left_out_unanswered: int = 0  # user turns no answer followed
     channels: set[int] = field(default_factory=set)
 
     def describe(self) -> str:
@@ -77,6 +84,8 @@ class ExportSummary:
             text += f"; {self.left_out_opted_out:,} turn(s) of people who opted out left out"
         if self.left_out_short:
             text += f"; {self.left_out_short:,} conversation(s) shorter than the minimum left out"
+        if self.left_out_unanswered:
+            text += f"; {self.left_out_unanswered:,} unanswered question(s) left out"
         return text
 
 
@@ -132,7 +141,7 @@ def _without_opted_out(turns: list[Turn], opted_out: set[int], summary: ExportSu
 
 def _conversation(persona: str, turns: list[Turn], channel_id: int, wanted: ExportFilter,
                   summary: ExportSummary) -> dict | None:
-    kept = _from_first_user_turn_to_last_answer(turns)
+    kept = _answered_exchanges(turns, summary)
     if not kept or len(kept) < wanted.min_turns:
         if kept:
             summary.left_out_short += 1
@@ -145,12 +154,21 @@ def _conversation(persona: str, turns: list[Turn], channel_id: int, wanted: Expo
     return {"messages": [{"role": "system", "content": persona}, *map(turn_to_message, kept)]}
 
 
-def _from_first_user_turn_to_last_answer(turns: list[Turn]) -> list[Turn]:
+def _answered_exchanges(turns: list[Turn], summary: ExportSummary) -> list[Turn]:
+    """The turns from the first user turn on, without the user turns no answer followed
+    (the next turn is another user turn, or there is none): a question without an answer
+    teaches nothing, and a retried one would be learnt as a run of repeated lines."""
     first = next((i for i, turn in enumerate(turns) if turn.role == "user"), None)
-    last = next((i for i in range(len(turns) - 1, -1, -1) if turns[i].role == "assistant"), None)
-    if first is None or last is None or last < first:
+    if first is None:
         return []
-    return turns[first:last + 1]
+    kept = []
+    for i in range(first, len(turns)):
+        turn = turns[i]
+        if turn.role == "user" and (i + 1 == len(turns) or turns[i + 1].role == "user"):
+            summary.left_out_unanswered += 1
+        else:
+            kept.append(turn)
+    return kept
 
 
 def pseudonymised(turns: Iterable[Turn]) -> list[Turn]:

@@ -257,3 +257,36 @@ async def test_the_service_refuses_reversed_dates(scripted_service):
     with pytest.raises(UserError, match="is after the end date"):
         await scripted_service.privacy.export_server(GUILD, Actor(ALICE, "alice"), since=date(2026, 11, 2),
                                              until=date(2026, 11, 1))
+
+
+# --------------------------------------------------------------------------- unanswered questions
+
+
+async def test_questions_that_never_got_an_answer_are_left_out(store, settings):
+    """A failed generation stores the question and nothing after it; asked again and again, the
+    same line piled up before the one answer. Only the answered exchanges go out, in order."""
+    await put(store, GENERAL, "user", "hello", author=ALICE, name="Alice", at=minutes(0))
+    await put(store, GENERAL, "assistant", "Hi!", at=minutes(1))
+    for n in range(7):
+        await put(store, GENERAL, "user", "Write a long story about a dragon.", author=ALICE, name="Alice",
+                  at=minutes(2 + n / 10))
+    await put(store, GENERAL, "assistant", "Once upon a time, a dragon...", at=minutes(3))
+    await put(store, GENERAL, "user", "did anyone see this?", author=BOB, name="Bob", at=minutes(4))
+    await put(store, GENERAL, "user", "thanks for the story", author=ALICE, name="Alice", at=minutes(5))
+    await put(store, GENERAL, "assistant", "You're welcome.", at=minutes(6))
+    await put(store, GENERAL, "user", "one more?", author=ALICE, name="Alice", at=minutes(7))  # never answered
+    lines, summary = await exported(store, settings, pseudonymise=False)
+    assert [[(m["role"], m["content"]) for m in line["messages"][1:]] for line in lines] == [[
+        ("user", "Alice: hello"), ("assistant", "Hi!"),
+        ("user", "Alice: Write a long story about a dragon."), ("assistant", "Once upon a time, a dragon..."),
+        ("user", "Alice: thanks for the story"), ("assistant", "You're welcome."),
+    ]]
+    assert (summary.turns, summary.left_out_unanswered) == (6, 8)
+    assert "8 unanswered question(s) left out" in summary.describe()
+
+
+async def test_a_sitting_of_only_unanswered_questions_exports_nothing(store, settings):
+    for n in range(3):
+        await put(store, GENERAL, "user", "anyone?", author=ALICE, name="Alice", at=minutes(n))
+    lines, summary = await exported(store, settings)
+    assert lines == [] and summary.left_out_unanswered == 3 and summary.left_out_short == 0
