@@ -28,7 +28,7 @@ from .core.cooldown import UserCooldowns, whole_seconds
 from .core.decide import Action, Decision, is_addressed, should_answer
 from .core.prompt import Prompt, PromptTooLong, build_prompt
 from .core.text import is_blank, with_text_repaired
-from .core.types import IncomingMessage, Reply, Turn
+from .core.types import Delivered, IncomingMessage, Reply, Turn
 from .core.validate import problem_with_message
 from .llm.port import ChatModel, GenerationError, GenerationTimeout, ModelBusy
 from .privacy import Privacy
@@ -53,8 +53,8 @@ class Delivery(Protocol):
     def writing(self) -> AbstractAsyncContextManager[None]:
         """Entered while the model writes (Discord: the typing indicator)."""
 
-    async def deliver(self, reply: Reply) -> bool:
-        """Show the final reply; False when it could not be shown."""
+    async def deliver(self, reply: Reply) -> Delivered:
+        """Show the final reply; says which messages show it, and whether all of it was shown."""
 
 
 class Ending(Enum):
@@ -106,9 +106,12 @@ class ChatService:
                 async with delivery.writing():
                     reply = await self._traced(message, delivery.progress)
                 delivered = await delivery.deliver(reply)
+                if reply.stored_as is not None and delivered.message_ids:  # still in the channel's turn:
+                    # a delete of one of these messages waits for this, and then forgets the answer.
+                    await self.store.record_answer_parts(reply.stored_as, delivered.message_ids)
             else:
                 return
-        if not delivered:  # the front end logged why
+        if not delivered.complete:  # the front end logged why
             self.observer.error("post_failed")
 
     async def reply(self, message: IncomingMessage, on_progress: ProgressCallback | None = None) -> Reply:
@@ -170,7 +173,7 @@ class ChatService:
         except PromptTooLong as error:
             return trace.refusal("prompt_too_long",
                                  messages.PROMPT_TOO_LONG.format(needed=error.needed, budget=error.budget))
-        await self._store_user_turn(message, first_turn_id)
+        user_turn_id = await self._store_user_turn(message, first_turn_id)
         adapter = await self.servers.adapter_for(message.guild_id)
         try:
             text, ending = await self._write(message.channel_id, prompt, adapter, on_progress, trace)
@@ -187,14 +190,14 @@ class ChatService:
         if ending is Ending.RESET:  # the history it belongs to is being wiped: keep nothing
             trace.cut_short = ending.value
             return Reply(text, ok=False, notes=[ending.note])
-        await self.store.add_turn(channel_id=message.channel_id, guild_id=message.guild_id,
-                                  role="assistant", content=text)
+        answer_id = await self.store.add_turn(channel_id=message.channel_id, guild_id=message.guild_id,
+                                              role="assistant", content=text, reply_to=user_turn_id)
         dropped = trace.dropped_turns = prompt.dropped_turns if prompt.trimmed else 0
         notes = [messages.TURNS_DROPPED.format(count=dropped)] if dropped else []
         if ending is not Ending.COMPLETE:
             notes.append(ending.note)
             trace.cut_short = ending.value
-        return Reply(text, dropped_turns=dropped, notes=notes)
+        return Reply(text, dropped_turns=dropped, notes=notes, stored_as=answer_id)
 
     async def _prompt_for(self, message: IncomingMessage) -> tuple[Prompt, int | None]:
         """Build the prompt from where the channel's previous prompt started, so it only grows
@@ -216,11 +219,12 @@ class ChatService:
                                          max_turns=max_turns, start=start)
         return prompt, turns[prompt.first_turn].id
 
-    async def _store_user_turn(self, message: IncomingMessage, first_turn_id: int | None) -> None:
+    async def _store_user_turn(self, message: IncomingMessage, first_turn_id: int | None) -> int:
         user_turn_id = await self.store.add_turn(
             channel_id=message.channel_id, guild_id=message.guild_id, role="user", content=message.content,
             author_id=message.author_id, author_name=message.author_name, message_id=message.message_id)
         self._prompt_starts.remember(message.channel_id, first_turn_id or user_turn_id)
+        return user_turn_id
 
     async def _write(self, channel_id: int, prompt: Prompt, adapter: str | None,
                      on_progress: ProgressCallback | None, trace: ReplyTrace) -> tuple[str, Ending]:
@@ -276,9 +280,12 @@ class ChatService:
                 await self.store.delete_turn(message_id)
 
     async def messages_deleted(self, channel_id: int, message_ids: Iterable[int]) -> None:
+        """Messages were deleted on Discord (one, or a bulk delete): a person's message is
+        forgotten with the answer written to it; a message showing part of an answer forgets
+        that answer. What people see stays as it is: only the bot's memory changes."""
         async with self._channels.turn(channel_id):
             for message_id in message_ids:
-                await self.store.delete_turn(message_id)
+                await self.store.forget_message(message_id)
 
     async def reset_channel(self, guild_id: int | None, channel_id: int, actor: Actor) -> str:
         """Forget a channel's history. An answer being written there is stopped (and not stored),

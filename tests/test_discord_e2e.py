@@ -288,10 +288,10 @@ async def test_the_second_turn_remembers_the_first_with_the_embedded_model(tmp_p
         sam = scene.fake.add_user("sam", global_name="Sam")
         scene.fake.add_member(scene.world.guild, sam)
         random = scene.fake.add_text_channel(scene.world.guild, "random")
-        await scene.ask("My favourite fruit is mango.", author=sam, timeout=60)
-        remembered = await scene.ask("What is my favourite fruit?", author=sam, timeout=60)
+        await scene.ask("My favourite fruit is mango.", author=sam, timeout=180)
+        remembered = await scene.ask("What is my favourite fruit?", author=sam, timeout=180)
         # The same question where nobody said it: the model has no way to know.
-        control = await scene.ask("What is my favourite fruit?", channel=random, author=sam, timeout=60)
+        control = await scene.ask("What is my favourite fruit?", channel=random, author=sam, timeout=180)
         assert len(await scene.turns()) == 4
     assert "mango" in remembered.json["content"]
     assert "mango" not in control.json["content"]
@@ -484,12 +484,48 @@ async def test_edits_and_deletes_reach_the_history(scene: Scene):
     # Edits and deletes are applied in order with the channel's messages, before this is answered.
     await scene.ask("what do you know about me?")
 
+    # Deleting a message forgets the answer written to it too; an edit changes only the text.
     assert await scene.turns() == [
         ("user", "my favourite colour is green"), ("assistant", "echo: Alice: my favourite colour is blue"),
-        ("assistant", "echo: Alice: my pet is a hamster"),
         ("user", "what do you know about me?"), ("assistant", "echo: Alice: what do you know about me?")]
+    assert not [r for r in fake.requests if r.method == "DELETE"]  # what people see stays: only memory changes
     assert [m["content"] for m in last_prompt(scene) if m["role"] == "user"] == [
         "Alice: my favourite colour is green", "Alice: what do you know about me?"]
+
+
+async def test_deleting_the_bots_answer_forgets_that_answer_and_keeps_the_question(scene: Scene):
+    secret = await scene.say(f"{scene.fake.bot.mention} my password is hunter2")
+    answer = await scene.reply_to(secret)
+    await scene.ask("hello")
+    await scene.fake.delete_message(scene.general, int(answer.response["id"]))
+    await scene.ask("and now?")  # handled after the delete: the channel's events keep their order
+    assert await scene.turns() == [
+        ("user", "my password is hunter2"),
+        ("user", "hello"), ("assistant", "echo: Alice: hello"),
+        ("user", "and now?"), ("assistant", "echo: Alice: and now?")]
+
+
+async def test_deleting_any_part_of_a_long_answer_forgets_it_and_bulk_deletes_forget_all(scene: Scene):
+    scene.model.reply = lambda messages: "\n\n".join(f"Paragraph {n}: " + "words " * 60 for n in range(12))
+    question = await scene.say(f"{scene.fake.bot.mention} tell me everything")
+    await scene.reply_to(question)
+    await until(lambda: len(scene.posted()) >= 2)
+    assert len(await scene.turns()) == 2
+    scene.model.reply = lambda messages: "echo: " + messages[-1]["content"]
+    second_part = scene.posted()[-1].response["id"]
+    await scene.fake.delete_message(scene.general, int(second_part))
+    first = await scene.say(f"{scene.fake.bot.mention} one")
+    await scene.reply_to(first)
+    second = await scene.say(f"{scene.fake.bot.mention} two")
+    await scene.reply_to(second)
+    assert await scene.turns() == [
+        ("user", "tell me everything"),
+        ("user", "one"), ("assistant", "echo: Alice: one"), ("user", "two"), ("assistant", "echo: Alice: two")]
+    # A moderator's bulk delete of a question and another answer: both exchanges are forgotten.
+    await scene.fake.bulk_delete_messages(scene.general, [int(first["id"]), int(question["id"])])
+    await scene.ask("three")
+    assert await scene.turns() == [("user", "two"), ("assistant", "echo: Alice: two"),
+                                   ("user", "three"), ("assistant", "echo: Alice: three")]
 
 
 async def test_removal_from_a_server_deletes_its_data(scene: Scene):

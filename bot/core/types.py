@@ -52,3 +52,12 @@ class Reply:
     ok: bool = True  # False when the reply is an error or refusal, not the model's answer
     dropped_turns: int = 0  # older turns left out of the prompt to fit the model's context
     notes: list[str] = field(default_factory=list)
+    stored_as: int | None = None  # the stored answer's row id (None: nothing stored)
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """How a front end showed a reply: the ids of the messages it posted, in order."""
+
+    message_ids: tuple[int, ...] = ()
+    complete: bool = True  # False when some of it could not be shown

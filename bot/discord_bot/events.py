@@ -20,7 +20,7 @@ import discord
 
 from ..config import DiscordSettings
 from ..core.decide import should_answer
-from ..core.types import Reply
+from ..core.types import Delivered, Reply
 from ..service import ChatService
 from .convert import readable_content, to_incoming
 from .posting import StreamedReply, parts_to_post, post_reply, typing_in
@@ -49,7 +49,7 @@ class DiscordDelivery:
         async with typing_in(self.trigger.channel):
             yield
 
-    async def deliver(self, reply: Reply) -> bool:
+    async def deliver(self, reply: Reply) -> Delivered:
         parts = parts_to_post(reply)
         return await self.streamed.finish(parts) if self.streamed else await post_reply(self.trigger, parts)
 

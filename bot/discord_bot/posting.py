@@ -18,7 +18,7 @@ import aiohttp
 import discord
 
 from ..core.split import DISCORD_MESSAGE_LIMIT, split_message
-from ..core.types import Reply
+from ..core.types import Delivered, Reply
 from ..telemetry import log_event
 
 log = logging.getLogger(__name__)
@@ -44,25 +44,38 @@ def parts_to_post(reply: Reply, limit: int = DISCORD_MESSAGE_LIMIT) -> list[str]
     return parts
 
 
-async def post_reply(message: discord.Message, parts: list[str]) -> bool:
+async def post_reply(message: discord.Message, parts: list[str]) -> Delivered:
     """The first part as a reply to `message`, the others after it, in order.
 
-    Stops at the first part that cannot be posted (and returns False): the rest would read as a
+    Stops at the first part that cannot be posted (not complete, then): the rest would read as a
     broken answer. The reply survives its trigger being deleted meanwhile
     (fail_if_not_exists=False): it is then posted as a plain message.
     """
+    if not parts:
+        return Delivered()
     reference = message.to_reference(fail_if_not_exists=False)
-    for index, part in enumerate(parts):
-        try:
-            if index == 0:
-                await message.channel.send(part, reference=reference, mention_author=False,
-                                           allowed_mentions=NO_PINGS)
-            else:
-                await message.channel.send(part, allowed_mentions=NO_PINGS)
-        except POSTING_ERRORS as error:
-            log_post_failure(message, index + 1, len(parts), error)
-            return False
-    return True
+    first = await _post(message, parts[0], 1, len(parts), reference=reference, mention_author=False)
+    if first is None:
+        return Delivered(complete=False)
+    return await _post_rest(message, parts, [first.id])
+
+
+async def _post_rest(trigger: discord.Message, parts: list[str], posted: list[int]) -> Delivered:
+    """Parts 2.. after the first (already posted, `posted` holding its id)."""
+    for number, part in enumerate(parts[1:], start=2):
+        sent = await _post(trigger, part, number, len(parts))
+        if sent is None:
+            return Delivered(tuple(posted), complete=False)
+        posted.append(sent.id)
+    return Delivered(tuple(posted))
+
+
+async def _post(trigger: discord.Message, text: str, number: int, total: int, **options) -> discord.Message | None:
+    try:
+        return await trigger.channel.send(text, allowed_mentions=NO_PINGS, **options)
+    except POSTING_ERRORS as error:
+        log_post_failure(trigger, number, total, error)
+        return None
 
 
 class StreamedReply:
@@ -104,9 +117,8 @@ class StreamedReply:
         finally:
             self._posting = False
 
-    async def finish(self, parts: list[str]) -> bool:
-        """The final text: the streamed message becomes the first part, the others follow.
-        False when some of it could not be posted."""
+    async def finish(self, parts: list[str]) -> Delivered:
+        """The final text: the streamed message becomes the first part, the others follow."""
         if self._shower is not None and not self._shower.done():
             if not self._posting:
                 self._shower.cancel()  # only waiting for its turn: the final text replaces it
@@ -115,14 +127,8 @@ class StreamedReply:
         if self.message is None:
             return await post_reply(self.trigger, parts)
         if parts and parts[0] != self._shown and not await self._edit(parts[0]):
-            return False
-        for index, part in enumerate(parts[1:], start=2):
-            try:
-                await self.trigger.channel.send(part, allowed_mentions=NO_PINGS)
-            except POSTING_ERRORS as error:
-                log_post_failure(self.trigger, index, len(parts), error)
-                return False
-        return True
+            return Delivered((self.message.id,), complete=False)  # it shows the answer's start
+        return await _post_rest(self.trigger, parts, [self.message.id])
 
     async def _show(self, text: str) -> None:
         if self.message is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, MetaData, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Named constraints make migrations reproducible across SQLite and PostgreSQL.
@@ -43,6 +43,8 @@ class Message(Base):
     role: Mapped[str] = mapped_column(String(16), nullable=False)
     content: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, nullable=False)
+    # An answer's user turn (its row id): deleting that message forgets the answer too.
+    reply_to: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         # The window read is "newest N of one channel": this index makes it a
@@ -51,7 +53,20 @@ class Message(Base):
         Index("ix_messages_discord_message_id", "discord_message_id"),
         Index("ix_messages_guild_id", "guild_id"),
         Index("ix_messages_author_id", "author_id"),
+        Index("ix_messages_reply_to", "reply_to"),
     )
+
+
+class AnswerPart(Base):
+    """A Discord message that shows (part of) a stored answer: deleting it forgets the answer.
+    Goes with its answer (ON DELETE CASCADE)."""
+
+    __tablename__ = "answer_parts"
+
+    discord_message_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    turn_id: Mapped[int] = mapped_column(RowId, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False)
+
+    __table_args__ = (Index("ix_answer_parts_turn_id", "turn_id"),)
 
 
 class GuildSettings(Base):

@@ -7,7 +7,7 @@ import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import AsyncIterator
+from typing import AsyncIterator, Sequence
 
 from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.engine import make_url
@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from ..core.types import Turn
 from .database import create_engine, upgrade
-from .models import AuditEntry, ChannelSettings, ExportOptOut, GuildSettings, Message, utc_now
+from .models import AnswerPart, AuditEntry, ChannelSettings, ExportOptOut, GuildSettings, Message, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,11 @@ class Store:
 
     async def add_turn(self, *, channel_id: int, role: str, content: str, guild_id: int | None = None,
                        author_id: int | None = None, author_name: str | None = None,
-                       message_id: int | None = None) -> int:
+                       message_id: int | None = None, reply_to: int | None = None) -> int:
+        """Store a turn; an answer names the user turn it answered (`reply_to`, its row id)."""
         row = Message(guild_id=guild_id, channel_id=channel_id, role=role, content=content,
-                      author_id=author_id, author_name=author_name, discord_message_id=message_id)
+                      author_id=author_id, author_name=author_name, discord_message_id=message_id,
+                      reply_to=reply_to)
         async with self._sessions.begin() as session:
             session.add(row)
         return row.id
@@ -107,9 +109,26 @@ class Store:
         return result.rowcount > 0
 
     async def delete_turn(self, message_id: int) -> bool:
+        """A person's turn with no text left (an edit that kept only attachments): its answer stays."""
         async with self._sessions.begin() as session:
             result = await session.execute(delete(Message).where(Message.discord_message_id == message_id))
         return result.rowcount > 0
+
+    async def record_answer_parts(self, turn_id: int, message_ids: Sequence[int]) -> None:
+        """The Discord messages that show a stored answer (deleting any of them forgets it)."""
+        async with self._sessions.begin() as session:
+            session.add_all(AnswerPart(discord_message_id=message_id, turn_id=turn_id) for message_id in message_ids)
+
+    async def forget_message(self, message_id: int) -> int:
+        """A Discord message was deleted: forget what it held. A person's message goes with the
+        answer written to it; a message showing (part of) an answer forgets that answer. Returns
+        how many turns were forgotten."""
+        async with self._sessions.begin() as session:
+            user_turns = select(Message.id).where(Message.discord_message_id == message_id)
+            answers = select(AnswerPart.turn_id).where(AnswerPart.discord_message_id == message_id)
+            result = await session.execute(delete(Message).where(
+                Message.id.in_(user_turns) | Message.reply_to.in_(user_turns) | Message.id.in_(answers)))
+        return result.rowcount
 
     async def turns_in_order(self, *, guild_id: int | None = None, channel_id: int | None = None,
                              include_dms: bool = True, after: datetime | None = None,
@@ -143,7 +162,7 @@ class Store:
     async def forget_author(self, author_id: int) -> "Erased":
         """Erase what a person wrote, everywhere, and their direct-message conversations whole
         (the bot's answers there were written only for them). The bot's answers in shared
-        channels stay: which answer replied to whom is not recorded, and others read them too."""
+        channels stay, as /forget-me has always promised: others read them too."""
         dm_channels = (select(Message.channel_id)
                        .where(Message.author_id == author_id, Message.guild_id.is_(None)).distinct())
         mine = (Message.author_id == author_id) | Message.channel_id.in_(dm_channels)

@@ -70,7 +70,7 @@ _GUILD_EVENT_INTENTS = {
     "GUILD_MEMBER_REMOVE": INTENT_GUILD_MEMBERS,
     "MESSAGE_REACTION_ADD": INTENT_GUILD_MESSAGE_REACTIONS,
 }
-_MESSAGE_EVENTS = {"MESSAGE_CREATE", "MESSAGE_UPDATE", "MESSAGE_DELETE"}
+_MESSAGE_EVENTS = {"MESSAGE_CREATE", "MESSAGE_UPDATE", "MESSAGE_DELETE", "MESSAGE_DELETE_BULK"}
 
 
 class GatewayConnection:
@@ -405,7 +405,7 @@ def shape_for_intents(intents: int, event: str, data: dict, bot_id: int) -> Opti
     exempt = (
         not in_guild
         or intents & INTENT_MESSAGE_CONTENT
-        or event == "MESSAGE_DELETE"
+        or event in ("MESSAGE_DELETE", "MESSAGE_DELETE_BULK")
         or int(data.get("author", {}).get("id", 0)) == bot_id
         or messages.mentions_user(data, bot_id)
     )

@@ -293,6 +293,17 @@ class FakeDiscord:
         """Delete a stored message; dispatches MESSAGE_DELETE."""
         await self._flush(self._delete_stored_message(self.state.get_message(channel.id, message_id)))
 
+    async def bulk_delete_messages(self, channel: FakeChannel, message_ids: List[int]) -> None:
+        """Delete several stored messages at once, as a moderator's bulk delete does; dispatches
+        one MESSAGE_DELETE_BULK with every id (Discord's event for it)."""
+        for message_id in message_ids:
+            self.state.messages.pop(message_id, None)
+        _, guild = self.state.find_channel(channel.id)
+        data = {"ids": [str(message_id) for message_id in message_ids], "channel_id": str(channel.id)}
+        if guild is not None:
+            data["guild_id"] = str(guild.id)
+        await self._flush(self._publish("MESSAGE_DELETE_BULK", data))
+
     async def send_interaction(
         self,
         channel: FakeChannel,
