@@ -40,8 +40,8 @@ def _is_user_fixable(error: Exception) -> bool:
     from .llm.embedded import EmbeddedModelMissing
 
     fixable: tuple[type[Exception], ...] = (ConfigError, StoreError, EmbeddedModelMissing)
-    if "bot.llm.transformers_backend" in sys.modules:
-        fixable += (sys.modules["bot.llm.transformers_backend"].ModelLoadError,)
+    if "bot.llm.model_source" in sys.modules:
+        fixable += (sys.modules["bot.llm.model_source"].ModelLoadError,)
     if "bot.discord_bot.launch" in sys.modules:
         fixable += (sys.modules["bot.discord_bot.launch"].DiscordSetupError,)
     if "bot.llm.finetune" in sys.modules:

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, 
 from ..config import GenerationSettings, ModelSettings
 from . import embedded
 from .adapters import NO_ADAPTERS, AdapterProblem, Adapters, plan_adapters
+from .model_source import ModelLoadError, locate_model
 from .chat_template import TokenizerPool, render_prompt_ids
 from .decoding import generate_arguments
 from .port import ChatMessages, RenderedPrompt
@@ -23,10 +24,6 @@ from .worker import Emit, StopSignal
 log = logging.getLogger(__name__)
 
 PEFT_BASE = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
-
-
-class ModelLoadError(Exception):
-    """The model could not be loaded. str() tells the operator what to do."""
 
 
 class _StopWhenAsked(StoppingCriteria):
@@ -168,11 +165,14 @@ def load_transformers_backend(settings: ModelSettings) -> TransformersBackend:
         plan = plan_adapters(settings)
     except AdapterProblem as error:
         raise ModelLoadError(str(error)) from None
-    source, label = settings.name, settings.name
+    source, label, local_only = settings.name, settings.name, True
     try:
         if settings.name == embedded.EMBEDDED_NAME:
             source = embedded.converted_model_dir()
             label = "embedded SmolLM2-135M-Instruct"
+        else:  # fails in a second or two where the model cannot be had, saying what to do
+            located = locate_model(settings.name)
+            source, local_only = located.location, located.local_files_only
     except embedded.EmbeddedModelMissing as error:
         raise ModelLoadError(str(error)) from None
     dtype = resolve_dtype(settings.dtype)
@@ -180,8 +180,9 @@ def load_transformers_backend(settings: ModelSettings) -> TransformersBackend:
     log.info("Loading model %s (%s, device_map=%s)...", label, str(dtype).removeprefix("torch."),
              settings.device_map)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=settings.device_map)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=settings.device_map,
+                                                     local_files_only=local_only)
     except OSError as error:
         raise ModelLoadError(_explain_load_error(settings.name, error)) from None
     if plan.folders:
