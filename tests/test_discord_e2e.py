@@ -713,6 +713,25 @@ async def test_the_echoes_of_the_bots_own_edits_touch_neither_the_queue_nor_the_
         assert (await scene.turns())[-1] == ("assistant", long_answer)
 
 
+@pytest.mark.parametrize("denied, label", [(permissions.SEND_MESSAGES, "Send Messages"),
+                                           (permissions.READ_MESSAGE_HISTORY, "Read Message History")])
+async def test_where_the_bot_cannot_post_it_spends_no_model_time_and_stores_nothing(scene: Scene, caplog, denied,
+                                                                                     label):
+    quiet = scene.fake.add_text_channel(scene.world.guild, "announcements")
+    scene.fake.set_channel_overwrite(quiet, scene.fake.bot, deny=denied)
+    await scene.ask("warm-up")  # the channel update has reached the bot before what follows
+    with caplog.at_level(logging.WARNING, logger="bot.discord_bot"):
+        for text in ("are you there?", "hello?"):
+            await scene.say(f"{scene.fake.bot.mention} {text}", channel=quiet)
+        await until(lambda: [r for r in caplog.records if "cannot_post" in r.getMessage()])
+        scene.fake.set_channel_overwrite(quiet, scene.fake.bot)  # the permission comes back
+        await scene.ask("now?", channel=quiet)
+    assert await scene.turns(quiet) == [("user", "now?"), ("assistant", "echo: Alice: now?")]
+    assert [prompt[-1]["content"] for prompt in scene.model.prompts] == ["Alice: warm-up", "Alice: now?"]
+    warned = [r.getMessage() for r in caplog.records if "cannot_post" in r.getMessage()]
+    assert len(warned) == 1 and str(quiet.id) in warned[0] and label in warned[0]  # once a channel
+
+
 async def test_a_quick_answer_is_posted_once_whole(tmp_path):
     async with running_bot(tmp_path, stream_edit_interval=1.0) as scene:  # the production default
         message = await scene.say(f"{scene.fake.bot.mention} hi")

@@ -22,10 +22,28 @@ from ..config import DiscordSettings
 from ..core.decide import should_answer
 from ..core.types import Delivered, Reply
 from ..service import ChatService
+from ..telemetry import log_event
 from .convert import readable_content, to_incoming
 from .posting import StreamedReply, parts_to_post, post_reply, typing_in
 
 log = logging.getLogger(__name__)
+
+
+def missing_permission(channel) -> str | None:
+    """The permission the bot lacks to answer in `channel` (None: it has what it needs). An answer
+    is posted as a reply, which Discord allows only with Read Message History."""
+    guild = getattr(channel, "guild", None)
+    if guild is None or guild.me is None:  # a DM, or the bot's own member not known yet
+        return None
+    granted = channel.permissions_for(guild.me)
+    in_thread = isinstance(channel, discord.Thread)
+    for name, label in (("view_channel", "View Channel"),
+                        ("send_messages_in_threads" if in_thread else "send_messages",
+                         "Send Messages in Threads" if in_thread else "Send Messages"),
+                        ("read_message_history", "Read Message History")):
+        if not getattr(granted, name):
+            return label
+    return None
 
 
 class DiscordDelivery:
@@ -59,6 +77,7 @@ class DiscordEvents:
         self.service = service
         self.delete_data_on_guild_remove = settings.delete_data_on_guild_remove
         self.stream_edit_interval = settings.stream_edit_interval
+        self._cannot_post: set[int] = set()  # channels where a missing permission was logged
         self._handling = 0  # messages being answered (or waiting their turn to be)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -67,8 +86,23 @@ class DiscordEvents:
         incoming = to_incoming(message, bot_user_id)
         if should_answer(incoming, auto_reply=True).ignored:
             return  # ignored whatever the channel's settings: no need to queue
+        if not self._can_answer_in(message.channel):
+            return  # no model time, nothing stored: the answer could not be posted
         with self._counted():
             await self.service.respond(incoming, DiscordDelivery(message, self.stream_edit_interval))
+
+    def _can_answer_in(self, channel) -> bool:
+        """Whether the bot may post its answer here (Discord would refuse it: 403). Logged once a
+        channel, until the permission comes back; a 403 that comes anyway is handled as before."""
+        missing = missing_permission(channel)
+        if missing is None:
+            self._cannot_post.discard(channel.id)
+            return True
+        if channel.id not in self._cannot_post:
+            self._cannot_post.add(channel.id)
+            log_event(log, "cannot_post", logging.WARNING, guild=getattr(channel.guild, "id", None),
+                      channel=channel.id, missing=missing)
+        return False
 
     @contextmanager
     def _counted(self) -> Iterator[None]:
