@@ -163,7 +163,9 @@ def format_history(turns: list[Turn]) -> str:
         return messages.HISTORY_EMPTY
     lines = []
     for turn in turns:
-        who = (turn.author_name or "user") if turn.role == "user" else "bot"
+        # A person's lines are marked as theirs: someone logged in as "bot" (a container's user)
+        # must not read like the bot's answers.
+        who = f"user: {turn.author_name or 'someone'}" if turn.role == "user" else "bot"
         lines.append(f"[{who}] {turn.content}")
     return "\n".join(lines)
 

@@ -42,3 +42,20 @@ def test_a_database_that_is_not_a_database_is_one_clear_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: The database at ")
     assert "Traceback" not in result.stderr
+
+
+def test_a_person_named_bot_is_not_mistaken_for_the_bot_in_the_history(tmp_path):
+    finished = chat(tmp_path / "named.db", "Say hello.\n/history\n/quit\n", "--user", "bot",
+                    env={"BOT_GENERATION_MAX_NEW_TOKENS": "5"})
+    history = [line for line in finished.stdout.splitlines() if line.startswith("[")]
+    assert history[0] == "[user: bot] Say hello."
+    assert len(history) == 2 and history[1].startswith("[bot] ")
+
+
+def test_the_terminal_chat_has_no_per_user_rate_limit(tmp_path):
+    # One message at once and one a minute on Discord; the person at the terminal is not slowed.
+    finished = chat(tmp_path / "bot.db", "Count to 2.\nCount to 3.\nCount to 4.\n/quit\n",
+                    env={"BOT_GENERATION_MAX_NEW_TOKENS": "3", "BOT_LIMITS_USER_BURST": "1",
+                         "BOT_LIMITS_USER_MESSAGES_PER_MINUTE": "1"})
+    assert finished.returncode == 0
+    assert len(bot_lines(finished.stdout)) == 3 and "wait" not in finished.stdout.lower()
