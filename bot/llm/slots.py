@@ -99,16 +99,9 @@ class SlotCache:
         self.lengths[slot] = tokens
         self.length_tensor[slot] = tokens
 
-    @property
-    def in_use(self) -> int:
-        return self.slots - len(self._free)
-
     def top(self) -> int:
         """One past the highest decoding slot (the range a decode step runs)."""
         return max(self._decoding_slots) + 1 if self._decoding_slots else 0
-
-    def nbytes_per_token(self) -> int:
-        return 2 * self.layers * self.kv_heads * self.head_dim * self.keys[0].element_size()
 
     # Moving a row's keys/values in and out (a channel's kept prefix) ------------------
 
