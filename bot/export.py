@@ -75,6 +75,7 @@ class ExportSummary:
     left_out_opted_out: int = 0  # turns of people who opted out, and the answers to them
     left_out_short: int = 0  # conversations under min_turns
     left_out_unanswered: int = 0  # user turns no answer followed
+    left_out_cut_short: int = 0  # answers stopped before their end (their questions go too)
     channels: set[int] = field(default_factory=set)
 
     def describe(self) -> str:
@@ -86,6 +87,8 @@ class ExportSummary:
             text += f"; {self.left_out_short:,} conversation(s) shorter than the minimum left out"
         if self.left_out_unanswered:
             text += f"; {self.left_out_unanswered:,} unanswered question(s) left out"
+        if self.left_out_cut_short:
+            text += f"; {self.left_out_cut_short:,} answer(s) cut short left out, with their questions"
         return text
 
 
@@ -157,7 +160,10 @@ def _conversation(persona: str, turns: list[Turn], channel_id: int, wanted: Expo
 def _answered_exchanges(turns: list[Turn], summary: ExportSummary) -> list[Turn]:
     """The turns from the first user turn on, without the user turns no answer followed
     (the next turn is another user turn, or there is none): a question without an answer
-    teaches nothing, and a retried one would be learnt as a run of repeated lines."""
+    teaches nothing, and a retried one would be learnt as a run of repeated lines. Answers cut
+    short (a time limit, a restart, a person who stopped them) go with their questions: a
+    fragment would teach the model to stop mid-sentence."""
+    turns = _without_cut_short_answers(turns, summary)
     first = next((i for i, turn in enumerate(turns) if turn.role == "user"), None)
     if first is None:
         return []
@@ -166,6 +172,18 @@ def _answered_exchanges(turns: list[Turn], summary: ExportSummary) -> list[Turn]
         turn = turns[i]
         if turn.role == "user" and (i + 1 == len(turns) or turns[i + 1].role == "user"):
             summary.left_out_unanswered += 1
+        else:
+            kept.append(turn)
+    return kept
+
+
+def _without_cut_short_answers(turns: list[Turn], summary: ExportSummary) -> list[Turn]:
+    kept: list[Turn] = []
+    for turn in turns:
+        if turn.role == "assistant" and turn.cut_short:
+            summary.left_out_cut_short += 1
+            if kept and kept[-1].role == "user":  # the question it answered
+                kept.pop()
         else:
             kept.append(turn)
     return kept

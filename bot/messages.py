@@ -14,6 +14,7 @@ BUSY = ("I'm busy right now: {waiting} replies are waiting ahead of yours. "
 STORAGE_FAILED = "Sorry, I could not reach my memory (the database) just now. Please try again in a moment."
 CUT_SHORT_TIMEOUT = "This answer was cut short: the model ran out of time."
 CUT_SHORT_RESET = "This answer was cut short: the channel's history was reset."
+CUT_SHORT_STOPPED = "This answer was cut short: you stopped it."
 TURNS_DROPPED = "{count} older message(s) no longer fit in my memory and were left out of this answer."
 
 PERSONA_EMPTY = "A persona needs some text. To go back to the default, use /persona reset."

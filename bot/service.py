@@ -64,11 +64,12 @@ class Ending(Enum):
     TIMEOUT = "timeout"  # the time limit stopped it after part of the answer
     RESET = "reset"  # the channel's history was wiped meanwhile: the answer is not kept
     RESTART = "restart"  # the bot is shutting down: kept as it stands
+    STOPPED = "stopped"  # the person stopped it (Ctrl-C in the terminal): kept as it stands
 
     @property
     def note(self) -> str:
         return {Ending.TIMEOUT: messages.CUT_SHORT_TIMEOUT, Ending.RESET: messages.CUT_SHORT_RESET,
-                Ending.RESTART: messages.CUT_SHORT_RESTART}[self]
+                Ending.RESTART: messages.CUT_SHORT_RESTART, Ending.STOPPED: messages.CUT_SHORT_STOPPED}[self]
 
 
 class ChatService:
@@ -85,6 +86,7 @@ class ChatService:
         self._channels = ChannelSequence()
         self._prompt_starts = PromptStarts()
         self._resets: dict[int, asyncio.Event] = {}  # set to stop the answer being written in a channel
+        self._stops: dict[int, asyncio.Event] = {}  # set to stop it and keep what it has
         self._shutting_down = asyncio.Event()  # set once: every answer stops, no new one starts
         limits = settings.limits
         self._cooldowns = UserCooldowns(limits.user_messages_per_minute, limits.user_burst)
@@ -184,14 +186,19 @@ class ChatService:
             kind = "timeout" if isinstance(error, GenerationTimeout) else "generation_failed"
             return trace.failure(kind, messages.GENERATION_FAILED.format(reason=str(error)))
         if not text:
+            if ending is Ending.STOPPED:  # stopped before a word: nothing to keep
+                trace.cut_short = ending.value
+                return Reply("", ok=False, notes=[ending.note])
             if ending is Ending.RESTART:
                 return trace.refusal("restarting", messages.RESTARTING)
             return trace.failure("empty_answer", messages.NOTHING_TO_SAY)
         if ending is Ending.RESET:  # the history it belongs to is being wiped: keep nothing
             trace.cut_short = ending.value
             return Reply(text, ok=False, notes=[ending.note])
+        cut_short = None if ending is Ending.COMPLETE else ending.value
         answer_id = await self.store.add_turn(channel_id=message.channel_id, guild_id=message.guild_id,
-                                              role="assistant", content=text, reply_to=user_turn_id)
+                                              role="assistant", content=text, reply_to=user_turn_id,
+                                              cut_short=cut_short)
         dropped = trace.dropped_turns = prompt.dropped_turns if prompt.trimmed else 0
         notes = [messages.TURNS_DROPPED.format(count=dropped)] if dropped else []
         if ending is not Ending.COMPLETE:
@@ -233,6 +240,7 @@ class ChatService:
         time limit reached after part of the answer, which keeps that part."""
         raw, ending = "", Ending.COMPLETE
         reset = self._resets.setdefault(channel_id, asyncio.Event())
+        stop = self._stops.setdefault(channel_id, asyncio.Event())
         try:
             place = self.model.place_in_line()
             if place and on_progress is not None:  # shown only if the wait is long enough to notice
@@ -244,7 +252,7 @@ class ChatService:
                 async for delta in stream:
                     raw += delta
                     trace.piece()
-                    if reset.is_set() or self._shutting_down.is_set():
+                    if reset.is_set() or stop.is_set() or self._shutting_down.is_set():
                         break
                     if on_progress is not None:
                         await on_progress(visible_so_far(raw))
@@ -257,12 +265,24 @@ class ChatService:
             raise
         finally:
             self._resets.pop(channel_id, None)
+            self._stops.pop(channel_id, None)
             trace.model_finished(raw)
         if reset.is_set():
             ending = Ending.RESET
+        elif stop.is_set():
+            ending = Ending.STOPPED
         elif self._shutting_down.is_set():
             ending = Ending.RESTART
         return clean_reply(raw), ending
+
+    def stop_answer(self, channel_id: int) -> bool:
+        """Stop the answer being written in a channel at its next piece; it keeps what it has, with a
+        note. False when no answer is being written there (it may still wait for its turn)."""
+        event = self._stops.get(channel_id)
+        if event is None:
+            return False
+        event.set()
+        return True
 
     def stop_answering(self) -> None:
         """For a clean shutdown: answers being written stop at their next piece and keep what

@@ -10,12 +10,16 @@ from __future__ import annotations
 import asyncio
 import getpass
 import itertools
+import os
+import signal
 import sys
-from typing import TextIO
+from contextlib import contextmanager, nullcontext
+from typing import Iterator, TextIO
 
 from . import messages
 from .core.types import IncomingMessage, Turn
 from .service import Actor, ChatService, UserError
+from .terminal_keys import ctrl_c_is_a_key, enable_line_editing, typing_waits, without_escapes
 
 # The terminal is a "server" of its own; Discord ids are never 0, so these never collide.
 TERMINAL_GUILD_ID = 0
@@ -40,44 +44,90 @@ class TerminalChat:
         self.stdin, self.stdout = stdin, stdout
         self.channel_id = channel_id
         self.interactive = stdin.isatty() and stdout.isatty()
+        self._ctrl_c_is_a_key = self.interactive and enable_line_editing()
         name = user_name or _login_name()
         self.actor = Actor(id=0, name=name)
+        self._answer: asyncio.Future | None = None  # the answer being written, which Ctrl-C stops
+        self._stopped = False  # Ctrl-C stopped it before it had a word
 
     def say(self, text: str) -> None:
         print(text, file=self.stdout, flush=True)
 
     async def run(self) -> None:
         self.say(f"Chatting with {self.service.model_name}. Type /help for commands, /quit to leave.")
-        while (line := await self._read_line()) is not None:
-            line = line.strip()
-            if line in ("/quit", "/exit"):
-                break
-            if line.startswith("/"):
-                await self._command(line)
-            elif line:
-                await self._chat(line)
+        with self._ctrl_c_stops_answers():
+            while (line := await self._read_line()) is not None:
+                line = line.strip()
+                if line in ("/quit", "/exit"):
+                    break
+                if line.startswith("/"):
+                    await self._command(line)
+                elif line:
+                    await self._chat(line)
         self.say("Bye.")
 
     async def _read_line(self) -> str | None:
-        if self.interactive:
+        if not self.interactive:
+            line = await asyncio.to_thread(self.stdin.readline)
+            return line if line else None
+        keys = ctrl_c_is_a_key(self.stdin.fileno()) if self._ctrl_c_is_a_key else nullcontext()
+        with keys:
             try:
-                return await asyncio.to_thread(input, "you> ")
-            except EOFError:
+                return without_escapes(await asyncio.to_thread(input, "you> "))
+            except EOFError:  # Ctrl-D
+                self._write("\n")
                 return None
-        line = await asyncio.to_thread(self.stdin.readline)
-        return line if line else None
+
+    @contextmanager
+    def _ctrl_c_stops_answers(self) -> Iterator[None]:
+        """At a terminal, Ctrl-C stops the answer being written (see bot/terminal_keys.py);
+        with none being written it does nothing (at the prompt it is a key that clears the line)."""
+        if not self.interactive:
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        previous_handler = signal.getsignal(signal.SIGINT)
+        loop.add_signal_handler(signal.SIGINT, self._stop_answer)
+        try:
+            yield
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+            signal.signal(signal.SIGINT, previous_handler)
+
+    def _stop_answer(self) -> None:
+        if self._answer is None or self._answer.done():
+            return
+        if self.service.stop_answer(self.channel_id):
+            return  # it stops at its next piece and keeps what was written, with a note
+        self._stopped = True  # still waiting for its turn: nothing was written
+        self._answer.cancel()
 
     async def _chat(self, text: str) -> None:
         message = IncomingMessage(channel_id=self.channel_id, guild_id=TERMINAL_GUILD_ID,
                                   author_id=self.actor.id, author_name=self.actor.name, content=text)
-        printer = LivePrinter(self.stdout, spinner=self.interactive)
+        printer = LivePrinter(self.stdout, spinner=self.interactive, erase=self.interactive)
+        self._answer = asyncio.ensure_future(self.service.reply(message, on_progress=printer.update))
+        self._stopped = False
         try:
-            reply = await self.service.reply(message, on_progress=printer.update)
+            with typing_waits(self.stdin.fileno()) if self.interactive else nullcontext():
+                reply = await self._answer
+        except asyncio.CancelledError:
+            printer.stop_spinner()
+            if not self._stopped:  # the chat itself is being stopped
+                raise
+            self.say(f"({messages.CUT_SHORT_STOPPED})")
+            return
         finally:
             printer.stop_spinner()
-        printer.finish(reply.text)
+            self._answer = None
+        if reply.text:
+            printer.finish(reply.text)
         for note in reply.notes:
             self.say(f"({note})")
+
+    def _write(self, text: str) -> None:
+        self.stdout.write(text)
+        self.stdout.flush()
 
     async def _command(self, line: str) -> None:
         name, _, argument = line.partition(" ")
@@ -116,9 +166,10 @@ class LivePrinter:
 
     PREFIX = "bot> "
 
-    def __init__(self, out: TextIO, spinner: bool):
+    def __init__(self, out: TextIO, spinner: bool, erase: bool = False):
         self.out = out
         self.printed: str | None = None
+        self.erase = erase  # a terminal: a streamed start that the final text revises is rewritten
         self._spinner = asyncio.ensure_future(_spin(out)) if spinner else None
 
     async def update(self, text: str) -> None:
@@ -137,7 +188,9 @@ class LivePrinter:
             self._write(self.PREFIX + final + "\n")
         elif final.startswith(self.printed):
             self._write(final[len(self.printed):] + "\n")
-        else:  # the cleaned final text differs from what streamed: show it whole
+        elif self.erase:  # the cleaned final text differs from what streamed: rewrite it in place
+            self._write(_erase_lines(self.PREFIX + self.printed, self.out) + self.PREFIX + final + "\n")
+        else:  # piped output cannot be rewritten: show it whole
             self._write("\n" + self.PREFIX + final + "\n")
 
     def stop_spinner(self) -> None:
@@ -159,15 +212,26 @@ async def _spin(out: TextIO) -> None:
 
 
 def format_history(turns: list[Turn]) -> str:
+    """A person's lines read "[user: NAME] ...", the bot's "[bot] ...": never mistaken for one
+    another, whatever the person is called (in a container the login name is often "bot")."""
     if not turns:
         return messages.HISTORY_EMPTY
     lines = []
     for turn in turns:
-        # A person's lines are marked as theirs: someone logged in as "bot" (a container's user)
-        # must not read like the bot's answers.
         who = f"user: {turn.author_name or 'someone'}" if turn.role == "user" else "bot"
         lines.append(f"[{who}] {turn.content}")
     return "\n".join(lines)
+
+
+def _erase_lines(shown: str, out: TextIO) -> str:
+    """The escape codes that take the cursor back to the start of `shown` (the text last
+    written, on the current line and those above it) and clear from there on."""
+    try:
+        width = os.get_terminal_size(out.fileno()).columns or 80
+    except (OSError, ValueError, AttributeError):
+        width = 80
+    rows = sum(max(1, -(-len(part) // width)) for part in shown.split("\n"))
+    return "\r" + "\x1b[A" * (rows - 1) + "\x1b[J"
 
 
 def line_head(name: str, argument: str) -> str:

@@ -290,3 +290,30 @@ async def test_a_sitting_of_only_unanswered_questions_exports_nothing(store, set
         await put(store, GENERAL, "user", "anyone?", author=ALICE, name="Alice", at=minutes(n))
     lines, summary = await exported(store, settings)
     assert lines == [] and summary.left_out_unanswered == 3 and summary.left_out_short == 0
+
+
+async def test_answers_cut_short_are_left_out_with_their_questions(store, settings):
+    """An answer the time limit stopped stays in the conversation (with its note) but is a
+    fragment: exported, it would teach the model to stop mid-sentence."""
+    import threading
+
+    from bot.llm.worker import ModelWorker
+    from bot.service import ChatService
+    from tests.support.conversation import said
+    from tests.support.scripted import ScriptedBackend
+
+    held = threading.Event()  # long answers hold after three words until the time limit stops them
+    backend = ScriptedBackend(reply=lambda chat: ("slow " * 50) if "story" in chat[-1]["content"] else "Sure.",
+                              gate=held, gate_after_words=3)
+    service = ChatService(store, ModelWorker(backend, timeout_s=2), settings)
+    assert (await service.reply(said("hello", guild=GUILD, channel=GENERAL))).ok
+    cut = await service.reply(said("tell me a long story", guild=GUILD, channel=GENERAL))
+    assert messages.CUT_SHORT_TIMEOUT in cut.notes
+    assert (await service.reply(said("thanks", guild=GUILD, channel=GENERAL))).ok
+    assert [turn.cut_short for turn in await service.history(GENERAL)] == [None, None, None, "timeout", None, None]
+
+    lines, summary = await exported(store, settings, pseudonymise=False)
+    contents = [message["content"] for message in lines[0]["messages"][1:]]
+    assert len(contents) == 4 and not any("story" in text or "slow" in text for text in contents)
+    assert summary.left_out_cut_short == 1
+    assert "1 answer(s) cut short left out, with their questions" in summary.describe()

@@ -1,4 +1,7 @@
-"""The terminal chat, driven as a user drives it: a real process with piped input."""
+"""The terminal chat, driven as a user drives it: a real process with piped input, or on a
+pseudo-terminal as a person at a keyboard."""
+
+import pytest
 
 from tests.support.cli import bot_lines, chat
 
@@ -52,6 +55,93 @@ def test_a_person_named_bot_is_not_mistaken_for_the_bot_in_the_history(tmp_path)
     assert len(history) == 2 and history[1].startswith("[bot] ")
 
 
+# A person at a keyboard: the real chat on a pseudo-terminal -----------------------------------
+
+_sessions = []
+
+
+@pytest.fixture(autouse=True)
+def _no_session_left_running():
+    yield
+    while _sessions:
+        _sessions.pop().kill()
+
+
+def _session(tmp_path, *args, **env):
+    from tests.support.cli import TerminalSession, chat_env
+
+    session = TerminalSession("chat", *args, env=chat_env(tmp_path / "chat.db", **env),
+                              stderr_path=tmp_path / "stderr.txt")
+    _sessions.append(session)
+    session.expect("Type /help for commands, /quit to leave.")
+    session.expect("you> ")
+    return session
+
+
+def _finish(session, tmp_path):
+    code = session.close()
+    assert code == 0, (tmp_path / "stderr.txt").read_text()
+
+
+def test_up_recalls_a_line_ctrl_c_clears_the_line_and_ctrl_d_leaves(tmp_path):
+    session = _session(tmp_path, "--user", "Ann", BOT_GENERATION_MAX_NEW_TOKENS="5")
+    session.type("Say hello.\r")
+    assert session.expect("you> ").count("bot> ") == 1
+    session.type("\x1b[A\r")  # Up, Enter: the same line again, edited by readline
+    shown = session.expect("you> ")
+    assert "Say hello." in shown and shown.count("bot> ") == 1
+    session.type("not sent after all\x03")  # Ctrl-C at the prompt: the line goes
+    session.type("/history\r")
+    history = [line for line in session.expect("you> ").split("\r\n") if line.startswith("[")]
+    assert history.count("[user: Ann] Say hello.") == 2  # Up sent the same line, free of escape codes
+    assert len(history) == 4 and sum(line.startswith("[bot] ") for line in history) == 2
+    assert not any("not sent" in line for line in history)  # Ctrl-C cleared it: /history ran alone
+    session.type("\x04")  # Ctrl-D
+    session.expect("Bye.")
+    _finish(session, tmp_path)
+
+
+def test_what_is_typed_while_an_answer_streams_waits_for_the_prompt(tmp_path):
+    session = _session(tmp_path, "--user", "Ann", BOT_GENERATION_MAX_NEW_TOKENS="30")
+    session.type("Tell me about dragons.\r")
+    session.expect("bot> ")
+    session.expect(" ")  # a word or so has come
+    session.type("typed ahead")  # while the answer streams: not echoed into it
+    answer = session.expect("you> ")
+    assert "typed ahead" not in answer and "bot> " not in answer
+    session.expect("typed ahead")  # readline shows it at the next prompt, ready to send
+    session.type("\r")
+    assert session.expect("you> ").count("bot> ") == 1
+    session.type("/history\r")
+    history = session.expect("you> ")
+    assert "[user: Ann] Tell me about dragons.\r\n" in history and "[user: Ann] typed ahead\r\n" in history
+    session.type("/quit\r")
+    session.expect("Bye.")
+    _finish(session, tmp_path)
+    assert session.output.count("bot> ") == 2  # no answer is printed twice
+
+
+def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(tmp_path):
+    from bot import messages
+
+    session = _session(tmp_path, "--user", "Ann", BOT_GENERATION_MAX_NEW_TOKENS="400")
+    session.type("Tell me a long story about a dragon and a knight.\r")
+    session.expect("bot> ")
+    session.expect(" ")  # a word or so has come
+    session.type("\x03")  # Ctrl-C: the answer stops, what it wrote stays, with a note
+    answer = session.expect(f"({messages.CUT_SHORT_STOPPED})")
+    assert "bot> " not in answer
+    assert "bot> " not in session.expect("you> ")
+    session.type("/history\r")
+    history = session.expect("you> ")
+    assert "[user: Ann] Tell me a long story about a dragon and a knight." in history
+    assert "\n[bot] " in history.replace("\r", "")  # what it wrote before the stop is kept
+    session.type("/quit\r")
+    session.expect("Bye.")
+    _finish(session, tmp_path)
+    assert session.output.count("bot> ") == 1  # no answer is printed twice
+
+
 def test_the_terminal_chat_has_no_per_user_rate_limit(tmp_path):
     # One message at once and one a minute on Discord; the person at the terminal is not slowed.
     finished = chat(tmp_path / "bot.db", "Count to 2.\nCount to 3.\nCount to 4.\n/quit\n",
@@ -59,3 +149,16 @@ def test_the_terminal_chat_has_no_per_user_rate_limit(tmp_path):
                          "BOT_LIMITS_USER_MESSAGES_PER_MINUTE": "1"})
     assert finished.returncode == 0
     assert len(bot_lines(finished.stdout)) == 3 and "wait" not in finished.stdout.lower()
+
+
+def test_at_a_terminal_a_revised_answer_is_rewritten_in_place_not_printed_again():
+    import asyncio
+    import io
+
+    from bot.terminal import LivePrinter
+
+    out = io.StringIO()
+    printer = LivePrinter(out, spinner=False, erase=True)
+    asyncio.run(printer.update("Hi there <"))
+    printer.finish("Hi there.")
+    assert out.getvalue() == "bot> Hi there <" + "\r\x1b[J" + "bot> Hi there.\n"  # back to its start, cleared

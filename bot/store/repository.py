@@ -80,11 +80,13 @@ class Store:
 
     async def add_turn(self, *, channel_id: int, role: str, content: str, guild_id: int | None = None,
                        author_id: int | None = None, author_name: str | None = None,
-                       message_id: int | None = None, reply_to: int | None = None) -> int:
-        """Store a turn; an answer names the user turn it answered (`reply_to`, its row id)."""
+                       message_id: int | None = None, reply_to: int | None = None,
+                       cut_short: str | None = None) -> int:
+        """Store a turn; an answer names the user turn it answered (`reply_to`, its row id) and,
+        if it was stopped before its end, why (`cut_short`)."""
         row = Message(guild_id=guild_id, channel_id=channel_id, role=role, content=content,
                       author_id=author_id, author_name=author_name, discord_message_id=message_id,
-                      reply_to=reply_to)
+                      reply_to=reply_to, cut_short=cut_short)
         async with self._sessions.begin() as session:
             session.add(row)
         return row.id
@@ -247,7 +249,8 @@ class Store:
 
 def _to_turn(row: Message) -> Turn:
     return Turn(id=row.id, role=row.role, content=row.content, author_name=row.author_name, author_id=row.author_id,
-                message_id=row.discord_message_id, created_at=_as_utc(row.created_at))
+                message_id=row.discord_message_id, created_at=_as_utc(row.created_at),
+                cut_short=row.cut_short)
 
 
 def _as_utc(moment: datetime | None) -> datetime | None:
