@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test migrate run bench clean
+.PHONY: setup demo test migrate run bench clean llama-server
 
 setup: $(STAMP)
 
@@ -32,8 +32,24 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	BOT_MODEL_NAME=embedded BOT_GENERATION_DO_SAMPLE=false $(PY) -m bot chat
 
-test: setup
+test: setup llama-server
 	$(PY) -m pytest -q
+
+# llama.cpp's server (PyPI's llama-cpp-python[server]) for the remote-backend tests, in an
+# environment of its own. Built from source: minutes the first time on a machine, then pip's
+# wheel cache makes it quick. Built for a generic x86-64: a native build crashed with "Illegal
+# instruction" on machines whose CPU reports instructions their hypervisor does not run. If it
+# cannot be built, its tests are skipped and the test summary says so.
+LLAMA_VENV := build/llama-venv
+LLAMA_CPP_VERSION := 0.3.36
+
+llama-server: $(LLAMA_VENV)/.installed
+
+$(LLAMA_VENV)/.installed:
+	@echo "==> building llama.cpp's server (llama-cpp-python $(LLAMA_CPP_VERSION)) for the tests; minutes, once a machine"
+	$(PYTHON) -m venv $(LLAMA_VENV)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(LLAMA_VENV)/bin/pip install --quiet 'llama-cpp-python[server]==$(LLAMA_CPP_VERSION)' \
+		&& touch $@ || echo "WARNING: llama-cpp-python could not be built: its server's tests will be skipped" >&2
 
 run: setup
 	$(PY) -m bot run

@@ -23,7 +23,9 @@ from bench.engine_bench import CHANNELS, GREEDY, NEW_TOKENS, TOPICS, ask
 from bot.config import GenerationSettings, ModelSettings
 from bot.llm import embedded
 from bot.llm.engine import BatchingEngine
-from bot.llm.openai_backend import OpenAICompatibleModel, RemoteTokenCounter
+from bot.llm.openai_backend import OpenAICompatibleModel
+from bot.llm.remote_counting import RemoteTokenCounter
+from bot.llm.server_kind import ServerKind
 from bot.llm.transformers_backend import load_transformers_backend
 from tests.support.models import generate
 from tests.support.openai_server import transformers_server
@@ -73,7 +75,7 @@ async def measure_remote(backend, model_dir: Path) -> LoadResult:
     with tempfile.TemporaryDirectory() as scratch, transformers_server(model_dir, Path(scratch) / "serve.log") as url:
         counter = RemoteTokenCounter(thinking=False, tokenizer=backend.tokenizer)
         remote = OpenAICompatibleModel(url, str(model_dir), backend.context_tokens, counter, timeout_s=600,
-                                       send_repetition_penalty=False)
+                                       server=ServerKind.TRANSFORMERS)
         try:
             await generate(remote, ask("warming up"), GenerationSettings(do_sample=False, max_new_tokens=4))
             return await eight_channels_at_once(remote, backend.tokenizer)

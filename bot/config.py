@@ -56,8 +56,11 @@ class ModelSettings:
                            "(an OpenAI-compatible server at base_url; API key from OPENAI_API_KEY or "
                            "BOT_MODEL_API_KEY)", choices=("local", "openai"))
     base_url: str = setting("", 'the server\'s API root for backend = "openai", e.g. "http://127.0.0.1:8000/v1"')
-    send_repetition_penalty: bool = setting(True, 'send repetition_penalty to the server (vLLM, SGLang, llama.cpp '
-                                            'honour it; false for `transformers serve`, which refuses it)')
+    server: str = setting("auto", 'which OpenAI-compatible server base_url is, for the fields it reads and how it '
+                          'counts tokens; "auto" asks the server', choices=("auto", "vllm", "sglang", "llama.cpp",
+                                                           "llama-cpp-python", "transformers", "openai"))
+    send_repetition_penalty: bool = setting(True, "send the repetition penalty to the server, under the name that "
+                                            "server reads (none for `transformers serve`, which refuses it)")
     adapter: str = setting("", "a LoRA adapter folder (peft layout) used for every reply unless a server picks "
                            'another; "" = the base model')
     adapters_dir: str = setting("", "a folder whose subfolders are LoRA adapters that server admins may pick by "

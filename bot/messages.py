@@ -15,6 +15,9 @@ STORAGE_FAILED = "Sorry, I could not reach my memory (the database) just now. Pl
 CUT_SHORT_TIMEOUT = "This answer was cut short: the model ran out of time."
 CUT_SHORT_RESET = "This answer was cut short: the channel's history was reset."
 CUT_SHORT_STOPPED = "This answer was cut short: you stopped it."
+CUT_SHORT_SERVER = "This answer was cut short: the model server stopped answering."
+SERVER_PROMPT_TOO_LONG = ("Your message is too long for the model server's context ({context:,} tokens), so I "
+                          "could not answer it and did not keep it. Please send a shorter one.")
 TURNS_DROPPED = "{count} older message(s) no longer fit in my memory and were left out of this answer."
 
 PERSONA_EMPTY = "A persona needs some text. To go back to the default, use /persona reset."
@@ -90,7 +93,7 @@ ADAPTER_NONE = "the base model, without an adapter"
 
 # Status and metrics ----------------------------------------------------------
 
-STATUS = ("Model: {model} ({context:,} tokens of context)\n"
+STATUS = ("Model: {model} ({context:,} tokens of context{context_source})\n"
           "Backend: {backend}\n"
           "Queue: {queue} ({waiting_turn} waiting for their channel's turn, {waiting} waiting for the model, "
           "{writing} being written)\n"

@@ -30,7 +30,8 @@ from .core.prompt import Prompt, PromptTooLong, build_prompt
 from .core.text import is_blank, with_text_repaired
 from .core.types import Delivered, IncomingMessage, Reply, Turn
 from .core.validate import problem_with_message
-from .llm.port import ChatModel, GenerationError, GenerationTimeout, ModelBusy
+from .llm.port import (ChatModel, GenerationError, GenerationInterrupted, GenerationTimeout, ModelBusy,
+                       PromptRefused)
 from .privacy import Privacy
 from .server_settings import Actor, ServerSettings, UserError
 from .status import status_text
@@ -65,11 +66,13 @@ class Ending(Enum):
     RESET = "reset"  # the channel's history was wiped meanwhile: the answer is not kept
     RESTART = "restart"  # the bot is shutting down: kept as it stands
     STOPPED = "stopped"  # the person stopped it (Ctrl-C in the terminal): kept as it stands
+    INTERRUPTED = "interrupted"  # the model (its server) stopped mid-answer: kept as it stands
 
     @property
     def note(self) -> str:
         return {Ending.TIMEOUT: messages.CUT_SHORT_TIMEOUT, Ending.RESET: messages.CUT_SHORT_RESET,
-                Ending.RESTART: messages.CUT_SHORT_RESTART, Ending.STOPPED: messages.CUT_SHORT_STOPPED}[self]
+                Ending.RESTART: messages.CUT_SHORT_RESTART, Ending.STOPPED: messages.CUT_SHORT_STOPPED,
+                Ending.INTERRUPTED: messages.CUT_SHORT_SERVER}[self]
 
 
 class ChatService:
@@ -181,6 +184,12 @@ class ChatService:
             text, ending = await self._write(message.channel_id, prompt, adapter, on_progress, trace)
         except ModelBusy as busy:
             return trace.refusal("busy", messages.BUSY.format(waiting=busy.waiting))
+        except PromptRefused:
+            # Not kept: a message the model can never take would fail every later turn too.
+            await self.store.forget_turn(user_turn_id)
+            self._prompt_starts.forget(message.channel_id)
+            return trace.refusal("prompt_too_long",
+                                 messages.SERVER_PROMPT_TOO_LONG.format(context=self.model.context_tokens))
         except GenerationError as error:
             trace.error = type(error).__name__
             kind = "timeout" if isinstance(error, GenerationTimeout) else "generation_failed"
@@ -256,10 +265,10 @@ class ChatService:
                         break
                     if on_progress is not None:
                         await on_progress(visible_so_far(raw))
-        except GenerationTimeout:
+        except (GenerationTimeout, GenerationInterrupted) as error:
             if not clean_reply(raw):
                 raise
-            ending = Ending.TIMEOUT
+            ending = Ending.TIMEOUT if isinstance(error, GenerationTimeout) else Ending.INTERRUPTED
         except GenerationError:
             raw = ""  # a failed model's half-answer is not worth keeping
             raise

@@ -15,7 +15,9 @@ from .telemetry import Load, Observer
 
 def status_text(model: ChatModel, load: Load, observer: Observer, extra_lines: tuple[str, ...] = ()) -> str:
     lines = [messages.STATUS.format(
-        model=model.name, context=model.context_tokens, backend=describe_backend(model.abilities),
+        model=model.name, context=model.context_tokens,
+        context_source=f", {model.abilities.context_source}" if model.abilities.context_source else "",
+        backend=describe_backend(model.abilities),
         queue=load.queue, waiting_turn=load.waiting_turn, waiting=load.waiting, writing=load.writing,
         uptime=format_duration(observer.uptime()), answered=observer.outcomes["answered"],
         refused=observer.outcomes["refused"], failed=observer.outcomes["failed"])]

@@ -16,7 +16,7 @@ from tests.support.scripted import ScriptedBackend
 from tests.support.settings import REPO_ROOT, settings_for
 
 # A throwaway PostgreSQL server for the storage tests (skipped, loudly, where it cannot start).
-pytest_plugins = ["tests.support.postgres"]
+pytest_plugins = ["tests.support.loud_skips", "tests.support.postgres"]
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import pytest
 from bot.config import GenerationSettings
 from bot.llm import transformers_backend
 from bot.llm.decoding import SamplingRow, generate_arguments, openai_fields, sampling_row
-from bot.llm.openai_backend import OpenAICompatibleModel, RemoteTokenCounter
+from bot.llm.openai_backend import OpenAICompatibleModel
+from bot.llm.remote_counting import RemoteTokenCounter
 from bot.llm.port import ModelKind
 from bot.service import ChatService
 from tests.support.conversation import said, stored
@@ -74,7 +75,7 @@ def test_temperature_zero_is_greedy_for_a_remote_server():
 def test_every_greedy_setting_translates_to_greedy_everywhere(params):
     assert generate_arguments(params)["do_sample"] is False
     assert "temperature" not in generate_arguments(params)  # transformers warns about it when greedy
-    assert openai_fields(params, send_repetition_penalty=False)["temperature"] == 0.0
+    assert openai_fields(params, penalty_field=None)["temperature"] == 0.0
     assert sampling_row(params).greedy and sampling_row(params).temperature == 1.0
     assert sampling_row(params).top_p_cut == 0.0
 
@@ -84,7 +85,8 @@ def test_sampling_settings_translate_to_each_backends_names():
                              max_new_tokens=50)
     assert generate_arguments(hot) == {"max_new_tokens": 50, "repetition_penalty": 1.2, "do_sample": True,
                                        "temperature": 0.8, "top_p": 0.9}
-    assert openai_fields(hot, send_repetition_penalty=True) == {"max_tokens": 50, "temperature": 0.8,
-                                                                "top_p": 0.9, "repetition_penalty": 1.2}
-    assert "repetition_penalty" not in openai_fields(hot, send_repetition_penalty=False)
+    assert openai_fields(hot, penalty_field="repetition_penalty") == {"max_tokens": 50, "temperature": 0.8,
+                                                                      "top_p": 0.9, "repetition_penalty": 1.2}
+    assert openai_fields(hot, penalty_field="repeat_penalty")["repeat_penalty"] == 1.2  # llama.cpp's name
+    assert "repetition_penalty" not in openai_fields(hot, penalty_field=None)
     assert sampling_row(hot) == SamplingRow(greedy=False, temperature=0.8, top_p_cut=1.0 - 0.9, penalty=1.2)

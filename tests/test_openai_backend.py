@@ -12,8 +12,10 @@ from bot.config import ConfigError, GenerationSettings, load_settings
 from bot.core.types import IncomingMessage
 from bot.llm import embedded
 from bot.llm.loading import load_model
-from bot.llm.openai_backend import OpenAICompatibleModel, RemoteTokenCounter
+from bot.llm.openai_backend import OpenAICompatibleModel
+from bot.llm.remote_counting import RemoteTokenCounter
 from bot.llm.remote_setup import api_key_from_environment
+from bot.llm.server_kind import ServerKind
 from bot.llm.port import GenerationFailed, GenerationTimeout
 from bot.service import ChatService
 from tests.support.openai_server import stub_server, transformers_server
@@ -51,8 +53,8 @@ class RecordingModel(OpenAICompatibleModel):
         return body
 
     @contextlib.asynccontextmanager
-    async def _post(self, body):
-        async with super()._post(body) as response:
+    async def _post(self, body, **options):
+        async with super()._post(body, **options) as response:
             self.open_streams += 1
             try:
                 yield response
@@ -62,9 +64,8 @@ class RecordingModel(OpenAICompatibleModel):
 
 def remote_settings(tmp_path, model_dir, server_url, **model):
     settings = settings_for(tmp_path / "bot.db", do_sample=False, max_new_tokens=24)
-    # transformers serve refuses repetition_penalty (an unknown field to it) and is pinned to the path.
-    return settings.with_overrides("model", backend="openai", base_url=server_url, name=str(model_dir),
-                                   send_repetition_penalty=False, **model)
+    # transformers serve is pinned to the path (and found to be transformers serve: no penalty is sent).
+    return settings.with_overrides("model", backend="openai", base_url=server_url, name=str(model_dir), **model)
 
 
 @pytest.fixture
@@ -72,8 +73,9 @@ async def remote(tmp_path, model_dir, server_url):
     settings = remote_settings(tmp_path, model_dir, server_url)
     model = load_model(settings)
     assert isinstance(model, OpenAICompatibleModel)
+    assert model.server is ServerKind.TRANSFORMERS  # asked of the server itself
     recording = RecordingModel(model.base_url, model.name, model.context_tokens, model.counter, timeout_s=120,
-                               send_repetition_penalty=False)
+                               server=model.server)
     yield recording
     await recording.aclose()
 
@@ -141,7 +143,7 @@ async def test_an_unreachable_server_is_named_in_a_sentence(remote):
 
 async def test_the_servers_own_error_message_is_passed_on(remote):
     wrong = OpenAICompatibleModel(remote.base_url, "no-such/model", 2048, remote.counter, timeout_s=5,
-                                  send_repetition_penalty=False)
+                                  server=ServerKind.TRANSFORMERS)
     with pytest.raises(GenerationFailed, match=r"HTTP 4\d\d.*pinned"):
         await generate(wrong, HELLO, GREEDY)
     await wrong.aclose()

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from bot.llm.loading import load_model
 from bot.llm.remote_setup import FALLBACK_CONTEXT_TOKENS
+from bot.llm.server_kind import ServerKind
 from bot.service import ChatService
 from tests.support.openai_server import stub_server
 from tests.support.ports import free_port
@@ -65,13 +66,16 @@ async def test_vllm_and_sglang_report_max_model_len(tmp_path, store, settings, m
         model = await remote_model(tmp_path, base_url)
     assert model.context_tokens == 32768
     assert headers[0]["Authorization"] == "Bearer sk-test"
-    assert "(32,768 tokens of context)" in await ChatService(store, model, settings).status()
+    assert model.server is ServerKind.VLLM  # its models say owned_by vllm
+    assert "(32,768 tokens of context, as the server reports)" in await ChatService(store, model, settings).status()
 
 
 async def test_llama_cpp_reports_what_each_request_gets_not_the_training_length(tmp_path):
     async with model_server({"/v1/models": LLAMA_CPP_MODELS, "/props": LLAMA_CPP_PROPS}) as base_url:
         model = await remote_model(tmp_path, base_url)
     assert model.context_tokens == 8192
+    assert model.server is ServerKind.LLAMA_CPP
+    assert "repeat_penalty" in model.request_body([{"role": "user", "content": "hi"}], settings_for(tmp_path / "x.db").generation)
 
 
 async def test_the_setting_wins_over_the_server(tmp_path):
@@ -80,8 +84,11 @@ async def test_the_setting_wins_over_the_server(tmp_path):
     assert model.context_tokens == 2048
 
 
-async def test_a_server_that_says_nothing_or_cannot_be_reached_gets_the_old_fallback(tmp_path):
+async def test_a_server_that_says_nothing_or_cannot_be_reached_gets_the_fallback_and_status_says_so(
+        tmp_path, store, settings):
     async with model_server({"/v1/models": TRANSFORMERS_SERVE_MODELS}) as base_url:
         silent = await remote_model(tmp_path, base_url)
     unreachable = await remote_model(tmp_path, f"http://127.0.0.1:{free_port()}/v1")  # nothing listens there
     assert silent.context_tokens == unreachable.context_tokens == FALLBACK_CONTEXT_TOKENS
+    status = await ChatService(store, silent, settings).status()
+    assert "(4,096 tokens of context, a guess: the server does not say; set [model] context_tokens)" in status

@@ -6,7 +6,8 @@ import io
 import pytest
 
 from bot import messages
-from bot.llm.openai_backend import OpenAICompatibleModel, RemoteTokenCounter
+from bot.llm.openai_backend import OpenAICompatibleModel
+from bot.llm.remote_counting import RemoteTokenCounter
 from bot.service import ChatService
 from bot.terminal import TerminalChat
 from tests.fakediscord import CommandNotPermitted, permissions

@@ -51,14 +51,14 @@ def sampling_row(params: GenerationSettings) -> SamplingRow:
                        float(params.repetition_penalty))
 
 
-def openai_fields(params: GenerationSettings, *, send_repetition_penalty: bool) -> dict:
+def openai_fields(params: GenerationSettings, *, penalty_field: str | None) -> dict:
     """Fields of an OpenAI-compatible chat-completion request. Greedy decoding is temperature 0
-    in that API (it has no do_sample field)."""
+    in that API (it has no do_sample field). The repetition penalty is not part of the API
+    (frequency_penalty is a different, additive penalty): it goes under the name the server
+    reads (`penalty_field`, see ServerKind.penalty_field), or not at all (None)."""
     greedy = is_greedy(params)
     fields = {"max_tokens": params.max_new_tokens, "temperature": 0.0 if greedy else params.temperature,
               "top_p": 1.0 if greedy else params.top_p}
-    if send_repetition_penalty:
-        # Not part of the OpenAI API (frequency_penalty is a different, additive penalty);
-        # vLLM, SGLang and llama.cpp server accept it, `transformers serve` refuses it.
-        fields["repetition_penalty"] = params.repetition_penalty
+    if penalty_field:
+        fields[penalty_field] = params.repetition_penalty
     return fields

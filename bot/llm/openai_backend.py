@@ -1,84 +1,77 @@
 """The remote backend: any OpenAI-compatible `/v1/chat/completions` server (vLLM, SGLang,
-llama.cpp server, `transformers serve`) writes the replies; the bot only sends the chat
+llama.cpp's servers, `transformers serve`) writes the replies; the bot only sends the chat
 messages it built and reads the answer back as a server-sent-event stream.
 
 The server does its own batching and caching, so this front keeps no queue: a reply starts
 at once (place_in_line is 0) and `forget` has nothing to drop. The token budget is still
-enforced here, before the request, with the model's own tokenizer when it is on this machine
-(exact), else with a conservative character estimate (logged once as approximate).
-Setting it up from the configuration: bot/llm/remote_setup.py.
+enforced here, before the request (bot/llm/remote_counting.py). What the servers do
+differently (field names, context length, counting) follows from the server's kind
+(bot/llm/server_kind.py). Setting it up from the configuration: bot/llm/remote_setup.py.
+
+A server can fail in many ways; each ends in a sentence for the user and a channel that keeps
+working: a request that fails before any answer is tried once more on a fresh connection (a
+keep-alive connection the server had closed); a prompt refused as too long is tried once more
+with older turns left out; a stream that breaks off, or ends without saying it is finished,
+keeps what was written as an answer cut short.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import logging
+import re
 from typing import AsyncIterator, Hashable
 
 import aiohttp
 
 from ..config import GenerationSettings
 from .adapters import NO_ADAPTERS, Adapters
-from .chat_template import TokenizerPool, render_prompt_ids
 from .decoding import openai_fields
-from .port import (Abilities, ChatMessages, ChatModel, GenerationFailed, GenerationTimeout, ModelKind,
-                   RenderedPrompt)
+from .port import (Abilities, ChatMessages, ChatModel, GenerationFailed, GenerationInterrupted, GenerationTimeout,
+                   ModelKind, PromptRefused, RenderedPrompt)
+from .remote_counting import RemoteTokenCounter
+from .server_kind import ServerKind, named_context
 
 log = logging.getLogger(__name__)
 
-# Without the tokenizer we cannot count; three characters a token overestimates English
-# (about four) so a prompt estimated to fit will fit.
-CHARS_PER_TOKEN_ESTIMATE = 3
-TOKENS_PER_MESSAGE_ESTIMATE = 8  # role markers and separators each message adds
 CONNECT_TIMEOUT_S = 10
 
 
-class RemoteTokenCounter:
-    """Counts prompt tokens for a model that runs elsewhere: exactly with a local tokenizer,
-    else by estimate. Safe from any thread."""
+class _NotAnswered(Exception):
+    """A request that ended before the server wrote a word of the answer (internal)."""
 
-    def __init__(self, thinking: bool, tokenizer=None):
-        self.thinking = thinking
-        self.exact = tokenizer is not None
-        self._tokenizers = TokenizerPool(tokenizer) if tokenizer is not None else None
-
-    def count(self, messages: ChatMessages) -> int:
-        if self._tokenizers is None:
-            return estimate_tokens(messages)
-        with self._tokenizers.borrowed() as tokenizer:
-            return len(render_prompt_ids(tokenizer, messages, enable_thinking=self.thinking))
-
-    def output_tokens(self, text: str) -> int | None:
-        if self._tokenizers is None:
-            return None
-        with self._tokenizers.borrowed() as tokenizer:
-            return len(tokenizer.encode(text, add_special_tokens=False))
-
-
-def estimate_tokens(messages: ChatMessages) -> int:
-    return sum(len(m["content"]) // CHARS_PER_TOKEN_ESTIMATE + TOKENS_PER_MESSAGE_ESTIMATE for m in messages)
+    def __init__(self, reason: str, *, too_long: bool = False, context: int | None = None):
+        super().__init__(reason)
+        self.too_long = too_long  # the server said (or, with an empty stream, seemed to say) the prompt is too long
+        self.context = context  # the context length the server named, if it did
 
 
 class OpenAICompatibleModel(ChatModel):
     """Streams replies from an OpenAI-compatible server. Raises GenerationTimeout past the time
-    limit and GenerationFailed (str() is a sentence for the user) when the server cannot answer.
-    The server renders the prompt itself: it is sent as messages."""
+    limit, GenerationInterrupted when the server stops mid-answer, PromptRefused when the prompt
+    cannot fit the server's context even shortened, and GenerationFailed (str() is a sentence
+    for the user) when the server cannot answer. The server renders the prompt itself: it is
+    sent as messages."""
 
     def __init__(self, base_url: str, model_name: str, context_tokens: int, counter: RemoteTokenCounter, *,
                  thinking: bool = False, timeout_s: float = 120.0, api_key: str | None = None,
-                 send_repetition_penalty: bool = True, adapters: Adapters = NO_ADAPTERS):
+                 send_repetition_penalty: bool = True, adapters: Adapters = NO_ADAPTERS,
+                 server: ServerKind = ServerKind.OTHER, context_source: str = ""):
         self.name = model_name
         self.context_tokens = context_tokens
         self.base_url = base_url.rstrip("/")
+        self.server = server
         # LoRA adapters the server serves as models of their own (vLLM's --lora-modules NAME=PATH):
         # a request for one is sent with that NAME as its model.
         self.abilities = Abilities(ModelKind.REMOTE, adapters=adapters, max_batch=0, server_url=self.base_url,
-                                   counts_exactly=counter.exact)
+                                   counts_exactly=counter.exact, context_source=context_source)
         self.counter = counter
         self.thinking = thinking
         self.timeout_s = timeout_s
-        self.send_repetition_penalty = send_repetition_penalty
+        self._penalty_field = server.penalty_field if send_repetition_penalty else None
         self._api_key = api_key  # never logged: kept out of repr and messages
         self._session: aiohttp.ClientSession | None = None
 
@@ -93,40 +86,115 @@ class OpenAICompatibleModel(ChatModel):
         """The reply in text pieces as the server writes them. Stopping the iteration (break,
         cancel, time limit) closes the connection, which tells the server to stop generating.
         `adapter` (a name, "base", or None for the default) picks the served model."""
-        body = self.request_body(prompt.messages, params)
-        body["model"] = self.adapter_to_run(adapter) or self.name
+        model = self.adapter_to_run(adapter) or self.name
         deadline = asyncio.get_running_loop().time() + self.timeout_s
+        messages, shortened, fresh = prompt.messages, False, False
         try:
-            async with self._post(body) as response:
-                await _raise_for_status(response)
-                async for delta in _text_deltas(response, deadline):
-                    yield delta
+            while True:
+                body = {**self.request_body(messages, params), "model": model}
+                try:
+                    # Closed at once when the caller stops reading: that closes the connection.
+                    async with contextlib.aclosing(self._answer(body, messages, deadline, fresh)) as answer:
+                        async for delta in answer:
+                            yield delta
+                    return
+                except _NotAnswered as failure:
+                    messages, shortened, fresh = await self._next_try(failure, messages, params, shortened, fresh)
         except TimeoutError:
             log.warning("the model server passed the %.0f s limit; the request was closed", self.timeout_s)
             raise GenerationTimeout(f"The model took longer than {self.timeout_s:.0f} seconds and was stopped.") from None
-        except aiohttp.ClientConnectionError as error:
-            log.warning("cannot reach the model server at %s: %s", self.base_url, error)
-            raise GenerationFailed(f"The model server at {self.base_url} could not be reached.") from None
+
+    async def _next_try(self, failure: _NotAnswered, messages: ChatMessages, params: GenerationSettings,
+                        shortened: bool, fresh: bool) -> tuple[ChatMessages, bool, bool]:
+        """What to send after a request that got no answer: once more with older turns left out
+        (a prompt refused as too long), once more on a fresh connection (anything else); after
+        that, the error for the user. Returns (messages, shortened, fresh) for the next try."""
+        if failure.too_long:
+            fewer = messages if shortened else await self._shortened(messages, failure.context, params.max_new_tokens)
+            if len(fewer) == len(messages):  # nothing (more) to leave out: asking again is no use
+                raise PromptRefused(f"The prompt is too long for the model server: {failure}")
+            return fewer, True, fresh
+        if fresh:
+            log.warning("cannot reach the model server at %s: %s", self.base_url, failure)
+            raise GenerationFailed(f"The model server at {self.base_url} could not be reached.")
+        log.info("the model server did not answer (%s); trying once more on a fresh connection", failure)
+        return messages, shortened, True
+
+    async def _answer(self, body: dict, messages: ChatMessages, deadline: float, fresh: bool) -> AsyncIterator[str]:
+        """One request's answer. Before its first word every failure is _NotAnswered; after it,
+        a stream that breaks off or ends unfinished is GenerationInterrupted."""
+        written = finished = False
+        try:
+            async with self._post(body, fresh=fresh) as response:
+                await _raise_for_status(response)
+                async for chunk in _chunks(response, deadline):
+                    delta, finish, usage = _parts_of(chunk)
+                    if usage is not None:
+                        self.counter.server_counted(messages, usage)
+                    finished = finished or finish
+                    if delta:
+                        written = True
+                        yield delta
+        except TimeoutError:
+            raise
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as error:
+            if not written:
+                raise _NotAnswered(f"{type(error).__name__}: {error}") from None
+            log.warning("the model server at %s stopped mid-answer: %s: %s", self.base_url, type(error).__name__, error)
+            raise GenerationInterrupted("The model server stopped answering mid-reply.") from None
+        if not finished:
+            if not written:  # llama-cpp-python's answer to a prompt longer than its context
+                raise _NotAnswered("it sent an empty answer", too_long=True)
+            log.warning("the model server at %s ended an answer without finishing it (no finish_reason)",
+                        self.base_url)
+            raise GenerationInterrupted("The model server ended the answer before it was finished.")
+
+    async def _shortened(self, messages: ChatMessages, server_context: int | None, answer_tokens: int) -> ChatMessages:
+        """The prompt with its oldest turns left out until it fits what the server takes (the
+        context it named, which is remembered, else three quarters of what was sent)."""
+        if server_context and server_context < self.context_tokens:
+            log.warning("The model server's context is %d tokens, not %d: prompts are cut to fit from now on.",
+                        server_context, self.context_tokens)
+            self.context_tokens = server_context
+            self.abilities = dataclasses.replace(self.abilities, context_source="as the server said when it "
+                                                 "refused a longer prompt")
+        sent = await asyncio.to_thread(self.counter.count, messages)
+        budget = min(self.context_tokens - answer_tokens, sent * 3 // 4)
+        system = [m for m in messages[:1] if m["role"] == "system"]
+        turns = list(messages[len(system):])
+        while len(turns) > 1:
+            turns.pop(0)
+            while len(turns) > 1 and turns[0]["role"] != "user":
+                turns.pop(0)
+            if await asyncio.to_thread(self.counter.count, [*system, *turns]) <= budget:
+                break
+        return [*system, *turns]
 
     def request_body(self, messages: ChatMessages, params: GenerationSettings) -> dict:
-        return {
-            "model": self.name,
-            "messages": messages,
-            "stream": True,
-            **openai_fields(params, send_repetition_penalty=self.send_repetition_penalty),
-            # vLLM and SGLang pass these to the chat template; SmolLM3 reads enable_thinking.
-            "chat_template_kwargs": {"enable_thinking": self.thinking},
-        }
+        body = {"model": self.name, "messages": messages, "stream": True,
+                **openai_fields(params, penalty_field=self._penalty_field)}
+        if self.server.reports_usage:  # the prompt's real token count comes back at the end
+            body["stream_options"] = {"include_usage": True}
+        if self.server.takes_template_arguments:
+            # vLLM, SGLang and llama-server pass these to the chat template; SmolLM3 reads enable_thinking.
+            body["chat_template_kwargs"] = {"enable_thinking": self.thinking}
+        return body
 
-    def _post(self, body: dict):
+    @contextlib.asynccontextmanager
+    async def _post(self, body: dict, *, fresh: bool = False) -> AsyncIterator[aiohttp.ClientResponse]:
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         # sock_read bounds the wait for the response headers; the deadline bounds the rest.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=self.timeout_s)
-        return self._client().post(f"{self.base_url}/chat/completions", json=body, headers=headers,
-                                   timeout=timeout)
+        client = await self._client(fresh)
+        async with client.post(f"{self.base_url}/chat/completions", json=body, headers=headers,
+                               timeout=timeout) as response:
+            yield response
 
-    def _client(self) -> aiohttp.ClientSession:
-        # Created on first use: the model is loaded in a thread with no event loop.
+    async def _client(self, fresh: bool = False) -> aiohttp.ClientSession:
+        # Created on first use: the model is loaded in a thread with no event loop. A fresh one
+        # drops every kept-alive connection, any of which the server may have closed.
+        if fresh and self._session is not None:
+            await self._session.close()
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession()
         return self._session
@@ -149,8 +217,11 @@ class OpenAICompatibleModel(ChatModel):
 async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
     if response.status < 400:
         return
-    detail = _server_message(await response.text())
+    body = await response.text()
+    detail = _server_message(body)
     log.warning("the model server answered HTTP %s: %s", response.status, detail)
+    if response.status in (400, 413) and _TOO_LONG.search(detail):
+        raise _NotAnswered(detail, too_long=True, context=named_context(body))
     if response.status == 429:
         raise GenerationFailed("The model server is busy right now (too many requests); try again in a moment.")
     side = "refused the request" if response.status < 500 else "failed"
@@ -184,8 +255,8 @@ def _validation_problem(item: object) -> str:
     return f"{where}: {item.get('msg', '')}" if where else str(item.get("msg", ""))
 
 
-async def _text_deltas(response: aiohttp.ClientResponse, deadline: float) -> AsyncIterator[str]:
-    """The content pieces of a chat-completion SSE stream, until `data: [DONE]` or the end."""
+async def _chunks(response: aiohttp.ClientResponse, deadline: float) -> AsyncIterator[dict]:
+    """The chunks of a chat-completion SSE stream, until `data: [DONE]` or the end."""
     loop = asyncio.get_running_loop()
     while True:
         async with asyncio.timeout_at(deadline):
@@ -197,9 +268,7 @@ async def _text_deltas(response: aiohttp.ClientResponse, deadline: float) -> Asy
             continue
         if data == "[DONE]":
             return
-        delta = _content_of(data)
-        if delta:
-            yield delta
+        yield _chunk(data)
         if loop.time() > deadline:
             raise TimeoutError
 
@@ -212,12 +281,30 @@ def _sse_data(line: bytes) -> str | None:
     return text[len("data:"):].strip()
 
 
-def _content_of(data: str) -> str:
+def _chunk(data: str) -> dict:
     try:
         chunk = json.loads(data)
     except ValueError:
         raise GenerationFailed("The model server sent a reply the bot could not read.") from None
+    if not isinstance(chunk, dict):
+        raise GenerationFailed("The model server sent a reply the bot could not read.")
     if "error" in chunk:  # vLLM reports errors inside the stream once it has started
         raise GenerationFailed(f"The model server failed while writing: {_server_message(data)}")
+    return chunk
+
+
+def _parts_of(chunk: dict) -> tuple[str, bool, int | None]:
+    """A chunk's text, whether it says the answer is finished, and the prompt's token count if
+    it reports one (the last chunk, with stream_options.include_usage)."""
     choices = chunk.get("choices") or [{}]
-    return (choices[0].get("delta") or {}).get("content") or ""
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    usage = chunk.get("usage")
+    prompt_tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    return ((choice.get("delta") or {}).get("content") or "", bool(choice.get("finish_reason")),
+            prompt_tokens if isinstance(prompt_tokens, int) else None)
+
+
+# How servers say a prompt is longer than their context: vLLM "maximum context length is 2048
+# tokens", llama-server "exceeds the available context size", llama-cpp-python "exceed context
+# window of 2048", SGLang "longer than the model's context length".
+_TOO_LONG = re.compile(r"context (length|size|window)|too long|exceeds? .*context", re.IGNORECASE)

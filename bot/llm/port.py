@@ -43,6 +43,16 @@ class GenerationFailed(GenerationError):
     pass
 
 
+class GenerationInterrupted(GenerationFailed):
+    """The model stopped in the middle of an answer (a server that went away, a stream cut
+    short): what it wrote so far stands, as after a time limit."""
+
+
+class PromptRefused(GenerationFailed):
+    """The model's server refused the prompt as longer than its context, even after the
+    window was shortened: the message cannot be answered as it is."""
+
+
 class ModelBusy(GenerationError):
     """Too many replies are waiting for the model already. `waiting` says how many."""
 
@@ -68,6 +78,7 @@ class Abilities:
     max_batch: int = 1  # replies written at once (the engine's batch; 1 for the worker)
     server_url: str | None = None  # where a remote model runs
     counts_exactly: bool = True  # render() counts with the model's own tokenizer (else an estimate)
+    context_source: str = ""  # where a remote model's context length comes from, for /status
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,11 @@ class Store:
         async with self._sessions.begin() as session:
             session.add_all(AnswerPart(discord_message_id=message_id, turn_id=turn_id) for message_id in message_ids)
 
+    async def forget_turn(self, turn_id: int) -> None:
+        """Remove one stored turn by its row id (a message the model could not take)."""
+        async with self._sessions.begin() as session:
+            await session.execute(delete(Message).where(Message.id == turn_id))
+
     async def forget_message(self, message_id: int) -> int:
         """A Discord message was deleted: forget what it held. A person's message goes with the
         answer written to it; a message showing (part of) an answer forgets that answer. Returns

@@ -16,19 +16,18 @@ import os
 import shutil
 import subprocess
 import tempfile
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.support.loud_skips import skip_loudly
 from tests.support.ports import free_port
 
 SERVER_BINARY_GLOB = "/usr/lib/postgresql/*/bin"
 SUPERUSER = "postgres"
 START_TIMEOUT_S = 30
-_skip_reasons: list[str] = []
 _database_numbers = itertools.count(1)
 
 
@@ -105,10 +104,7 @@ def postgres_server():
     try:
         server, root = start_server()
     except (PostgresUnavailable, OSError, subprocess.SubprocessError) as error:
-        reason = f"PostgreSQL TESTS SKIPPED: the test server could not start: {error}"
-        _skip_reasons.append(reason)
-        warnings.warn(reason)
-        pytest.skip(reason)
+        skip_loudly(f"PostgreSQL TESTS SKIPPED: the test server could not start: {error}")
     yield server
     server.stop()
     shutil.rmtree(root, ignore_errors=True)
@@ -133,7 +129,3 @@ async def _create_database(server: PostgresServer, name: str) -> None:
     finally:
         await connection.close()
 
-
-def pytest_terminal_summary(terminalreporter) -> None:
-    for reason in dict.fromkeys(_skip_reasons):
-        terminalreporter.write_sep("!", reason, red=True, bold=True)

@@ -1,0 +1,177 @@
+"""Which OpenAI-compatible server the remote backend talks to, and what follows from that.
+
+The servers share `/v1/chat/completions` but not the rest: llama.cpp's servers read the
+repetition penalty as `repeat_penalty` (and ignore `repetition_penalty`), `transformers serve`
+refuses fields it does not know, each says its context length (or not) in its own place, and
+each offers its own way (or none) to count a prompt's tokens. The kind is detected once at
+start from the server's own signs, or set with `[model] server`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from enum import Enum
+
+log = logging.getLogger(__name__)
+
+SERVER_INFO_TIMEOUT_S = 5  # each question asked of the server at start or to count a prompt
+
+
+class ServerKind(Enum):
+    VLLM = "vllm"
+    SGLANG = "sglang"
+    LLAMA_CPP = "llama.cpp"  # llama.cpp's own C++ server, llama-server
+    LLAMA_CPP_PYTHON = "llama-cpp-python"  # the server of the llama-cpp-python package
+    TRANSFORMERS = "transformers"  # `transformers serve`
+    OTHER = "openai"  # any other OpenAI-compatible server: only the API's own fields are certain
+
+    @property
+    def penalty_field(self) -> str | None:
+        """The request field the server reads the repetition penalty from (None: it has none)."""
+        if self in (ServerKind.LLAMA_CPP, ServerKind.LLAMA_CPP_PYTHON):
+            return "repeat_penalty"
+        if self is ServerKind.TRANSFORMERS:
+            return None  # it refuses unknown fields
+        return "repetition_penalty"  # vLLM, SGLang, and the most common name elsewhere
+
+    @property
+    def reports_usage(self) -> bool:
+        """It takes stream_options.include_usage and ends the stream with the token counts."""
+        return self in (ServerKind.VLLM, ServerKind.SGLANG, ServerKind.LLAMA_CPP, ServerKind.TRANSFORMERS)
+
+    @property
+    def takes_template_arguments(self) -> bool:
+        """It passes chat_template_kwargs (SmolLM3's enable_thinking) to the chat template."""
+        return self is not ServerKind.LLAMA_CPP_PYTHON
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """What the server says of itself at start."""
+
+    kind: ServerKind
+    context_tokens: int = 0  # 0: it does not say
+
+
+def server_facts(base_url: str, model_name: str, api_key: str | None, setting: str = "auto") -> ServerFacts:
+    """Ask the server (once, at start) what it is and how long its context is."""
+    api = ServerApi(base_url, api_key)
+    listing = api.get_json("/v1/models")
+    entries = listing.get("data") if isinstance(listing, dict) else None
+    entry = _model_entry(entries if isinstance(entries, list) else [], model_name)
+    props = api.get_json("/props")
+    kind = ServerKind(setting) if setting != "auto" else _detect(api, entry, props)
+    return ServerFacts(kind, _context_length(api, kind, entry, props))
+
+
+def _detect(api: "ServerApi", entry: dict, props: object) -> ServerKind:
+    owner = str(entry.get("owned_by", "")).lower()
+    if isinstance(props, dict) and ("default_generation_settings" in props or "build_info" in props):
+        return ServerKind.LLAMA_CPP
+    if owner in ("vllm", "sglang"):
+        return ServerKind(owner)
+    if owner == "llamacpp" or "meta" in entry:
+        return ServerKind.LLAMA_CPP
+    schema = api.get_json("/openapi.json")
+    schema = schema if isinstance(schema, dict) else {}
+    title = str((schema.get("info") or {}).get("title", "")).lower()
+    if "llama.cpp" in title or owner == "me":
+        return ServerKind.LLAMA_CPP_PYTHON
+    if "/load_model" in (schema.get("paths") or {}):  # `transformers serve` (its title is FastAPI's default)
+        return ServerKind.TRANSFORMERS
+    return ServerKind.OTHER
+
+
+def _context_length(api: "ServerApi", kind: ServerKind, entry: dict, props: object) -> int:
+    """vLLM and SGLang: `max_model_len` in the model's /v1/models entry. llama-server: a slot's
+    `n_ctx` (in /props, else /slots); its /models entry's n_ctx_train is what the model was
+    trained for, which the server may not have allotted. The others do not say."""
+    length = entry.get("max_model_len")
+    if isinstance(length, int) and length > 0:
+        return length
+    if kind is ServerKind.LLAMA_CPP:
+        settings = props.get("default_generation_settings") if isinstance(props, dict) else None
+        for source in (settings, props):
+            n_ctx = source.get("n_ctx") if isinstance(source, dict) else None
+            if isinstance(n_ctx, int) and n_ctx > 0:
+                return n_ctx
+        slots = api.get_json("/slots")
+        if isinstance(slots, list) and slots and isinstance(slots[0], dict):
+            n_ctx = slots[0].get("n_ctx")
+            if isinstance(n_ctx, int) and n_ctx > 0:
+                return n_ctx
+    if kind is ServerKind.LLAMA_CPP_PYTHON:
+        return _context_from_refusal(api)
+    return 0
+
+
+# A prompt longer than any context a server is started with (300,000 tokens): refusing it,
+# llama-cpp-python names its context ("maximum context length is 2048 tokens"), having only
+# tokenized it (0.7 s measured), since it says its context nowhere else.
+_PROBE_PROMPT = " hi" * 300_000
+
+
+def _context_from_refusal(api: "ServerApi") -> int:
+    answer = api.post_json("/v1/completions", {"prompt": _PROBE_PROMPT, "max_tokens": 1, "stream": False},
+                           keep_error=True)
+    return (named_context(json.dumps(answer)) or 0) if answer is not None else 0
+
+
+# How servers name their context when they refuse a prompt: vLLM and llama-cpp-python "maximum
+# context length is 2048 tokens", llama-cpp-python's streaming path "context window of 2048",
+# llama-server's JSON error "n_ctx": 2048.
+_CONTEXT_NUMBER = re.compile(r"(?:context (?:length|window|size) (?:is|of)|n_ctx\W+)\s*(\d+)", re.IGNORECASE)
+
+
+def named_context(text: str) -> int | None:
+    """The context length a server's refusal names, if it names one."""
+    match = _CONTEXT_NUMBER.search(text)
+    return int(match.group(1)) if match else None
+
+
+def _model_entry(entries: list, model_name: str) -> dict:
+    """The entry for the model the bot asks for; the only entry if none is named so (llama.cpp
+    names its one model after the file)."""
+    models = [entry for entry in entries if isinstance(entry, dict)]
+    named = [entry for entry in models if entry.get("id") == model_name]
+    return (named or (models if len(models) == 1 else [{}]))[0]
+
+
+class ServerApi:
+    """Plain HTTP questions to the server, off the event loop (at start, or from the thread that
+    renders prompts). Each answer is the JSON document, or None if anything went wrong."""
+
+    def __init__(self, base_url: str, api_key: str | None):
+        base_url = base_url.rstrip("/")
+        self.root = base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def get_json(self, path: str) -> object:
+        return self._ask(urllib.request.Request(self.root + path, headers=self._headers))
+
+    def post_json(self, path: str, body: dict, keep_error: bool = False) -> object:
+        """`keep_error`: an HTTP error's JSON body is the answer (else None)."""
+        request = urllib.request.Request(self.root + path, data=json.dumps(body).encode(), method="POST",
+                                         headers={**self._headers, "Content-Type": "application/json"})
+        return self._ask(request, keep_error)
+
+    def _ask(self, request: urllib.request.Request, keep_error: bool = False) -> object:
+        try:
+            with urllib.request.urlopen(request, timeout=SERVER_INFO_TIMEOUT_S) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            if keep_error:
+                try:
+                    return json.loads(error.read())
+                except (OSError, ValueError):
+                    return None
+            log.debug("could not read %s: %s", request.full_url, error)
+            return None
+        except (OSError, ValueError) as error:  # unreachable, HTTP error, timeout, not JSON
+            log.debug("could not read %s: %s", request.full_url, error)
+            return None
