@@ -84,12 +84,13 @@ async def test_the_prompt_count_is_what_the_server_counts(tmp_path, llama):
 
 async def test_a_message_past_the_servers_context_is_refused_in_a_sentence_and_the_channel_goes_on(
         tmp_path, llama, store):
-    # Told the context is 8,192, the bot lets a 3,000-token message through; the server has 2,048.
+    # Told the context is 8,192, the bot lets a 5,000-token message (3,000 characters, under the
+    # 4,000-character limit) through; the server has 2,048 and answers with an empty stream.
     settings = remote_settings(tmp_path, llama, context_tokens=8192)
     model = await asyncio.to_thread(load_model, settings)
     service = ChatService(store, model, settings)
     try:
-        refused = await service.reply(said("word " * 3000))
+        refused = await service.reply(said(("龙与骑士的故事在很久以前开始了。" * 200)[:3000]))
         after = await service.reply(said("Say hello."))
     finally:
         await model.aclose()
