@@ -212,7 +212,7 @@ async def test_a_remote_server_is_asked_for_the_adapter_as_its_model(tmp_path, a
     from tests.support.openai_server import stub_server
 
     async def answer_with_the_model_name(request):
-        chunk = {"choices": [{"delta": {"content": (await request.json())["model"]}}]}
+        chunk = {"choices": [{"delta": {"content": (await request.json())["model"]}, "finish_reason": "stop"}]}
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         await response.write(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
