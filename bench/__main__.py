@@ -9,6 +9,8 @@ import sys
 BENCHES = {
     "window": ("window_read", "window read at 10^3 vs 10^6 stored messages",
                "a few min; it fills a 10^6-row SQLite file"),
+    "recall": ("recall_bench", "recall (full-text search of a channel) at 10^3 vs 10^6 stored messages",
+               "a few min; it fills a 10^6-row SQLite file"),
     "latency": ("bot_latency", "P1: end-to-end bot latency over bare model.generate", "about 1 min"),
     "engine": ("engine_bench", "P2, P3, P5: batching throughput, event-loop lag, cached first token", "about 2 min"),
     "overhead": ("engine_overhead", "the engine's decode step over a bare batched forward (tiny SmolLM3)",
@@ -16,6 +18,8 @@ BENCHES = {
     "load": ("load_bench", "a 500-message burst over 50 channels: lost / duplicated / order", "under 1 min"),
     "remote": ("remote_bench", "local engine vs an OpenAI-compatible server (transformers serve), 8 channels",
                "about 2 min"),
+    "fair": ("fair_share_bench", "one server's message behind another's 100-message flood, fair share vs first-come",
+             "about 2 min"),
     "adapters": ("adapter_bench", "decode step cost of LoRA adapters (peft mixed batches)", "about 2 min"),
 }
 

@@ -15,6 +15,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import AsyncIterator
 
 from bot.store import Store
 
@@ -55,13 +56,21 @@ async def time_reads(path: Path) -> float:
     return statistics.median(timings)
 
 
+async def filled_databases(folder: Path, fill_rows) -> AsyncIterator[tuple[int, Path]]:
+    """SQLite files holding 10^3 and 10^6 messages (`fill_rows(path, rows)`), with the real schema."""
+    for rows in (10**3, 10**6):
+        path = folder / f"bench-{rows}.db"
+        await (await Store.open(f"sqlite+aiosqlite:///{path}")).close()  # schema via the migrations
+        started = time.perf_counter()
+        fill_rows(path, rows)
+        print(f"filled {rows:,} rows in {time.perf_counter() - started:.1f} s")
+        yield rows, path
+
+
 async def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as folder:
-        for rows in (10**3, 10**6):
-            path = Path(folder) / f"bench-{rows}.db"
-            await (await Store.open(f"sqlite+aiosqlite:///{path}")).close()  # schema via the migrations
-            fill(path, rows)
+        async for rows, path in filled_databases(Path(folder), fill):
             results[rows] = await time_reads(path)
             plan = query_plan(path)
     small, large = sorted(results)

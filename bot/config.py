@@ -75,6 +75,9 @@ class EngineSettings:
                              "(0: from the device, 64 on a GPU, 8 on a CPU)", low=0, high=1024)
     max_waiting: int = setting(64, "replies that may wait for a place; past this, users are told the bot is busy",
                                low=0, high=100_000)
+    max_share: float = setting(0.5, "the share of the model's places one server (or one person's DMs) may hold "
+                               "while others wait; waiting replies go in round-robin across servers",
+                               low=0.01, high=1.0)
     cache_budget_mb: int = setting(1024, "memory for the channels' kept prompt caches (on the model's device), in MiB",
                                    low=0, high=1_000_000)
     prefill_chunk_tokens: int = setting(256, "prompt tokens run per engine round, so long prompts do not stall others",
@@ -99,6 +102,10 @@ class HistorySettings:
     max_turns: int = setting(40, "most recent turns read from the database for a prompt", low=1, high=10_000)
     max_message_chars: int = setting(4000, "longest user message accepted, in characters", low=1, high=100_000)
     max_persona_chars: int = setting(4000, "longest persona accepted, in characters", low=1, high=100_000)
+    recall_messages: int = setting(3, "older messages of the channel, beyond the prompt's turns, found by full-text "
+                                   "search and shown with the newest message (0 = no recall)", low=0, high=20)
+    recall_tokens: int = setting(300, "most tokens those recalled messages may take in the prompt (0 = no recall)",
+                                 low=0, high=4000)
 
 
 @dataclass(frozen=True)

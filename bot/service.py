@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import AbstractAsyncContextManager, aclosing
+from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
 from enum import Enum
 from typing import Awaitable, Callable, Iterable, Protocol
 
@@ -26,10 +26,11 @@ from .config import Settings
 from .core.cleaning import clean_reply, visible_so_far
 from .core.cooldown import UserCooldowns, whole_seconds
 from .core.decide import Action, Decision, is_addressed, should_answer
-from .core.prompt import Prompt, PromptTooLong, build_prompt
+from .core.prompt import Prompt, PromptTooLong, build_prompt, with_recall
 from .core.text import is_blank, with_text_repaired
 from .core.types import Delivered, IncomingMessage, Reply, Turn
 from .core.validate import problem_with_message
+from .fair_share import FairShare, tenant_of
 from .llm.port import (ChatModel, GenerationError, GenerationInterrupted, GenerationTimeout, ModelBusy,
                        PromptRefused)
 from .privacy import Privacy
@@ -91,6 +92,11 @@ class ChatService:
         self._resets: dict[int, asyncio.Event] = {}  # set to stop the answer being written in a channel
         self._stops: dict[int, asyncio.Event] = {}  # set to stop it and keep what it has
         self._shutting_down = asyncio.Event()  # set once: every answer stops, no new one starts
+        # A model with a fixed number of places is shared fairly across servers; a remote server
+        # (no fixed number) keeps its own queue.
+        places = model.abilities.max_batch
+        self._fair = (FairShare(places, settings.engine.max_share, model.abilities.max_waiting)
+                      if places > 0 else None)
         limits = settings.limits
         self._cooldowns = UserCooldowns(limits.user_messages_per_minute, limits.user_burst)
 
@@ -181,7 +187,7 @@ class ChatService:
         user_turn_id = await self._store_user_turn(message, first_turn_id)
         adapter = await self.servers.adapter_for(message.guild_id)
         try:
-            text, ending = await self._write(message.channel_id, prompt, adapter, on_progress, trace)
+            text, ending = await self._write(message, prompt, adapter, on_progress, trace)
         except ModelBusy as busy:
             return trace.refusal("busy", messages.BUSY.format(waiting=busy.waiting))
         except PromptRefused:
@@ -233,7 +239,23 @@ class ChatService:
         # goes to the model with the prompt, so it is never rendered again.
         prompt = await asyncio.to_thread(build_prompt, persona, turns, self.model.render, budget,
                                          max_turns=max_turns, start=start)
-        return prompt, turns[prompt.first_turn].id
+        first_turn_id = turns[prompt.first_turn].id
+        return await self._with_recall(message, prompt, first_turn_id, budget), first_turn_id
+
+    async def _with_recall(self, message: IncomingMessage, prompt: Prompt, first_turn_id: int | None,
+                           budget: int) -> Prompt:
+        """The prompt, with the channel's older turns that best match the new message shown just
+        before it. Only turns older than the prompt's oldest are searched, so nothing is shown
+        twice (None: the prompt holds only the new message, and every stored turn is older)."""
+        history = self.settings.history
+        if not history.recall_messages or not history.recall_tokens:
+            return prompt
+        recalled = await self.store.recall(message.channel_id, message.content, first_turn_id,
+                                           history.recall_messages)
+        if not recalled:
+            return prompt
+        return await asyncio.to_thread(with_recall, prompt, recalled, self.model.render, budget,
+                                       history.recall_tokens)
 
     async def _store_user_turn(self, message: IncomingMessage, first_turn_id: int | None) -> int:
         user_turn_id = await self.store.add_turn(
@@ -242,29 +264,31 @@ class ChatService:
         self._prompt_starts.remember(message.channel_id, first_turn_id or user_turn_id)
         return user_turn_id
 
-    async def _write(self, channel_id: int, prompt: Prompt, adapter: str | None,
+    async def _write(self, message: IncomingMessage, prompt: Prompt, adapter: str | None,
                      on_progress: ProgressCallback | None, trace: ReplyTrace) -> tuple[str, Ending]:
         """Stream the model's answer, passing progress on, until it ends or the channel is reset.
         Returns the cleaned text and how it ended; a failure raises GenerationError, except a
         time limit reached after part of the answer, which keeps that part."""
         raw, ending = "", Ending.COMPLETE
+        channel_id = message.channel_id
         reset = self._resets.setdefault(channel_id, asyncio.Event())
         stop = self._stops.setdefault(channel_id, asyncio.Event())
         try:
-            place = self.model.place_in_line()
+            place = self._fair.place_in_line() if self._fair is not None else self.model.place_in_line()
             if place and on_progress is not None:  # shown only if the wait is long enough to notice
                 await on_progress(messages.QUEUED.format(place=place))
             trace.asking_model()
-            stream = self.model.stream(prompt.rendered, self.settings.generation, channel=channel_id,
-                                       adapter=adapter)
-            async with aclosing(stream):
-                async for delta in stream:
-                    raw += delta
-                    trace.piece()
-                    if reset.is_set() or stop.is_set() or self._shutting_down.is_set():
-                        break
-                    if on_progress is not None:
-                        await on_progress(visible_so_far(raw))
+            async with self._model_turn(message):
+                stream = self.model.stream(prompt.rendered, self.settings.generation, channel=channel_id,
+                                           adapter=adapter)
+                async with aclosing(stream):
+                    async for delta in stream:
+                        raw += delta
+                        trace.piece()
+                        if reset.is_set() or stop.is_set() or self._shutting_down.is_set():
+                            break
+                        if on_progress is not None:
+                            await on_progress(visible_so_far(raw))
         except (GenerationTimeout, GenerationInterrupted) as error:
             if not clean_reply(raw):
                 raise
@@ -283,6 +307,12 @@ class ChatService:
         elif self._shutting_down.is_set():
             ending = Ending.RESTART
         return clean_reply(raw), ending
+
+    def _model_turn(self, message: IncomingMessage):
+        """Wait for this reply's fair turn at the model (see bot/fair_share.py)."""
+        if self._fair is None:
+            return nullcontext()
+        return self._fair.turn(tenant_of(message.guild_id, message.author_id))
 
     def stop_answer(self, channel_id: int) -> bool:
         """Stop the answer being written in a channel at its next piece; it keeps what it has, with a

@@ -24,6 +24,22 @@ def settings(tmp_path) -> Settings:
     return settings_for(tmp_path / "bot.db")
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """For the storage tests that run on both backends the bot supports."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
+    return request.getfixturevalue("fresh_postgres_url")
+
+
+@pytest.fixture
+async def any_store(database_url):
+    """A store on each backend in turn (SQLite, then a fresh PostgreSQL database)."""
+    store = await Store.open(database_url)
+    yield store
+    await store.close()
+
+
 @pytest.fixture
 async def store(settings):
     store = await Store.open(settings.database.url)

@@ -10,7 +10,7 @@ from sqlalchemy import inspect, text
 
 from bot.store import Store, StoreError
 from bot.store.database import create_engine, downgrade, upgrade
-from bot.store.models import Base
+from bot.store.models import Base, compared_with_models
 from tests.support.store_queries import count_turns
 
 
@@ -18,25 +18,17 @@ def url(path):
     return f"sqlite+aiosqlite:///{path}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    """Each storage test runs on both backends the bot supports."""
-    if request.param == "sqlite":
-        return url(tmp_path / "bot.db")
-    return request.getfixturevalue("fresh_postgres_url")
-
-
 @pytest.fixture
-async def store(database_url):
-    store = await Store.open(database_url)
-    yield store
-    await store.close()
+def store(any_store):
+    """Each storage test runs on both backends the bot supports (tests/conftest.py)."""
+    return any_store
 
 
 async def schema_differences(engine):
     async with engine.connect() as connection:
         return await connection.run_sync(
-            lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata))
+            lambda sync: compare_metadata(MigrationContext.configure(sync, opts={"include_object": compared_with_models}),
+                                         Base.metadata))
 
 
 async def table_names(engine):

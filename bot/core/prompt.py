@@ -8,9 +8,10 @@ so a turn is rendered once (more only when older turns must be cut).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
+from .cleaning import neutralise_mentions
 from .types import Turn
 
 ChatMessages = list[dict[str, str]]
@@ -107,6 +108,46 @@ def build_prompt(persona: str, turns: Sequence[Turn], render: Render, budget: in
     if trimmed:
         start = _start_at_user_turn(history, start)
     return Prompt(rendered_from(start), first_turn=start, trimmed=trimmed)
+
+
+RECALL_HEADER = "Earlier in this channel (recalled; times in UTC):"
+
+
+def with_recall(prompt: Prompt, recalled: Sequence[Turn], render: Render, budget: int, max_tokens: int) -> Prompt:
+    """The prompt with older turns of the channel (`recalled`, best match first) shown as a marked
+    block at the start of its newest message: the best ones that fit in `max_tokens` more
+    tokens and in `budget` in all. Put there, not in the system message, it leaves the start of
+    the prompt as it was, so a prefix cache of the channel's earlier turns stays valid.
+    Recalled text is user content like any message: it goes through the same render (control
+    tokens stay plain text) and its mentions are broken."""
+    def fits(rendered: RenderedPrompt) -> bool:
+        return rendered.tokens <= budget and rendered.tokens - prompt.tokens <= max_tokens
+
+    everything = render(_with_recall_block(prompt.messages, recalled))
+    if fits(everything):  # the usual case: one render more than the prompt alone
+        return replace(prompt, rendered=everything)
+    kept: list[Turn] = []
+    best = prompt
+    for turn in recalled:  # all of them did not fit: the best that do, one at a time
+        rendered = render(_with_recall_block(prompt.messages, [*kept, turn]))
+        if fits(rendered):
+            kept.append(turn)
+            best = replace(prompt, rendered=rendered)
+    return best
+
+
+def _with_recall_block(messages: ChatMessages, recalled: Sequence[Turn]) -> ChatMessages:
+    lines = [_recalled_line(turn) for turn in sorted(recalled, key=lambda turn: turn.id or 0)]  # oldest first
+    newest = messages[-1]
+    block = "\n".join([RECALL_HEADER, *lines])
+    return [*messages[:-1], {**newest, "content": f"{block}\n\n{newest['content']}"}]
+
+
+def _recalled_line(turn: Turn) -> str:
+    """`[2026-11-30 14:02] Ann: what she said`, on one line so no message can pass for another."""
+    when = f"[{turn.created_at:%Y-%m-%d %H:%M}] " if turn.created_at else ""
+    speaker = turn.author_name or ("you" if turn.role == "assistant" else "someone")
+    return f"{when}{speaker}: {neutralise_mentions(' '.join(turn.content.split()))}"
 
 
 def _first_turn_that_fits(tokens_from: Callable[[int], int], length: int, target: int, low: int) -> int:

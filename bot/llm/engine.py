@@ -102,7 +102,7 @@ class BatchingEngine(ChatModel):
         self.name = backend.name
         self.context_tokens = backend.context_tokens
         self.abilities = Abilities(ModelKind.BATCHING, adapters=backend.adapters, channel_caches=True,
-                                   max_batch=max_batch)
+                                   max_batch=max_batch, max_waiting=max_waiting)
         self.model = backend.model
         chosen = attention_for(attention, self.model.device.type)
         if chosen:

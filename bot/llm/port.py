@@ -79,6 +79,7 @@ class Abilities:
     server_url: str | None = None  # where a remote model runs
     counts_exactly: bool = True  # render() counts with the model's own tokenizer (else an estimate)
     context_source: str = ""  # where a remote model's context length comes from, for /status
+    max_waiting: int | None = None  # replies that may wait for a place before ModelBusy (None: no bound)
 
 
 @dataclass(frozen=True)

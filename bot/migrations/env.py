@@ -7,7 +7,7 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from bot.store.models import Base
+from bot.store.models import Base, compared_with_models
 
 target_metadata = Base.metadata
 
@@ -18,6 +18,7 @@ def run_with_connection(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite cannot ALTER most things
         compare_type=True,
+        include_object=compared_with_models,  # the full-text search objects are not models
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import AsyncIterator, Sequence
 
-from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy import delete, select, text, tuple_, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -60,6 +61,7 @@ class Store:
         sessions = async_sessionmaker(engine, expire_on_commit=False)
         # PostgreSQL takes concurrent writers itself (row locks); only SQLite needs them queued.
         self._sessions = OneWriterAtATime(sessions) if engine.dialect.name == "sqlite" else sessions
+        self._searchable: bool | None = None  # full-text search (recall) works here; None: not asked yet
 
     @classmethod
     async def open(cls, url: str, migrate: bool = True) -> "Store":
@@ -98,6 +100,42 @@ class Store:
         async with self._sessions() as session:
             rows = (await session.scalars(query)).all()
         return [_to_turn(row) for row in reversed(rows)]
+
+    async def recall(self, channel_id: int, words: str, before_id: int | None, limit: int) -> list[Turn]:
+        """The channel's turns older than row `before_id` (None: all of them) that best match
+        `words` by the database's full-text search, best first; at most `limit`. Only this
+        channel is searched. Deleted turns are gone from the index in the same transaction
+        (triggers on SQLite; PostgreSQL indexes the column itself)."""
+        terms = search_terms(words)
+        if not terms or limit <= 0 or not await self._can_search():
+            return []
+        if self.engine.dialect.name == "sqlite":
+            # Each term quoted (a string, never syntax); the channel as a word too, so that FTS5
+            # reads only this channel's matches (migration 0005 indexes channel_id).
+            any_term = " OR ".join(f'"{term}"' for term in terms)
+            query, matching = _SQLITE_RECALL, f'channel_id : "{channel_id}" AND content : ({any_term})'
+        else:  # websearch_to_tsquery never fails on its input; "or" is its OR
+            query, matching = _POSTGRESQL_RECALL, " or ".join(terms)
+        parameters = {"channel_id": channel_id, "query": matching, "limit": limit,
+                      "before_id": before_id if before_id is not None else LARGEST_ROW_ID}
+        async with self._sessions() as session:
+            rows = (await session.scalars(select(Message).from_statement(query), parameters)).all()
+        return [_to_turn(row) for row in rows]
+
+    async def _can_search(self) -> bool:
+        """PostgreSQL always can; SQLite once migration 0005 made the FTS5 table, which a build
+        without FTS5 lacks (then recall is off, and the log says so once)."""
+        if self._searchable is None:
+            if self.engine.dialect.name != "sqlite":
+                self._searchable = True
+            else:
+                async with self._sessions() as session:
+                    found = await session.execute(text(
+                        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages_fts'"))
+                    self._searchable = found.first() is not None
+                if not self._searchable:
+                    log.warning("this SQLite has no full-text search (FTS5): older messages are not recalled")
+        return self._searchable
 
     async def clear_channel(self, channel_id: int) -> int:
         async with self._sessions.begin() as session:
@@ -250,6 +288,52 @@ class Store:
         async with self._sessions.begin() as session:
             session.add(AuditEntry(action=action, actor_id=actor_id, actor_name=actor_name,
                                    guild_id=guild_id, channel_id=channel_id, detail=detail))
+
+
+# Words that match nearly every message say nothing about which one is meant.
+STOP_WORDS = frozenset("""
+    the and for are but not you your yours with this that these those what which who whom whose
+    was were has have had does did can could would should will shall may might must from into
+    about there their they them then than when where why how all any some our ours his her hers
+    its out off too very just also yes okay please thanks thank hello here
+""".split())
+MIN_TERM_CHARS = 3
+MAX_TERMS = 24  # a long message would otherwise become hundreds of OR'ed terms
+_WORD = re.compile(r"[^\W_]+")  # letters and digits only: no search syntax ever reaches the query
+
+
+def search_terms(words: str) -> list[str]:
+    """The words of a message worth searching for: lower-cased, without short and stop words,
+    each once, in the order written."""
+    terms: dict[str, None] = {}
+    for word in _WORD.findall(words.lower()):
+        if len(word) >= MIN_TERM_CHARS and word not in STOP_WORDS:
+            terms.setdefault(word)
+    return list(terms)[:MAX_TERMS]
+
+
+LARGEST_ROW_ID = 2**63 - 1  # "before" no row: the whole channel is searched
+
+# Best match first: bm25() is lower for better matches (the channel_id column weighs nothing),
+# ts_rank() higher; the newer wins a tie. On SQLite the best are picked inside the FTS5 index,
+# whose query names the channel; joined to messages first, the planner may walk the channel's
+# rows and search the index once for each (hundreds of ms at 10^6 messages). The
+# channel is compared exactly afterwards too, as the index holds it only as a word ("-5" and "5"
+# are the same word: such a clash can only lose matches, never show another channel's).
+_SQLITE_RECALL = text("""
+    SELECT messages.* FROM (
+        SELECT rowid AS id, bm25(messages_fts, 1.0, 0.0) AS score FROM messages_fts
+        WHERE messages_fts MATCH :query AND rowid < :before_id
+        ORDER BY score, rowid DESC LIMIT :limit) AS best
+    JOIN messages ON messages.id = best.id
+    WHERE messages.channel_id = :channel_id
+    ORDER BY best.score, best.id DESC""")
+_POSTGRESQL_RECALL = text("""
+    SELECT * FROM messages
+    WHERE to_tsvector('simple', content) @@ websearch_to_tsquery('simple', :query)
+      AND channel_id = :channel_id AND id < :before_id
+    ORDER BY ts_rank(to_tsvector('simple', content), websearch_to_tsquery('simple', :query)) DESC, id DESC
+    LIMIT :limit""")
 
 
 def _to_turn(row: Message) -> Turn:
