@@ -17,6 +17,11 @@ What is left out, and why:
 An answer cut short (time limit, restart) is stored as plain text like any other, without
 a mark saying so, so it cannot be told apart here and is exported as it stands.
 
+The system message holds the persona the conversation was held under: the one recorded with
+its last answer (the channel's own persona, else the server's, as it was then). Answers stored
+before personas were recorded (migration 0006) have none: their conversations get the persona
+in force in their channel now.
+
 A channel's history becomes several conversations where it pauses for longer than
 `gap` (one line per sitting, not one endless line per channel), and a conversation
 ends at its last assistant turn.
@@ -94,13 +99,13 @@ class ExportSummary:
 
 # (guild_id, channel_id, turn), in channel then row order.
 StoredTurns = AsyncIterator[tuple[int | None, int, Turn]]
-PersonaFor = Callable[[int | None], Awaitable[str]]
+PersonaFor = Callable[[int | None, int], Awaitable[str]]  # (guild_id, channel_id) -> the persona now
 
 
 async def conversations(turns: StoredTurns, persona_for: PersonaFor, opted_out: set[int],
                         wanted: ExportFilter, summary: ExportSummary) -> AsyncIterator[dict]:
     """The export's lines, one conversation at a time, as {"messages": [...]} dicts."""
-    personas: dict[int | None, str] = {}
+    current: dict[tuple[int | None, int], str] = {}  # the persona now, for answers without one recorded
     sitting: list[Turn] = []
     where: tuple[int | None, int] | None = None
 
@@ -108,10 +113,14 @@ async def conversations(turns: StoredTurns, persona_for: PersonaFor, opted_out: 
         if where is None:
             return None
         guild_id, channel_id = where
-        if guild_id not in personas:
-            personas[guild_id] = await persona_for(guild_id)
         kept = _without_opted_out(sitting, opted_out, summary)
-        return _conversation(personas[guild_id], kept, channel_id, wanted, summary)
+
+        async def persona_now() -> str:
+            if where not in current:
+                current[where] = await persona_for(guild_id, channel_id)
+            return current[where]
+
+        return await _conversation(persona_now, kept, channel_id, wanted, summary)
 
     async for guild_id, channel_id, turn in turns:
         if where != (guild_id, channel_id) or (sitting and _apart(sitting[-1], turn, wanted.gap)):
@@ -142,13 +151,15 @@ def _without_opted_out(turns: list[Turn], opted_out: set[int], summary: ExportSu
     return kept
 
 
-def _conversation(persona: str, turns: list[Turn], channel_id: int, wanted: ExportFilter,
-                  summary: ExportSummary) -> dict | None:
+async def _conversation(persona_now: Callable[[], Awaitable[str]], turns: list[Turn], channel_id: int,
+                        wanted: ExportFilter, summary: ExportSummary) -> dict | None:
     kept = _answered_exchanges(turns, summary)
     if not kept or len(kept) < wanted.min_turns:
         if kept:
             summary.left_out_short += 1
         return None
+    recorded = [turn.persona for turn in kept if turn.role == "assistant" and turn.persona is not None]
+    persona = recorded[-1] if recorded else await persona_now()
     if wanted.pseudonymise:
         kept = pseudonymised(kept)
     summary.conversations += 1

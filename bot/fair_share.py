@@ -90,6 +90,8 @@ class FairShare:
             granted = queue.popleft()
             if not queue:
                 del self._queues[tenant]
+            if granted.done():  # its reply was cancelled while waiting (its task has yet to leave)
+                continue
             self._holding[tenant] += 1
             self._last_turn[tenant] = next(self._turns)
             granted.set_result(None)

@@ -22,8 +22,15 @@ TURNS_DROPPED = "{count} older message(s) no longer fit in my memory and were le
 
 PERSONA_EMPTY = "A persona needs some text. To go back to the default, use /persona reset."
 PERSONA_TOO_LONG = "That persona is {length:,} characters; the limit is {limit:,}. The persona was not changed."
-PERSONA_SET = "Persona set ({length:,} characters). It applies to every channel of this server from the next message."
-PERSONA_RESET = "Persona reset to the default."
+PERSONA_SET = ("Persona set ({length:,} characters). It applies to every channel of this server without a persona "
+               "of its own, from the next message.")
+PERSONA_SET_CHANNEL = ("This channel's persona set ({length:,} characters). It overrides the server's persona in this "
+                       "channel from the next message.")
+PERSONA_RESET = "Persona reset to the default. Channels with a persona of their own keep it."
+PERSONA_RESET_CHANNEL = "This channel's own persona is removed: the server's persona applies here again."
+PERSONA_CHANNEL_NONE = "This channel has no persona of its own: the server's persona applies here."
+PERSONA_SCOPE_UNKNOWN = 'There is no persona scope "{scope}": use "server" or "channel".'
+PERSONA_SHOW_CHANNEL = "This channel's own persona (it overrides the server's here):\n{persona}"
 PERSONA_SHOW_CUSTOM = "This server's persona:\n{persona}"
 PERSONA_SHOW_DEFAULT = "This server uses the default persona:\n{persona}"
 

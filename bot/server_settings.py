@@ -1,4 +1,5 @@
-"""What each server sets for itself: its persona, its LoRA adapter, and auto-reply per channel.
+"""What each server sets for itself: its persona (and a channel's own, which overrides it there),
+its LoRA adapter, and auto-reply per channel.
 Changes are checked here and written to the audit log."""
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ class Actor:
     name: str
 
 
+SERVER, CHANNEL = "server", "channel"  # a persona's scope
+SCOPES = (SERVER, CHANNEL)
+
+
 class ServerSettings:
     def __init__(self, store: Store, settings: Settings, adapters: Adapters):
         self.store = store
@@ -38,32 +43,58 @@ class ServerSettings:
 
     # Persona ------------------------------------------------------------
 
-    async def persona_for(self, guild_id: int | None) -> str:
-        """The server's own persona, else the configured default (always the default in DMs)."""
-        custom = await self.store.persona(guild_id) if guild_id is not None else None
-        return custom or self.default_persona
+    async def persona_for(self, guild_id: int | None, channel_id: int | None = None) -> str:
+        """The persona in force here: the channel's own, else the server's, else the configured
+        default (always the default in DMs)."""
+        return (await self._persona_here(guild_id, channel_id))[0]
 
-    async def set_persona(self, guild_id: int, actor: Actor, text: str) -> str:
+    async def _persona_here(self, guild_id: int | None, channel_id: int | None) -> tuple[str, str | None]:
+        """The persona in force and where it comes from: CHANNEL, SERVER, or None (the default)."""
+        if guild_id is None:
+            return self.default_persona, None
+        if channel_id is not None:
+            own = await self.store.channel_persona(channel_id)
+            if own:
+                return own, CHANNEL
+        custom = await self.store.persona(guild_id)
+        return (custom, SERVER) if custom else (self.default_persona, None)
+
+    async def set_persona(self, guild_id: int, actor: Actor, text: str, *, scope: str = SERVER,
+                          channel_id: int | None = None) -> str:
+        """Set the server's persona, or (scope CHANNEL) the channel's own, which overrides it there."""
+        channel_id = _scoped_channel(scope, channel_id)
         problem = problem_with_persona(text, self.persona_limit)
         if problem:
             raise UserError(problem)
         text = without_lone_surrogates(text.strip())
-        await self.store.set_persona(guild_id, text, actor.id)
+        if channel_id is None:
+            await self.store.set_persona(guild_id, text, actor.id)
+        else:
+            await self.store.set_channel_persona(channel_id, guild_id, text, actor.id)
         await self.store.record_audit(action="persona.set", actor_id=actor.id, actor_name=actor.name,
-                                      guild_id=guild_id, detail=f"{len(text)} characters")
-        return messages.PERSONA_SET.format(length=len(text))
+                                      guild_id=guild_id, channel_id=channel_id,
+                                      detail=f"{scope}: {len(text)} characters")
+        return (messages.PERSONA_SET if channel_id is None else messages.PERSONA_SET_CHANNEL).format(length=len(text))
 
-    async def show_persona(self, guild_id: int) -> str:
-        custom = await self.store.persona(guild_id)
-        shown = (messages.PERSONA_SHOW_CUSTOM.format(persona=custom) if custom
-                 else messages.PERSONA_SHOW_DEFAULT.format(persona=self.default_persona))
+    async def show_persona(self, guild_id: int, channel_id: int | None = None) -> str:
+        """The persona in force here, and where it comes from."""
+        persona, source = await self._persona_here(guild_id, channel_id)
+        shown = {CHANNEL: messages.PERSONA_SHOW_CHANNEL, SERVER: messages.PERSONA_SHOW_CUSTOM,
+                 None: messages.PERSONA_SHOW_DEFAULT}[source].format(persona=persona)
         return shown + await self._adapter_note(guild_id)
 
-    async def reset_persona(self, guild_id: int, actor: Actor) -> str:
-        await self.store.set_persona(guild_id, None, actor.id)
+    async def reset_persona(self, guild_id: int, actor: Actor, *, scope: str = SERVER,
+                            channel_id: int | None = None) -> str:
+        """Server scope: back to the default. Channel scope: the channel's own persona goes, and
+        the server's applies there again."""
+        channel_id = _scoped_channel(scope, channel_id)
+        if channel_id is None:
+            await self.store.set_persona(guild_id, None, actor.id)
+        elif not await self.store.set_channel_persona(channel_id, guild_id, None, actor.id):
+            return messages.PERSONA_CHANNEL_NONE
         await self.store.record_audit(action="persona.reset", actor_id=actor.id, actor_name=actor.name,
-                                      guild_id=guild_id)
-        return messages.PERSONA_RESET
+                                      guild_id=guild_id, channel_id=channel_id, detail=scope)
+        return messages.PERSONA_RESET if channel_id is None else messages.PERSONA_RESET_CHANNEL
 
     # Adapters (fine-tuned LoRA weights, see bot/llm/adapters.py) ---------
 
@@ -126,3 +157,14 @@ class ServerSettings:
         await self.store.record_audit(action="autoreply.on" if enabled else "autoreply.off", actor_id=actor.id,
                                       actor_name=actor.name, guild_id=guild_id, channel_id=channel_id)
         return messages.AUTOREPLY_ON if enabled else messages.AUTOREPLY_OFF
+
+
+def _scoped_channel(scope: str, channel_id: int | None) -> int | None:
+    """The channel a persona change is for: None for the server scope."""
+    if scope not in SCOPES:
+        raise UserError(messages.PERSONA_SCOPE_UNKNOWN.format(scope=scope[:50]))
+    if scope == SERVER:
+        return None
+    if channel_id is None:
+        raise ValueError("a channel persona needs its channel")
+    return channel_id

@@ -180,7 +180,7 @@ class ChatService:
     async def _answer(self, message: IncomingMessage, on_progress: ProgressCallback | None,
                       trace: ReplyTrace) -> Reply:
         try:
-            prompt, first_turn_id = await self._prompt_for(message)
+            prompt, first_turn_id, persona = await self._prompt_for(message)
         except PromptTooLong as error:
             return trace.refusal("prompt_too_long",
                                  messages.PROMPT_TOO_LONG.format(needed=error.needed, budget=error.budget))
@@ -213,7 +213,7 @@ class ChatService:
         cut_short = None if ending is Ending.COMPLETE else ending.value
         answer_id = await self.store.add_turn(channel_id=message.channel_id, guild_id=message.guild_id,
                                               role="assistant", content=text, reply_to=user_turn_id,
-                                              cut_short=cut_short)
+                                              cut_short=cut_short, persona=persona)
         dropped = trace.dropped_turns = prompt.dropped_turns if prompt.trimmed else 0
         notes = [messages.TURNS_DROPPED.format(count=dropped)] if dropped else []
         if ending is not Ending.COMPLETE:
@@ -221,11 +221,12 @@ class ChatService:
             trace.cut_short = ending.value
         return Reply(text, dropped_turns=dropped, notes=notes, stored_as=answer_id)
 
-    async def _prompt_for(self, message: IncomingMessage) -> tuple[Prompt, int | None]:
+    async def _prompt_for(self, message: IncomingMessage) -> tuple[Prompt, int | None, str]:
         """Build the prompt from where the channel's previous prompt started, so it only grows
         at the end until a limit forces a cut (see build_prompt): that keeps prefix caches valid.
         The new message is not stored yet: a message that cannot fit is refused, not kept.
-        Returns the prompt and the row id of its oldest turn (None: the new message itself)."""
+        Returns the prompt, the row id of its oldest turn (None: the new message itself) and the
+        persona it holds (the channel's own, else the server's: stored with the answer)."""
         max_turns = self.settings.history.max_turns
         new_turn = Turn(role="user", content=message.content, author_name=message.author_name,
                         author_id=message.author_id, message_id=message.message_id)
@@ -233,14 +234,14 @@ class ChatService:
         start = self._prompt_starts.index_in(message.channel_id, turns)
         if start is None:
             start = max(0, len(turns) - max_turns)
-        persona = await self.servers.persona_for(message.guild_id)
+        persona = await self.servers.persona_for(message.guild_id, message.channel_id)
         budget = self.model.context_tokens - self.settings.generation.max_new_tokens
         # Rendering the chat template is CPU work: keep it off the loop. The render that fits
         # goes to the model with the prompt, so it is never rendered again.
         prompt = await asyncio.to_thread(build_prompt, persona, turns, self.model.render, budget,
                                          max_turns=max_turns, start=start)
         first_turn_id = turns[prompt.first_turn].id
-        return await self._with_recall(message, prompt, first_turn_id, budget), first_turn_id
+        return await self._with_recall(message, prompt, first_turn_id, budget), first_turn_id, persona
 
     async def _with_recall(self, message: IncomingMessage, prompt: Prompt, first_turn_id: int | None,
                            budget: int) -> Prompt:

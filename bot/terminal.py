@@ -18,6 +18,7 @@ from typing import Iterator, TextIO
 
 from . import messages
 from .core.types import IncomingMessage, Turn
+from .server_settings import SCOPES, SERVER
 from .service import Actor, ChatService, UserError
 from .terminal_keys import ctrl_c_is_a_key, enable_line_editing, typing_waits, without_escapes
 
@@ -26,9 +27,9 @@ TERMINAL_GUILD_ID = 0
 TERMINAL_CHANNEL_ID = 0
 
 HELP = """Commands:
-  /persona show         show the persona the bot is using
-  /persona set <text>   give the bot a new persona
-  /persona reset        go back to the default persona
+  /persona show         show the persona the bot is using, and where it comes from
+  /persona set <text>   give the bot a new persona ("set channel <text>": this chat's own)
+  /persona reset        go back to the default persona ("reset channel": drop this chat's own)
   /persona adapter <name>  pick a fine-tuned adapter ("default", "base", or one of [model] adapters_dir)
   /history              show this chat's stored history
   /reset                forget this chat's history
@@ -149,15 +150,24 @@ class TerminalChat:
         if name == "/persona":
             action, _, text = argument.partition(" ")
             if action == "show" or not action:
-                return await service.servers.show_persona(TERMINAL_GUILD_ID)
+                return await service.servers.show_persona(TERMINAL_GUILD_ID, self.channel_id)
             if action == "set":
-                return await service.servers.set_persona(TERMINAL_GUILD_ID, self.actor, text)
-            if action == "reset":
-                return await service.servers.reset_persona(TERMINAL_GUILD_ID, self.actor)
+                scope, text = persona_scope(text)
+                return await service.servers.set_persona(TERMINAL_GUILD_ID, self.actor, text, scope=scope,
+                                                         channel_id=self.channel_id)
+            if action == "reset" and text.strip() in ("", *SCOPES):
+                return await service.servers.reset_persona(TERMINAL_GUILD_ID, self.actor,
+                                                           scope=text.strip() or SERVER, channel_id=self.channel_id)
             if action == "adapter":
                 return await service.servers.set_adapter(TERMINAL_GUILD_ID, self.actor, text)
         return f"Unknown command {line_head(name, argument)}. " + HELP
 
+
+
+def persona_scope(text: str) -> tuple[str, str]:
+    """"/persona set channel <text>" (or "server <text>") names its scope; without one, the server's."""
+    first, _, rest = text.partition(" ")
+    return (first, rest) if first in SCOPES else (SERVER, text)
 
 
 class LivePrinter:

@@ -26,7 +26,7 @@ from bot.discord_bot.client import required_intents
 from bot.discord_bot.launch import DiscordSetupError, run_on_discord
 from bot.llm.worker import ModelWorker
 from tests.fakediscord import messages as fake_messages
-from tests.fakediscord import (CommandNotPermitted, FakeChannel, FakeDiscord, build_world, permissions,
+from tests.fakediscord import (FakeChannel, FakeDiscord, build_world, permissions,
                                point_discord_py_at)
 from tests.support.discord_scene import EPHEMERAL, MESSAGES, TYPING, Scene, pings_no_one, replying_to, running_bot
 from tests.support.scripted import Gate, ScriptedBackend
@@ -303,7 +303,9 @@ async def test_the_second_turn_remembers_the_first_with_the_embedded_model(tmp_p
 async def test_commands_are_registered_with_both_guards(scene: Scene):
     registered = {c["name"]: c for c in scene.fake.registered_commands()}
     assert set(registered) == {"persona", "reset", "autoreply", "forget-me", "export", "optout", "optin", "status"}
-    assert registered["persona"]["default_member_permissions"] == str(permissions.MANAGE_GUILD)
+    # /persona's scopes need different permissions (Manage Server, Manage Channels), which
+    # Discord's default permissions cannot express: the bot checks each at runtime.
+    assert registered["persona"]["default_member_permissions"] is None
     assert registered["reset"]["default_member_permissions"] == str(permissions.MANAGE_MESSAGES)
     assert registered["autoreply"]["default_member_permissions"] == str(permissions.MANAGE_CHANNELS)
     assert registered["persona"]["dm_permission"] is False and registered["autoreply"]["dm_permission"] is False
@@ -318,8 +320,10 @@ async def test_commands_are_registered_with_both_guards(scene: Scene):
         assert registered[name]["default_member_permissions"] is None
         assert sorted(registered[name]["contexts"]) == [0, 1]
     persona_set = next(o for o in registered["persona"]["options"] if o["name"] == "set")
-    [text] = persona_set["options"]
+    text, scope = persona_set["options"]
     assert text["max_length"] == 4000 and "4,000" in persona_set["description"]
+    assert scope["name"] == "scope" and not scope["required"]
+    assert [choice["value"] for choice in scope["choices"]] == ["server", "channel"]
 
 
 async def test_commands_sync_to_the_development_server_when_configured(tmp_path):
@@ -331,15 +335,14 @@ async def test_commands_sync_to_the_development_server_when_configured(tmp_path)
 
 
 async def test_an_admin_sets_the_persona_and_a_member_cannot(scene: Scene):
-    fake, world = scene.fake, scene.world
-    # Discord itself hides the command from members without Manage Server...
-    with pytest.raises(CommandNotPermitted):
-        await fake.send_interaction(world.general, world.alice, "persona set", options={"text": "a cat"})
-    # ...and where a server lets everyone see it, the bot still refuses.
-    refused = await scene.command(world.alice, "persona set", options={"text": "a cat"},
-                                  enforce_default_permissions=False)
+    world = scene.world
+    # The bot refuses members without Manage Server (Discord shows /persona to every member: its
+    # channel scope needs Manage Channels instead).
+    refused = await scene.command(world.alice, "persona set", options={"text": "a cat"})
     assert refused["content"] == messages.NEEDS_PERMISSION.format(permission="Manage Server")
     assert refused["flags"] & EPHEMERAL
+    shown = await scene.command(world.alice, "persona show")
+    assert shown["content"] == messages.NEEDS_PERMISSION.format(permission="Manage Server or Manage Channels")
     assert await scene.store.persona(world.guild.id) is None and await audit_entries(scene.store) == []
 
     answer = await scene.command(world.mod, "persona set", options={"text": "You are a pirate. Say arr."})
@@ -355,6 +358,59 @@ async def test_an_admin_sets_the_persona_and_a_member_cannot(scene: Scene):
     assert shown["content"] == messages.PERSONA_SHOW_CUSTOM.format(persona="You are a pirate. Say arr.")
     reset = await scene.command(world.mod, "persona reset")
     assert reset["content"] == messages.PERSONA_RESET and await scene.store.persona(world.guild.id) is None
+
+
+async def test_a_channel_persona_overrides_the_servers_in_that_channel_only(scene: Scene):
+    fake, world = scene.fake, scene.world
+    general, random = world.general, fake.add_text_channel(world.guild, "random")
+    chan = fake.add_user("chan")  # may manage channels, not the server
+    fake.add_member(world.guild, chan, permissions=permissions.MANAGE_CHANNELS)
+    await scene.command(world.mod, "persona set", options={"text": "You are a pirate."})
+
+    # Manage Channels alone: the channel scope yes, the server's no.
+    refused = await scene.command(chan, "persona set", options={"text": "You are a cat."})
+    assert refused["content"] == messages.NEEDS_PERMISSION.format(permission="Manage Server")
+    answer = await scene.command(chan, "persona set", options={"text": "You are a cat.", "scope": "channel"},
+                                 channel=random)
+    assert answer["content"] == messages.PERSONA_SET_CHANNEL.format(length=14) and answer["flags"] & EPHEMERAL
+    # Without Manage Channels (nor Manage Server), neither scope.
+    refused = await scene.command(world.alice, "persona set", options={"text": "a dog", "scope": "channel"})
+    assert refused["content"] == messages.NEEDS_PERMISSION.format(permission="Manage Channels")
+    refused = await scene.command(world.alice, "persona reset", options={"scope": "channel"}, channel=random)
+    assert refused["content"] == messages.NEEDS_PERMISSION.format(permission="Manage Channels")
+    assert await scene.store.channel_persona(general.id) is None
+
+    await scene.ask("hello", channel=random)
+    assert last_prompt(scene)[0] == {"role": "system", "content": "You are a cat."}
+    await scene.ask("hello")
+    assert last_prompt(scene)[0] == {"role": "system", "content": "You are a pirate."}
+
+    # /persona show says which applies here, and whence.
+    shown = await scene.command(chan, "persona show", channel=random)
+    assert shown["content"] == messages.PERSONA_SHOW_CHANNEL.format(persona="You are a cat.")
+    shown = await scene.command(chan, "persona show")
+    assert shown["content"] == messages.PERSONA_SHOW_CUSTOM.format(persona="You are a pirate.")
+
+    # Resetting the channel scope falls back to the server's persona there; the server's stays.
+    reset = await scene.command(chan, "persona reset", options={"scope": "channel"}, channel=random)
+    assert reset["content"] == messages.PERSONA_RESET_CHANNEL
+    again = await scene.command(chan, "persona reset", options={"scope": "channel"}, channel=random)
+    assert again["content"] == messages.PERSONA_CHANNEL_NONE
+    await scene.ask("hello again", channel=random)
+    assert last_prompt(scene)[0] == {"role": "system", "content": "You are a pirate."}
+    shown = await scene.command(world.mod, "persona show", channel=random)
+    assert shown["content"] == messages.PERSONA_SHOW_CUSTOM.format(persona="You are a pirate.")
+    await scene.command(world.mod, "persona reset")
+    shown = await scene.command(chan, "persona show", channel=random)
+    assert shown["content"] == messages.PERSONA_SHOW_DEFAULT.format(persona=scene.service.servers.default_persona)
+
+    entries = [(e.action, e.actor_id, e.guild_id, e.channel_id, e.detail) for e in await audit_entries(scene.store)]
+    assert entries == [
+        ("persona.set", world.mod.id, world.guild.id, None, "server: 17 characters"),
+        ("persona.set", chan.id, world.guild.id, random.id, "channel: 14 characters"),
+        ("persona.reset", chan.id, world.guild.id, random.id, "channel"),
+        ("persona.reset", world.mod.id, world.guild.id, None, "server"),
+    ]
 
 
 async def test_a_persona_over_the_limit_is_refused_with_the_limit_stated(scene: Scene):
@@ -378,7 +434,7 @@ async def test_a_long_persona_is_shown_in_parts_that_fit(scene: Scene):
 
 
 async def test_a_failing_command_says_so_and_logs_why(scene: Scene, caplog, monkeypatch):
-    async def broken(guild_id):
+    async def broken(*_where):
         raise RuntimeError("the database is on fire")
     monkeypatch.setattr(scene.service.servers, "show_persona", broken)
     with caplog.at_level(logging.ERROR, logger="bot.discord_bot"):

@@ -446,7 +446,7 @@ async def test_a_user_past_the_queue_bound_is_told_the_bot_is_busy_and_others_ar
     service = service_over(engine, store, tmp_path, max_new_tokens=300)
     first = await start_writing_in_channel_1(service)
     second = asyncio.create_task(service.reply(hello_in(2)))
-    await until(lambda: engine.load().waiting == 1)  # channel 2 waits in line
+    await until(lambda: service.load().waiting == 1)  # channel 2 waits in line for the model
     third = await service.reply(hello_in(3))
     assert not third.ok and third.text == messages.BUSY.format(waiting=1)
     engine.release.set()

@@ -317,3 +317,63 @@ async def test_answers_cut_short_are_left_out_with_their_questions(store, settin
     assert len(contents) == 4 and not any("story" in text or "slow" in text for text in contents)
     assert summary.left_out_cut_short == 1
     assert "1 answer(s) cut short left out, with their questions" in summary.describe()
+
+
+async def test_each_conversation_is_labelled_with_the_persona_it_was_held_under(store, settings):
+    """The persona is recorded with each answer: a conversation held before a change keeps its
+    persona in the export; a channel's own persona labels that channel's conversations."""
+    from sqlalchemy import update
+
+    from bot.llm.worker import ModelWorker
+    from bot.server_settings import CHANNEL
+    from bot.service import ChatService
+    from tests.support.conversation import said
+    from tests.support.scripted import ScriptedBackend
+
+    admin = Actor(ALICE, "alice")
+    service = ChatService(store, ModelWorker(ScriptedBackend(), timeout_s=5), settings)
+    await service.servers.set_persona(GUILD, admin, "You are X.")
+    assert (await service.reply(said("first", guild=GUILD, channel=GENERAL))).ok
+    async with AsyncSession(store.engine) as session, session.begin():  # that sitting ended hours ago
+        await session.execute(update(Message).values(created_at=START))
+    await service.servers.set_persona(GUILD, admin, "You are Y.")
+    assert (await service.reply(said("second", guild=GUILD, channel=GENERAL))).ok
+    await service.servers.set_persona(GUILD, admin, "You are Z.", scope=CHANNEL, channel_id=RANDOM)
+    assert (await service.reply(said("third", guild=GUILD, channel=RANDOM))).ok
+    await service.servers.set_persona(GUILD, admin, "You are W.")  # after all of them: labels none
+
+    lines, _ = await exported(store, settings)
+    assert [(line["messages"][0]["content"], line["messages"][1]["content"]) for line in lines] == [
+        ("You are X.", "User 1: first"), ("You are Y.", "User 1: second"), ("You are Z.", "User 1: third")]
+
+
+async def test_answers_stored_without_a_persona_get_their_channels_persona_now(store, settings):
+    """Answers stored before personas were recorded: the channel's own persona, else the server's."""
+    await a_server_day(store)
+    await store.set_persona(GUILD, "You are a pirate.", ALICE)
+    await store.set_channel_persona(RANDOM, GUILD, "You are a calculator.", ALICE)
+    lines, _ = await exported(store, settings)
+    assert [line["messages"][0]["content"] for line in lines] == ["You are a pirate.", "You are a calculator."]
+
+
+async def test_a_persona_is_stored_once_however_many_answers_use_it(any_store):
+    from sqlalchemy import func, select
+
+    from bot.store.models import AnswerPersona, Persona
+
+    long_persona = "Always answer like a patient teacher. " * 100
+    for n in range(3):
+        await any_store.add_turn(channel_id=GENERAL, guild_id=GUILD, role="assistant", content=f"answer {n}",
+                                 persona=long_persona)
+    await any_store.add_turn(channel_id=GENERAL, guild_id=GUILD, role="assistant", content="other", persona="Terse.")
+    async with AsyncSession(any_store.engine) as session:
+        assert await session.scalar(select(func.count()).select_from(Persona)) == 2
+        assert await session.scalar(select(func.count()).select_from(AnswerPersona)) == 4
+    turns = [turn async for _, _, turn in any_store.turns_in_order()]
+    assert [turn.persona for turn in turns] == [long_persona] * 3 + ["Terse."]
+    # Forgetting the server forgets its channels' personas and the persona texts no answer uses.
+    await any_store.set_channel_persona(RANDOM, GUILD, "You are a calculator.", ALICE)
+    await any_store.delete_guild_data(GUILD)
+    assert await any_store.channel_persona(RANDOM) is None
+    async with AsyncSession(any_store.engine) as session:
+        assert await session.scalar(select(func.count()).select_from(Persona)) == 0

@@ -157,4 +157,4 @@ def test_an_unknown_benchmark_is_one_line_listing_the_real_ones():
     assert "Traceback" not in done.stderr and "KeyError" not in done.stderr
     assert done.stderr.strip().splitlines() == [
         "error: there is no benchmark named 'windw'; the benchmarks are: "
-        "window, latency, engine, overhead, load, remote, adapters"]
+        "window, recall, latency, engine, overhead, load, remote, fair, adapters"]

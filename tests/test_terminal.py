@@ -162,3 +162,16 @@ def test_at_a_terminal_a_revised_answer_is_rewritten_in_place_not_printed_again(
     asyncio.run(printer.update("Hi there <"))
     printer.finish("Hi there.")
     assert out.getvalue() == "bot> Hi there <" + "\r\x1b[J" + "bot> Hi there.\n"  # back to its start, cleared
+
+
+def test_the_terminal_chat_has_a_persona_of_its_own_over_the_servers(tmp_path):
+    from bot import messages
+
+    result = chat(tmp_path / "chat.db", "/persona set You are a pirate.\n/persona set channel You are a cat.\n"
+                                        "/persona show\n/persona reset channel\n/persona show\n")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert messages.PERSONA_SET_CHANNEL.format(length=14) in out
+    assert messages.PERSONA_SHOW_CHANNEL.format(persona="You are a cat.") in out
+    assert messages.PERSONA_RESET_CHANNEL in out
+    assert out.index(messages.PERSONA_RESET_CHANNEL) < out.index("This server's persona:\nYou are a pirate.")

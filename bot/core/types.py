@@ -21,6 +21,7 @@ class Turn:
     message_id: int | None = None
     created_at: datetime | None = None
     cut_short: str | None = None  # an answer stopped early: timeout | restart | stopped
+    persona: str | None = None  # the persona an answer was written under, where recorded (exports read it)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,10 @@ Each command is guarded twice. Default permissions tell Discord to hide it
 from members without the permission; but a server's admins can change who may
 use a command (Server Settings > Integrations), so a runtime check refuses
 anyone without the permission all the same. Server-only commands are likewise
-marked for servers only and refused at runtime in DMs. Answers are ephemeral: only
+marked for servers only and refused at runtime in DMs. /persona is the exception to the first
+guard: its server scope needs Manage Server, its channel scope Manage Channels, which Discord's
+default permissions (all of a set, never one of them) cannot say, so Discord shows it to every
+member and only the runtime check guards it. Answers are ephemeral: only
 the person who asked sees them, and errors are plain sentences.
 """
 
@@ -23,6 +26,7 @@ from discord import app_commands
 
 from .. import messages
 from ..export import parse_day
+from ..server_settings import CHANNEL, SERVER
 from ..service import Actor, ChatService, UserError
 from ..telemetry import log_event
 from .posting import NO_PINGS, answer_privately
@@ -58,17 +62,32 @@ def check_permitted(interaction: discord.Interaction, permission: str, *, server
     return True
 
 
+def check_permitted_any(interaction: discord.Interaction, permissions: tuple[str, ...]) -> None:
+    """The runtime guard for a server command that any one of `permissions` allows."""
+    if interaction.guild_id is None:
+        raise Refused(messages.SERVER_ONLY)
+    if not any(getattr(interaction.permissions, permission) for permission in permissions):
+        raise Refused(messages.NEEDS_PERMISSION.format(
+            permission=" or ".join(PERMISSION_NAMES[permission] for permission in permissions)))
+
+
 class GuardedGroup(app_commands.Group):
     """Server-only subcommands for members with one permission, guarded twice.
-    (Discord reads default permissions and contexts from the group, not its subcommands.)"""
+    (Discord reads default permissions and contexts from the group, not its subcommands.)
+    With permission None, Discord shows the group to every member and each subcommand checks
+    its own permission at runtime (Discord's default permissions cannot say "this one or that")."""
 
-    def __init__(self, name: str, description: str, permission: str):
+    def __init__(self, name: str, description: str, permission: str | None):
         super().__init__(name=name, description=description, guild_only=True,
                          allowed_contexts=app_commands.AppCommandContext(guild=True),
-                         default_permissions=discord.Permissions(**{permission: True}))
+                         default_permissions=discord.Permissions(**{permission: True}) if permission else None)
         self.permission = permission
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        if self.permission is None:
+            if interaction.guild_id is None:
+                raise Refused(messages.SERVER_ONLY)
+            return True
         return check_permitted(interaction, self.permission, server_only=True)
 
 
@@ -97,27 +116,52 @@ def add_commands(tree: app_commands.CommandTree, service: ChatService) -> None:
     tree.error(report_command_error)
 
 
+# A persona's scope: who may change it.
+SCOPE_PERMISSIONS = {SERVER: "manage_guild", CHANNEL: "manage_channels"}
+SCOPE_CHOICES = [app_commands.Choice(name="this server", value=SERVER),
+                 app_commands.Choice(name="this channel (overrides the server's persona here)", value=CHANNEL)]
+
+
 def persona_commands(service: ChatService) -> app_commands.Group:
+    """The server scope needs Manage Server, the channel scope Manage Channels (in that channel),
+    /persona show either one, /persona adapter Manage Server."""
     limit = service.servers.persona_limit
-    group = GuardedGroup("persona", "The bot's persona (its instructions) in this server", "manage_guild")
+    group = GuardedGroup("persona", "The bot's persona (its instructions) in this server or channel", None)
     persona_text = app_commands.Range[str, 1, min(limit, DISCORD_OPTION_MAX_LENGTH)]
 
-    @group.command(name="set", description=f"Give the bot a new persona in this server (up to {limit:,} characters)")
-    @app_commands.describe(text=f"How the bot should behave, up to {limit:,} characters")
-    async def persona_set(interaction: discord.Interaction, text: persona_text) -> None:
-        await answer(interaction, lambda: service.servers.set_persona(interaction.guild_id, actor(interaction), text))
+    def check_scope(interaction: discord.Interaction, scope: str) -> str:
+        scope = scope if scope in SCOPE_PERMISSIONS else SERVER
+        check_permitted(interaction, SCOPE_PERMISSIONS[scope], server_only=True)
+        return scope
 
-    @group.command(name="show", description="Show the persona the bot uses in this server")
+    @group.command(name="set", description=f"Give the bot a new persona in this server or channel "
+                                           f"(up to {limit:,} characters)")
+    @app_commands.describe(text=f"How the bot should behave, up to {limit:,} characters",
+                           scope="This server (default; needs Manage Server) or this channel (needs Manage Channels)")
+    @app_commands.choices(scope=SCOPE_CHOICES)
+    async def persona_set(interaction: discord.Interaction, text: persona_text, scope: str = SERVER) -> None:
+        scope = check_scope(interaction, scope)
+        await answer(interaction, lambda: service.servers.set_persona(
+            interaction.guild_id, actor(interaction), text, scope=scope, channel_id=interaction.channel_id))
+
+    @group.command(name="show", description="Show the persona the bot uses in this channel, and where it comes from")
     async def persona_show(interaction: discord.Interaction) -> None:
-        await answer(interaction, lambda: service.servers.show_persona(interaction.guild_id))
+        check_permitted_any(interaction, (SCOPE_PERMISSIONS[SERVER], SCOPE_PERMISSIONS[CHANNEL]))
+        await answer(interaction, lambda: service.servers.show_persona(interaction.guild_id, interaction.channel_id))
 
-    @group.command(name="reset", description="Go back to the default persona in this server")
-    async def persona_reset(interaction: discord.Interaction) -> None:
-        await answer(interaction, lambda: service.servers.reset_persona(interaction.guild_id, actor(interaction)))
+    @group.command(name="reset", description="Go back to the default persona in this server, or to the server's "
+                                             "in this channel")
+    @app_commands.describe(scope="This server (default; needs Manage Server) or this channel (needs Manage Channels)")
+    @app_commands.choices(scope=SCOPE_CHOICES)
+    async def persona_reset(interaction: discord.Interaction, scope: str = SERVER) -> None:
+        scope = check_scope(interaction, scope)
+        await answer(interaction, lambda: service.servers.reset_persona(
+            interaction.guild_id, actor(interaction), scope=scope, channel_id=interaction.channel_id))
 
     @group.command(name="adapter", description="Pick the fine-tuned model (LoRA adapter) the bot uses in this server")
     @app_commands.describe(name='One of the bot\'s adapters, "default" or "base" (no adapter)')
     async def persona_adapter(interaction: discord.Interaction, name: app_commands.Range[str, 1, 100]) -> None:
+        check_permitted(interaction, "manage_guild", server_only=True)
         await answer(interaction, lambda: service.servers.set_adapter(interaction.guild_id, actor(interaction), name))
 
     @persona_adapter.autocomplete("name")

@@ -97,6 +97,41 @@ class ChannelSettings(Base):
     updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class ChannelPersona(Base):
+    """A channel's own persona: it overrides its server's persona there (/persona set scope:channel)."""
+
+    __tablename__ = "channel_personas"
+
+    channel_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    guild_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    persona: Mapped[str] = mapped_column(Text, nullable=False)
+    set_by: Mapped[int | None] = mapped_column(BigInteger)
+    set_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Persona(Base):
+    """Each persona text an answer was written under, stored once (found by its SHA-256)."""
+
+    __tablename__ = "personas"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    digest: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)  # sha256 hex of text
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class AnswerPersona(Base):
+    """The persona an answer was written under, for training exports. Goes with its answer
+    (ON DELETE CASCADE). A table of its own, so `messages` (and its search triggers) stays as it is."""
+
+    __tablename__ = "answer_personas"
+
+    turn_id: Mapped[int] = mapped_column(RowId, ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True,
+                                         autoincrement=False)
+    persona_id: Mapped[int] = mapped_column(RowId, ForeignKey("personas.id"), nullable=False)
+
+    __table_args__ = (Index("ix_answer_personas_persona_id", "persona_id"),)
+
+
 class ExportOptOut(Base):
     """People whose words never go into an exported training set: they ran /optout, or /forget-me."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 from contextlib import asynccontextmanager
@@ -17,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from ..core.types import Turn
 from .database import create_engine, upgrade
-from .models import AnswerPart, AuditEntry, ChannelSettings, ExportOptOut, GuildSettings, Message, utc_now
+from .models import (AnswerPart, AnswerPersona, AuditEntry, ChannelPersona, ChannelSettings, ExportOptOut,
+                     GuildSettings, Message, Persona, utc_now)
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +85,31 @@ class Store:
     async def add_turn(self, *, channel_id: int, role: str, content: str, guild_id: int | None = None,
                        author_id: int | None = None, author_name: str | None = None,
                        message_id: int | None = None, reply_to: int | None = None,
-                       cut_short: str | None = None) -> int:
-        """Store a turn; an answer names the user turn it answered (`reply_to`, its row id) and,
-        if it was stopped before its end, why (`cut_short`)."""
+                       cut_short: str | None = None, persona: str | None = None) -> int:
+        """Store a turn; an answer names the user turn it answered (`reply_to`, its row id), if it
+        was stopped before its end, why (`cut_short`), and the persona it was written under
+        (`persona`, kept once per distinct text, for training exports)."""
         row = Message(guild_id=guild_id, channel_id=channel_id, role=role, content=content,
                       author_id=author_id, author_name=author_name, discord_message_id=message_id,
                       reply_to=reply_to, cut_short=cut_short)
         async with self._sessions.begin() as session:
             session.add(row)
+            if persona is not None:
+                await session.flush()
+                session.add(AnswerPersona(turn_id=row.id, persona_id=await self._persona_id(session, persona)))
         return row.id
+
+    async def _persona_id(self, session, persona: str) -> int:
+        """The row of this persona text, added if new. Two answers may add the same new text at
+        once (PostgreSQL): the insert does nothing if the other got there first."""
+        digest = hashlib.sha256(persona.encode("utf-8", "surrogatepass")).hexdigest()
+        if self.engine.dialect.name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        await session.execute(insert(Persona).values(digest=digest, text=persona)
+                              .on_conflict_do_nothing(index_elements=["digest"]))
+        return await session.scalar(select(Persona.id).where(Persona.digest == digest))
 
     async def recent_turns(self, channel_id: int, limit: int) -> list[Turn]:
         """The newest `limit` turns of a channel, oldest first."""
@@ -182,7 +200,10 @@ class Store:
         """(guild_id, channel_id, turn) for every stored turn that matches, channel by channel,
         oldest first. Read a page at a time, each in its own short read, so an export of a large
         database neither holds everything in memory nor keeps a transaction open meanwhile."""
-        query = select(Message).order_by(Message.channel_id, Message.id).limit(page)
+        query = (select(Message, Persona.text)
+                 .outerjoin(AnswerPersona, AnswerPersona.turn_id == Message.id)
+                 .outerjoin(Persona, Persona.id == AnswerPersona.persona_id)
+                 .order_by(Message.channel_id, Message.id).limit(page))
         if guild_id is not None:
             query = query.where(Message.guild_id == guild_id)
         elif not include_dms:
@@ -197,12 +218,12 @@ class Store:
         while True:
             paged = query if last is None else query.where(tuple_(Message.channel_id, Message.id) > last)
             async with self._sessions() as session:
-                rows = (await session.scalars(paged)).all()
-            for row in rows:
-                yield row.guild_id, row.channel_id, _to_turn(row)
+                rows = (await session.execute(paged)).all()
+            for row, persona in rows:
+                yield row.guild_id, row.channel_id, _to_turn(row, persona)
             if len(rows) < page:
                 return
-            last = (rows[-1].channel_id, rows[-1].id)
+            last = (rows[-1][0].channel_id, rows[-1][0].id)
 
     async def forget_author(self, author_id: int) -> "Erased":
         """Erase what a person wrote, everywhere, and their direct-message conversations whole
@@ -217,11 +238,14 @@ class Store:
         return Erased(result.rowcount, frozenset(channel_ids))
 
     async def delete_guild_data(self, guild_id: int) -> int:
-        """Forget a server: its turns, its settings and its channels' settings."""
+        """Forget a server: its turns, its settings, its channels' settings and personas, and
+        the persona texts no stored answer was written under any more."""
         async with self._sessions.begin() as session:
             result = await session.execute(delete(Message).where(Message.guild_id == guild_id))
             await session.execute(delete(ChannelSettings).where(ChannelSettings.guild_id == guild_id))
+            await session.execute(delete(ChannelPersona).where(ChannelPersona.guild_id == guild_id))
             await session.execute(delete(GuildSettings).where(GuildSettings.guild_id == guild_id))
+            await session.execute(delete(Persona).where(Persona.id.not_in(select(AnswerPersona.persona_id))))
         return result.rowcount
 
     # Settings -----------------------------------------------------------
@@ -237,6 +261,27 @@ class Store:
             row = await session.get(GuildSettings, guild_id) or GuildSettings(guild_id=guild_id)
             row.persona, row.persona_set_by, row.persona_set_at = persona, actor_id, utc_now()
             session.add(row)
+
+    async def channel_persona(self, channel_id: int) -> str | None:
+        """A channel's own persona (None: its server's applies)."""
+        async with self._sessions() as session:
+            row = await session.get(ChannelPersona, channel_id)
+        return row.persona if row else None
+
+    async def set_channel_persona(self, channel_id: int, guild_id: int | None, persona: str | None,
+                                  actor_id: int) -> bool:
+        """Set (or with None, remove) a channel's own persona. False: there was none to remove."""
+        async with self._sessions.begin() as session:
+            row = await session.get(ChannelPersona, channel_id)
+            if persona is None:
+                if row is None:
+                    return False
+                await session.delete(row)
+                return True
+            row = row or ChannelPersona(channel_id=channel_id)
+            row.guild_id, row.persona, row.set_by, row.set_at = guild_id, persona, actor_id, utc_now()
+            session.add(row)
+        return True
 
     async def auto_reply(self, channel_id: int) -> bool:
         async with self._sessions() as session:
@@ -336,10 +381,10 @@ _POSTGRESQL_RECALL = text("""
     LIMIT :limit""")
 
 
-def _to_turn(row: Message) -> Turn:
+def _to_turn(row: Message, persona: str | None = None) -> Turn:
     return Turn(id=row.id, role=row.role, content=row.content, author_name=row.author_name, author_id=row.author_id,
                 message_id=row.discord_message_id, created_at=_as_utc(row.created_at),
-                cut_short=row.cut_short)
+                cut_short=row.cut_short, persona=persona)
 
 
 def _as_utc(moment: datetime | None) -> datetime | None:

@@ -43,7 +43,10 @@ class LlamaServer:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self._command = [str(LLAMA_PYTHON), "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-                         "--port", str(self.port), "--n_ctx", str(CONTEXT_TOKENS), "--n_threads", "2",
+                         "--port", str(self.port), "--n_ctx", str(CONTEXT_TOKENS),
+                         # One thread: llama.cpp's threads spin at each step's barrier, and on two cores
+                         # shared with the suite two of them slowed a 48-token answer past two minutes.
+                         "--n_threads", "1", "--n_threads_batch", "1",
                          "--interrupt_requests", str(interrupt_requests)]
         self._log_path = log_path
         self._process: subprocess.Popen | None = None
