@@ -262,6 +262,29 @@ async def has_turns(scene: Scene, channel: FakeChannel, count: int) -> bool:
     return len(await scene.turns(channel)) == count
 
 
+async def test_a_direct_message_is_not_kept_waiting_behind_a_servers_flood(tmp_path):
+    """The model writes one reply at a time here; six channels of one server are all waiting
+    when Alice writes to the bot in private. Her DM (a tenant of its own) goes in next."""
+    import threading
+
+    async with running_bot(tmp_path, reply=lambda chat: "ok") as scene:
+        fake, alice = scene.fake, scene.world.alice
+        scene.model.gate = held = threading.Event()
+        rooms = [fake.add_text_channel(scene.world.guild, f"room-{n}") for n in range(6)]
+        await until(lambda: all(scene.bot.get_channel(room.id) for room in rooms))
+        for room in rooms:
+            for n in range(2):
+                await scene.say(f"{fake.bot.mention} question {n}", channel=room)
+        await until(lambda: scene.service._fair.waiting() == 5)  # one being written, five channels waiting
+        private = await scene.say("a quick one in private", channel=fake.dm_channel(alice))
+        await until(lambda: scene.service._fair.waiting() == 6)
+        held.set()
+        await scene.reply_to(private)
+        await until(lambda: len(scene.posted(None)) + sum(len(scene.posted(room)) for room in rooms) >= 12)
+    answered = [r.path for r in fake.requests_to("POST", MESSAGES) if r.status == 200]
+    assert answered.index(f"/channels/{fake.dm_channel(alice).id}/messages") == 1  # right after the first
+
+
 async def test_the_gateway_heartbeats_while_the_model_works(tmp_path):
     gate = Gate()
     async with running_bot(tmp_path, heartbeat_interval_ms=20) as scene:
@@ -526,6 +549,24 @@ async def test_auto_reply_answers_every_message_in_that_channel_only(scene: Scen
 
 
 # --------------------------------------------------------------------------- history follows Discord
+
+
+async def test_a_fact_from_before_the_window_is_recalled_until_its_message_is_deleted(tmp_path):
+    async with running_bot(tmp_path, reply=lambda chat: "Noted.") as scene:
+        fake = scene.fake
+        boat = await scene.say(f"{fake.bot.mention} my boat is called Marigold")
+        await scene.reply_to(boat)
+        for n in range(21):  # 42 turns: past the 40-turn window
+            await scene.ask(f"filler message number {n}")
+        await scene.ask("what is my boat called?")
+        prompt = last_prompt(scene)
+        assert not any("Marigold" in m["content"] for m in prompt[:-1])  # out of the window
+        assert "Earlier in this channel (recalled" in prompt[-1]["content"]
+        assert "Alice: my boat is called Marigold" in prompt[-1]["content"]
+
+        await fake.delete_message(scene.general, int(boat["id"]))  # forgets the message and the answer to it
+        await scene.ask("what is my boat called, do you know?")
+        assert not any("Marigold" in m["content"] for m in last_prompt(scene))
 
 
 async def test_edits_and_deletes_reach_the_history(scene: Scene):
