@@ -88,6 +88,9 @@ EXPORT_TOO_BIG = ("The export is {size:,} bytes even compressed, over Discord's 
 
 # Adapters ----------------------------------------------------------------
 
+THINKING_ON = ("Done: from the next message, the bot thinks before it answers in this server (slower, "
+               "sometimes better). Its thoughts are never posted or kept. Models that cannot reason ignore this.")
+THINKING_OFF = "Done: from the next message, the bot answers in this server without thinking first."
 ADAPTER_SET = "Done: from the next message, this server's replies are written by {adapter}."
 ADAPTER_UNKNOWN = 'There is no adapter named "{name}"; nothing changed.'
 ADAPTER_CHOOSE = "Pick one of: {names} (\"default\" is the bot's usual model, \"base\" the model without any adapter)."

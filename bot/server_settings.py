@@ -132,6 +132,18 @@ class ServerSettings:
                                       guild_id=guild_id, detail=name)
         return messages.ADAPTER_SET.format(adapter=self._describe_adapter(name))
 
+    # Thinking (SmolLM3 reasons in a <think> block first: never posted, stored or exported) -----
+
+    async def thinking_for(self, guild_id: int | None) -> bool | None:
+        """Whether this server's replies think first (None: [model] thinking decides)."""
+        return None if guild_id is None else await self.store.thinking(guild_id)
+
+    async def set_thinking(self, guild_id: int, actor: Actor, enabled: bool) -> str:
+        await self.store.set_thinking(guild_id, enabled)
+        await self.store.record_audit(action="thinking.set", actor_id=actor.id, actor_name=actor.name,
+                                      guild_id=guild_id, detail="on" if enabled else "off")
+        return messages.THINKING_ON if enabled else messages.THINKING_OFF
+
     async def _adapter_note(self, guild_id: int) -> str:
         """For /persona show: which adapter is in use (nothing when the model serves none)."""
         if not self.adapters.any:

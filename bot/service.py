@@ -13,6 +13,8 @@ Front ends call this service, and nothing else, for conversation data: server se
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
 from enum import Enum
@@ -22,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import messages
 from .channels import ChannelSequence, PromptStarts
-from .config import Settings
+from .config import GenerationSettings, Settings
 from .core.cleaning import clean_reply, visible_so_far
 from .core.cooldown import UserCooldowns, whole_seconds
 from .core.decide import Action, Decision, is_addressed, should_answer
@@ -235,16 +237,27 @@ class ChatService:
         if start is None:
             start = max(0, len(turns) - max_turns)
         persona = await self.servers.persona_for(message.guild_id, message.channel_id)
-        budget = self.model.context_tokens - self.settings.generation.max_new_tokens
+        thinking = await self.servers.thinking_for(message.guild_id)
+        render = functools.partial(self.model.render, thinking=thinking)
+        budget = self.model.context_tokens - self._generation(thinking).max_new_tokens
         # Rendering the chat template is CPU work: keep it off the loop. The render that fits
         # goes to the model with the prompt, so it is never rendered again.
-        prompt = await asyncio.to_thread(build_prompt, persona, turns, self.model.render, budget,
+        prompt = await asyncio.to_thread(build_prompt, persona, turns, render, budget,
                                          max_turns=max_turns, start=start)
         first_turn_id = turns[prompt.first_turn].id
-        return await self._with_recall(message, prompt, first_turn_id, budget), first_turn_id, persona
+        return await self._with_recall(message, prompt, first_turn_id, budget, render), first_turn_id, persona
+
+    def _generation(self, thinking: bool | None) -> GenerationSettings:
+        """The generation settings for a reply: where the model thinks first, the thought has its
+        own allowance on top of the answer's."""
+        generation = self.settings.generation
+        if not (self.settings.model.thinking if thinking is None else thinking):
+            return generation
+        return dataclasses.replace(generation,
+                                   max_new_tokens=generation.max_new_tokens + generation.max_thinking_tokens)
 
     async def _with_recall(self, message: IncomingMessage, prompt: Prompt, first_turn_id: int | None,
-                           budget: int) -> Prompt:
+                           budget: int, render: Callable) -> Prompt:
         """The prompt, with the channel's older turns that best match the new message shown just
         before it. Only turns older than the prompt's oldest are searched, so nothing is shown
         twice (None: the prompt holds only the new message, and every stored turn is older)."""
@@ -255,7 +268,7 @@ class ChatService:
                                            history.recall_messages)
         if not recalled:
             return prompt
-        return await asyncio.to_thread(with_recall, prompt, recalled, self.model.render, budget,
+        return await asyncio.to_thread(with_recall, prompt, recalled, render, budget,
                                        history.recall_tokens)
 
     async def _store_user_turn(self, message: IncomingMessage, first_turn_id: int | None) -> int:
@@ -280,8 +293,8 @@ class ChatService:
                 await on_progress(messages.QUEUED.format(place=place))
             trace.asking_model()
             async with self._model_turn(message):
-                stream = self.model.stream(prompt.rendered, self.settings.generation, channel=channel_id,
-                                           adapter=adapter)
+                stream = self.model.stream(prompt.rendered, self._generation(prompt.rendered.thinking),
+                                           channel=channel_id, adapter=adapter)
                 async with aclosing(stream):
                     async for delta in stream:
                         raw += delta

@@ -31,6 +31,7 @@ HELP = """Commands:
   /persona set <text>   give the bot a new persona ("set channel <text>": this chat's own)
   /persona reset        go back to the default persona ("reset channel": drop this chat's own)
   /persona adapter <name>  pick a fine-tuned adapter ("default", "base", or one of [model] adapters_dir)
+  /persona thinking on|off  let the model (SmolLM3) think before it answers, or not
   /history              show this chat's stored history
   /reset                forget this chat's history
   /status               model, backend, queue, uptime
@@ -160,6 +161,8 @@ class TerminalChat:
                                                            scope=text.strip() or SERVER, channel_id=self.channel_id)
             if action == "adapter":
                 return await service.servers.set_adapter(TERMINAL_GUILD_ID, self.actor, text)
+            if action == "thinking" and text.strip() in ("on", "off"):
+                return await service.servers.set_thinking(TERMINAL_GUILD_ID, self.actor, text.strip() == "on")
         return f"Unknown command {line_head(name, argument)}. " + HELP
 
 

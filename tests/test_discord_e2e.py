@@ -383,6 +383,20 @@ async def test_an_admin_sets_the_persona_and_a_member_cannot(scene: Scene):
     assert reset["content"] == messages.PERSONA_RESET and await scene.store.persona(world.guild.id) is None
 
 
+async def test_an_admin_turns_thinking_on_for_the_server_and_a_member_cannot(scene: Scene):
+    world = scene.world
+    refused = await scene.command(world.alice, "persona thinking", options={"mode": "on"})
+    assert refused["content"] == messages.NEEDS_PERMISSION.format(permission="Manage Server")
+    assert await scene.store.thinking(world.guild.id) is None
+
+    answer = await scene.command(world.mod, "persona thinking", options={"mode": "on"})
+    assert answer["content"] == messages.THINKING_ON and answer["flags"] & EPHEMERAL
+    await scene.ask("hello")
+    assert scene.model.thinking[-1] is True  # this server's prompts are rendered thinking
+    [entry] = await audit_entries(scene.store)
+    assert (entry.action, entry.actor_id, entry.detail) == ("thinking.set", world.mod.id, "on")
+
+
 async def test_a_channel_persona_overrides_the_servers_in_that_channel_only(scene: Scene):
     fake, world = scene.fake, scene.world
     general, random = world.general, fake.add_text_channel(world.guild, "random")

@@ -47,8 +47,8 @@ class RecordingModel(OpenAICompatibleModel):
         self.sent: list[dict] = []
         self.open_streams = 0
 
-    def request_body(self, messages, params):
-        body = super().request_body(messages, params)
+    def request_body(self, messages, params, thinking=None):
+        body = super().request_body(messages, params, thinking)
         self.sent.append(body)
         return body
 

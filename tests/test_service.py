@@ -219,3 +219,21 @@ async def test_status_counts_every_reply_waiting_not_channels(store, settings):
     opened.set()
     assert all(reply.ok for reply in await asyncio.gather(*burst))
     assert service.load().queue == 0
+
+
+async def test_thinking_is_chosen_per_server_and_the_thought_gets_its_own_allowance(store, settings):
+    from bot.service import Actor
+
+    backend = ScriptedBackend(reply=lambda m: "fine")
+    service = ChatService(store, ModelWorker(backend, timeout_s=30), settings)
+    admin = Actor(1, "admin")
+    assert await service.servers.set_thinking(20, admin, True) == messages.THINKING_ON
+    assert (await service.reply(said("think about it", guild=20))).ok
+    assert (await service.reply(said("and you?", guild=21, channel=11))).ok
+    assert backend.thinking[-2:] == [True, None]  # server 20 thinks; 21 keeps [model] thinking
+    generation = settings.generation
+    assert backend.answer_limits == [generation.max_new_tokens + generation.max_thinking_tokens,
+                                     generation.max_new_tokens]
+    assert await service.servers.set_thinking(20, admin, False) == messages.THINKING_OFF
+    assert (await service.reply(said("now quickly", guild=20))).ok
+    assert backend.thinking[-1] is False and backend.answer_limits[-1] == generation.max_new_tokens

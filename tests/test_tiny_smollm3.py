@@ -239,3 +239,16 @@ def test_build_is_idempotent_and_deterministic(model_dir, tmp_path):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (other / "tokenizer.json").read_bytes() == (model_dir / "tokenizer.json").read_bytes()
+
+
+def test_the_thinking_switch_can_differ_per_prompt(model_dir, tokenizer):
+    """A server's /persona thinking reaches the chat template for its prompts only."""
+    from bot.config import ModelSettings
+    from bot.llm.transformers_backend import load_transformers_backend
+
+    backend = load_transformers_backend(ModelSettings(name=str(model_dir), device_map="cpu", dtype="float32",
+                                                      thinking=False))
+    default, thinking = backend.render(CONVERSATION), backend.render(CONVERSATION, thinking=True)
+    assert tokenizer.decode(default.token_ids).endswith("<|im_start|>assistant\n" + EMPTY_THINK)
+    assert "Reasoning Mode: /think\n" in tokenizer.decode(thinking.token_ids)
+    assert (default.thinking, thinking.thinking) == (False, True)

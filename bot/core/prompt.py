@@ -26,6 +26,7 @@ class RenderedPrompt:
     messages: ChatMessages
     tokens: int
     token_ids: tuple[int, ...] | None = None
+    thinking: bool | None = None  # SmolLM3's reasoning switch it was rendered with (None: the model's default)
 
 
 Render = Callable[[ChatMessages], RenderedPrompt]

@@ -168,6 +168,15 @@ def persona_commands(service: ChatService) -> app_commands.Group:
     async def adapter_names(_interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         return adapter_choices(service, current)
 
+    @group.command(name="thinking", description="Let the bot think before it answers in this server "
+                                                "(SmolLM3's reasoning; its thoughts are never posted)")
+    @app_commands.describe(mode="on: think first (slower, sometimes better); off: answer at once")
+    @app_commands.choices(mode=[app_commands.Choice(name="on", value="on"), app_commands.Choice(name="off", value="off")])
+    async def persona_thinking(interaction: discord.Interaction, mode: str) -> None:
+        check_permitted(interaction, "manage_guild", server_only=True)
+        await answer(interaction, lambda: service.servers.set_thinking(interaction.guild_id, actor(interaction),
+                                                                      mode == "on"))
+
     return group
 
 

@@ -125,8 +125,8 @@ class BatchingEngine(ChatModel):
         self._thread = threading.Thread(target=self._run, name="model-engine", daemon=True)
         self._thread.start()
 
-    def render(self, messages) -> RenderedPrompt:
-        return self.backend.render(messages)
+    def render(self, messages, thinking: bool | None = None) -> RenderedPrompt:
+        return self.backend.render(messages, thinking)
 
     def output_tokens(self, text: str) -> int:
         return self.backend.output_tokens(text)

@@ -75,8 +75,8 @@ class OpenAICompatibleModel(ChatModel):
         self._api_key = api_key  # never logged: kept out of repr and messages
         self._session: aiohttp.ClientSession | None = None
 
-    def render(self, messages: ChatMessages) -> RenderedPrompt:
-        return RenderedPrompt(messages, self.counter.count(messages))
+    def render(self, messages: ChatMessages, thinking: bool | None = None) -> RenderedPrompt:
+        return RenderedPrompt(messages, self.counter.count(messages, thinking), thinking=thinking)
 
     def output_tokens(self, text: str) -> int | None:
         return self.counter.output_tokens(text)
@@ -91,7 +91,7 @@ class OpenAICompatibleModel(ChatModel):
         messages, shortened, fresh = prompt.messages, False, False
         try:
             while True:
-                body = {**self.request_body(messages, params), "model": model}
+                body = {**self.request_body(messages, params, prompt.thinking), "model": model}
                 try:
                     # Closed at once when the caller stops reading: that closes the connection.
                     async with contextlib.aclosing(self._answer(body, messages, deadline, fresh)) as answer:
@@ -170,14 +170,14 @@ class OpenAICompatibleModel(ChatModel):
                 break
         return [*system, *turns]
 
-    def request_body(self, messages: ChatMessages, params: GenerationSettings) -> dict:
+    def request_body(self, messages: ChatMessages, params: GenerationSettings, thinking: bool | None = None) -> dict:
         body = {"model": self.name, "messages": messages, "stream": True,
                 **openai_fields(params, penalty_field=self._penalty_field)}
         if self.server.reports_usage:  # the prompt's real token count comes back at the end
             body["stream_options"] = {"include_usage": True}
         if self.server.takes_template_arguments:
             # vLLM, SGLang and llama-server pass these to the chat template; SmolLM3 reads enable_thinking.
-            body["chat_template_kwargs"] = {"enable_thinking": self.thinking}
+            body["chat_template_kwargs"] = {"enable_thinking": self.thinking if thinking is None else thinking}
         return body
 
     @contextlib.asynccontextmanager

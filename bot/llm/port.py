@@ -100,8 +100,9 @@ class ChatModel(ABC):
     abilities: Abilities
 
     @abstractmethod
-    def render(self, messages: ChatMessages) -> RenderedPrompt:
-        """The prompt as this model reads it, with its exact length. Thread-safe."""
+    def render(self, messages: ChatMessages, thinking: bool | None = None) -> RenderedPrompt:
+        """The prompt as this model reads it, with its exact length. Thread-safe. `thinking`
+        switches SmolLM3's reasoning on or off for this prompt (None: the configured default)."""
 
     @abstractmethod
     def stream(self, prompt: RenderedPrompt, params: GenerationSettings, *, channel: Hashable | None = None,

@@ -58,14 +58,15 @@ class RemoteTokenCounter:
             return "the server counts each message's text, the template's tokens are estimated"
         return "estimated (corrected by the counts the server reports)"
 
-    def count(self, messages: ChatMessages) -> int:
+    def count(self, messages: ChatMessages, thinking: bool | None = None) -> int:
         if self._server is not None and self._server.exact:
             counted = self._server.count(messages)
             if counted is not None:
                 return counted
         if self._tokenizers is not None:
             with self._tokenizers.borrowed() as tokenizer:
-                return len(render_prompt_ids(tokenizer, messages, enable_thinking=self.thinking))
+                thinking = self.thinking if thinking is None else thinking
+                return len(render_prompt_ids(tokenizer, messages, enable_thinking=thinking))
         counted = self._server.count(messages) if self._server is not None else None
         if counted is not None:
             return counted

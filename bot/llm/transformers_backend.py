@@ -56,12 +56,13 @@ class TransformersBackend:
         self._removed_specials = [t for t in tokenizer.all_special_tokens if t not in ("<think>", "</think>")]
         self._active_adapter: str | None = None  # unknown until the first single-adapter batch switches
 
-    def render(self, messages: ChatMessages) -> RenderedPrompt:
+    def render(self, messages: ChatMessages, thinking: bool | None = None) -> RenderedPrompt:
         """The prompt's token ids, built by the model's own chat template. Message contents are
         always plain text: control tokens typed by a user cannot open or end a turn."""
+        thinking = self.thinking if thinking is None else thinking
         with self._tokenizers.borrowed() as tokenizer:
-            ids = render_prompt_ids(tokenizer, messages, enable_thinking=self.thinking)
-        return RenderedPrompt(messages, len(ids), tuple(ids))
+            ids = render_prompt_ids(tokenizer, messages, enable_thinking=thinking)
+        return RenderedPrompt(messages, len(ids), tuple(ids), thinking)
 
     def output_tokens(self, text: str) -> int:
         with self._tokenizers.borrowed() as tokenizer:

@@ -36,7 +36,7 @@ class TextGenerator(Protocol):
     adapters: Adapters  # the LoRA adapters it serves (NO_ADAPTERS for most)
     streams: bool  # emits as it writes (else once, at the end)
 
-    def render(self, messages: ChatMessages) -> RenderedPrompt: ...
+    def render(self, messages: ChatMessages, thinking: bool | None = None) -> RenderedPrompt: ...
 
     def generate_stream(self, prompt: RenderedPrompt, params: GenerationSettings, should_stop: StopSignal,
                         emit: Emit, lora: str | None) -> None:
@@ -70,8 +70,8 @@ class ModelWorker(ChatModel):
     def context_tokens(self) -> int:
         return self.backend.context_tokens
 
-    def render(self, messages: ChatMessages) -> RenderedPrompt:
-        return self.backend.render(messages)
+    def render(self, messages: ChatMessages, thinking: bool | None = None) -> RenderedPrompt:
+        return self.backend.render(messages, thinking)
 
     def output_tokens(self, text: str) -> int | None:
         return self.backend.output_tokens(text)

@@ -83,6 +83,8 @@ class GuildSettings(Base):
     persona_set_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # A LoRA adapter (by name, one of the operator's [model] adapters_dir) for this server's replies.
     adapter: Mapped[str | None] = mapped_column(String(200))
+    # SmolLM3's reasoning before it answers, for this server (None: [model] thinking decides).
+    thinking: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class ChannelSettings(Base):

@@ -307,6 +307,18 @@ class Store:
             row.adapter = adapter
             session.add(row)
 
+    async def thinking(self, guild_id: int) -> bool | None:
+        """Whether a server turned thinking on or off (None: the configured default)."""
+        async with self._sessions() as session:
+            row = await session.get(GuildSettings, guild_id)
+        return row.thinking if row else None
+
+    async def set_thinking(self, guild_id: int, enabled: bool) -> None:
+        async with self._sessions.begin() as session:
+            row = await session.get(GuildSettings, guild_id) or GuildSettings(guild_id=guild_id)
+            row.thinking = enabled
+            session.add(row)
+
     # Training-data export: who is left out --------------------------------
 
     async def opt_out(self, user_id: int, reason: str) -> None:

@@ -43,6 +43,8 @@ class ScriptedBackend:
         self.gate = gate
         self.gate_after_words = gate_after_words
         self.prompts: list[ChatMessages] = []
+        self.answer_limits: list[int] = []  # max_new_tokens each answer was given
+        self.thinking: list[bool | None] = []  # the thinking switch each render was asked for
         self.renders = 0  # chat-template renders asked for
         self.stopped_early = threading.Event()
 
@@ -50,15 +52,17 @@ class ScriptedBackend:
         """One token per word plus a few per message for the template: deterministic and easy to reason about."""
         return sum(len(m["content"].split()) + 4 for m in messages) + 2
 
-    def render(self, messages: ChatMessages) -> RenderedPrompt:
+    def render(self, messages: ChatMessages, thinking: bool | None = None) -> RenderedPrompt:
         self.renders += 1
-        return RenderedPrompt(messages, self.count_tokens(messages))
+        self.thinking.append(thinking)
+        return RenderedPrompt(messages, self.count_tokens(messages), thinking=thinking)
 
     def output_tokens(self, text: str) -> int | None:
         return None
 
     def generate(self, messages: ChatMessages, params: GenerationSettings, should_stop) -> str:
         self.prompts.append([dict(m) for m in messages])
+        self.answer_limits.append(params.max_new_tokens)
         deadline = time.monotonic() + self.delay_s
         while time.monotonic() < deadline:
             if should_stop():
