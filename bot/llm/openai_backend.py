@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import re
 from typing import AsyncIterator, Hashable
 
 import aiohttp
@@ -33,7 +32,7 @@ from .decoding import openai_fields
 from .port import (Abilities, ChatMessages, ChatModel, GenerationFailed, GenerationInterrupted, GenerationTimeout,
                    ModelKind, PromptRefused, RenderedPrompt)
 from .remote_counting import RemoteTokenCounter
-from .server_kind import ServerKind, named_context
+from .server_kind import ServerKind, named_context, says_too_long
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +134,8 @@ class OpenAICompatibleModel(ChatModel):
                     if delta:
                         written = True
                         yield delta
+        # The time limit, which stream() reports. Caught first: aiohttp's read timeout is also a
+        # ClientConnectionError, and must not be taken for a server that went away.
         except TimeoutError:
             raise
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as error:
@@ -220,7 +221,7 @@ async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
     body = await response.text()
     detail = _server_message(body)
     log.warning("the model server answered HTTP %s: %s", response.status, detail)
-    if response.status in (400, 413) and _TOO_LONG.search(detail):
+    if response.status in (400, 413) and says_too_long(detail):
         raise _NotAnswered(detail, too_long=True, context=named_context(body))
     if response.status == 429:
         raise GenerationFailed("The model server is busy right now (too many requests); try again in a moment.")
@@ -303,8 +304,3 @@ def _parts_of(chunk: dict) -> tuple[str, bool, int | None]:
     return ((choice.get("delta") or {}).get("content") or "", bool(choice.get("finish_reason")),
             prompt_tokens if isinstance(prompt_tokens, int) else None)
 
-
-# How servers say a prompt is longer than their context: vLLM "maximum context length is 2048
-# tokens", llama-server "exceeds the available context size", llama-cpp-python "exceed context
-# window of 2048", SGLang "longer than the model's context length".
-_TOO_LONG = re.compile(r"context (length|size|window)|too long|exceeds? .*context", re.IGNORECASE)

@@ -26,12 +26,12 @@ def load_openai_model(settings: ModelSettings) -> OpenAICompatibleModel:
     if not settings.base_url:
         raise ConfigError('[model] backend = "openai" needs base_url, e.g. "http://127.0.0.1:8000/v1".')
     api_key = api_key_from_environment()
-    facts = server_facts(settings.base_url, settings.name, api_key, settings.server)
+    api = ServerApi(settings.base_url, api_key)
+    facts = server_facts(api, settings.name, settings.server)
     local_source = _local_model_source(settings.name)
     context, source = _context_length(settings, facts.context_tokens, local_source)
     counter = RemoteTokenCounter(settings.thinking, _local_tokenizer(local_source),
-                                 ServerCounting.for_server(ServerApi(settings.base_url, api_key), facts.kind,
-                                                           settings.name))
+                                 ServerCounting.for_server(api, facts.kind, settings.name))
     _tell_what_is_lost(facts.kind, settings)
     if not counter.exact:
         log.warning("Prompt token counts for %s are approximate (%s): the window is kept on the safe side.",

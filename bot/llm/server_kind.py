@@ -58,9 +58,8 @@ class ServerFacts:
     context_tokens: int = 0  # 0: it does not say
 
 
-def server_facts(base_url: str, model_name: str, api_key: str | None, setting: str = "auto") -> ServerFacts:
+def server_facts(api: "ServerApi", model_name: str, setting: str = "auto") -> ServerFacts:
     """Ask the server (once, at start) what it is and how long its context is."""
-    api = ServerApi(base_url, api_key)
     listing = api.get_json("/v1/models")
     entries = listing.get("data") if isinstance(listing, dict) else None
     entry = _model_entry(entries if isinstance(entries, list) else [], model_name)
@@ -126,6 +125,17 @@ def _context_from_refusal(api: "ServerApi") -> int:
 # context length is 2048 tokens", llama-cpp-python's streaming path "context window of 2048",
 # llama-server's JSON error "n_ctx": 2048.
 _CONTEXT_NUMBER = re.compile(r"(?:context (?:length|window|size) (?:is|of)|n_ctx\W+)\s*(\d+)", re.IGNORECASE)
+
+
+# How servers say a prompt is longer than their context: vLLM "maximum context length is 2048
+# tokens", llama-server "exceeds the available context size", llama-cpp-python "exceed context
+# window of 2048", SGLang "longer than the model's context length".
+_TOO_LONG = re.compile(r"context (length|size|window)|too long|exceeds? .*context", re.IGNORECASE)
+
+
+def says_too_long(text: str) -> bool:
+    """Whether a server's refusal says the prompt is longer than its context."""
+    return bool(_TOO_LONG.search(text))
 
 
 def named_context(text: str) -> int | None:
