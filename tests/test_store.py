@@ -11,7 +11,7 @@ from sqlalchemy import inspect, text
 from bot.store import Store, StoreError
 from bot.store.database import create_engine, downgrade, upgrade
 from bot.store.models import Base, compared_with_models
-from tests.support.store_queries import count_turns
+from tests.support.store_queries import count_turns, open_store_after
 
 
 def url(path):
@@ -49,14 +49,36 @@ async def test_upgrade_downgrade_upgrade_and_models_match_migrations(database_ur
 
 
 async def test_processes_starting_at_once_on_a_new_database_migrate_it_once(database_url):
-    """Shards start together: the first migrates, the others wait and find the schema done."""
+    """Shards start together: real processes, released at one barrier, open a new database. The
+    first migrates, the others wait for it and find the schema done."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # fresh interpreters, as shards are
+    starting = context.Barrier(4)
+    shards = [context.Process(target=open_store_after, args=(starting, database_url)) for _ in range(4)]
+    for shard in shards:
+        shard.start()
+    for shard in shards:
+        shard.join()
+    assert [shard.exitcode for shard in shards] == [0, 0, 0, 0]
+    store = await Store.open(database_url, migrate=False)
+    try:
+        assert await schema_differences(store.engine) == []
+        await store.add_turn(channel_id=1, role="user", content="hello")
+        assert await count_turns(store, 1) == 1
+    finally:
+        await store.close()
+
+
+async def test_migrations_in_one_process_at_once_take_turns(tmp_path):
+    """Alembic keeps the running migration in module globals, so two at once in one process
+    (two stores opened together) must take turns rather than use each other's connections."""
     import asyncio
 
-    stores = await asyncio.gather(*(Store.open(database_url) for _ in range(4)))
+    stores = await asyncio.gather(*(Store.open(url(tmp_path / f"{name}.db")) for name in "abcdef"))
     try:
-        assert await schema_differences(stores[0].engine) == []
-        await stores[1].add_turn(channel_id=1, role="user", content="hello")
-        assert await count_turns(stores[2], 1) == 1
+        for store in stores:
+            assert await schema_differences(store.engine) == []
     finally:
         for store in stores:
             await store.close()

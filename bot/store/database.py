@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sqlite3
+import time
+import weakref
 from pathlib import Path
 
 from alembic import command
@@ -42,11 +46,27 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     # WAL lets readers go on while a reply is written; the busy timeout makes a
     # second writer wait instead of failing at once with "database is locked".
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    _switch_to_wal(cursor)
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _switch_to_wal(cursor) -> None:
+    """WAL is stored in the file, so only a new database needs the switch. While one connection
+    switches a new file, another's switch fails with "database is locked" at once: SQLite does not
+    call the busy handler for it. Processes starting together on a new database would then fail,
+    so the switch is retried (this runs on the driver's thread) for as long as the busy timeout."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -57,9 +77,20 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+# Alembic keeps the running migration in module globals (alembic.op, alembic.context), and
+# run_sync's greenlets interleave on one thread: two migrations in one process would use each
+# other's connections. Across processes the database's own lock (below) keeps them apart.
+_alembic_locks: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = weakref.WeakKeyDictionary()
+
+
+def _one_alembic_at_a_time() -> asyncio.Lock:
+    # One lock per event loop: an asyncio.Lock belongs to the loop it first waited on.
+    return _alembic_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+
+
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     """Bring the schema to `revision` on this engine's database."""
-    async with engine.begin() as connection:
+    async with _one_alembic_at_a_time(), engine.begin() as connection:
         await _one_migration_at_a_time(connection)
         await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
 
@@ -80,5 +111,5 @@ async def _one_migration_at_a_time(connection: AsyncConnection) -> None:
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
-    async with engine.begin() as connection:
+    async with _one_alembic_at_a_time(), engine.begin() as connection:
         await connection.run_sync(lambda sync: command.downgrade(alembic_config(sync), revision))

@@ -28,3 +28,16 @@ async def integrity(store: Store) -> str:
     """SQLite's own integrity check of the store's database: "ok" when intact."""
     async with store.engine.connect() as connection:
         return (await connection.exec_driver_sql("PRAGMA integrity_check")).scalar()
+
+
+def open_store_after(barrier, url: str) -> None:
+    """A process like a shard starting: wait for its siblings at `barrier`, then open (and so
+    migrate) the database at `url`. Exits non-zero, with the error printed, if it cannot."""
+    import asyncio
+
+    async def open_and_close() -> None:
+        store = await Store.open(url)
+        await store.close()
+
+    barrier.wait()
+    asyncio.run(open_and_close())
