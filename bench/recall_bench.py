@@ -25,6 +25,7 @@ from pathlib import Path
 
 from bench.window_read import filled_databases
 from bot.store import Store
+from bot.store.search import register_search_functions
 
 CHANNEL_MESSAGES = 1_000
 VOCABULARY = 20_000
@@ -60,6 +61,7 @@ def fill(path: Path, rows: int) -> None:
             yield 1, i % channels, i % 97, "someone", "user" if i % 2 else "assistant", content, now
 
     with sqlite3.connect(path) as db:
+        register_search_functions(db)  # the search index's triggers call it
         db.executemany("INSERT INTO messages (guild_id, channel_id, author_id, author_name, role, content,"
                        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)", messages())
 

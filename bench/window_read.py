@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from bot.store import Store
+from bot.store.search import register_search_functions
 
 CHANNELS = 20  # so that even the small table holds a full window for every channel
 WINDOW = 40
@@ -28,6 +29,7 @@ def fill(path: Path, rows: int) -> None:
     """Bulk insert with plain sqlite3: the point is the read path, not the insert path."""
     now = datetime.now(timezone.utc).isoformat()
     with sqlite3.connect(path) as db:
+        register_search_functions(db)  # the search index's triggers call it
         db.executemany(
             "INSERT INTO messages (guild_id, channel_id, author_id, author_name, role, content, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -11,7 +11,7 @@ from bot.llm.worker import ModelWorker
 from bot.service import Actor, ChatService
 from bot.store import Store
 from bot.store.database import create_engine, downgrade, upgrade
-from bot.store.repository import search_terms
+from bot.store.search import search_terms
 from tests.support.conversation import said
 from tests.support.scripted import ScriptedBackend
 from tests.support.settings import settings_for
@@ -169,7 +169,7 @@ async def test_store_recall_follows_every_edit_and_delete(any_store):
             await connection.exec_driver_sql("INSERT INTO messages_fts(messages_fts) VALUES ('integrity-check')")
 
 
-async def test_migration_0005_indexes_existing_rows_and_downgrades(database_url):
+async def test_the_search_migrations_index_existing_rows_and_downgrade(database_url):
     engine = create_engine(database_url)
     await upgrade(engine, "0004")
     async with engine.begin() as connection:
@@ -182,6 +182,11 @@ async def test_migration_0005_indexes_existing_rows_and_downgrades(database_url)
     store = Store(engine)
     assert [t.content for t in await store.recall(1, "where is the treasure?", None, 3)] == [
         "the treasure is under the old oak"]
+    await downgrade(engine, "0007")  # 0005's index of plain words again, every row in it
+    async with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            plain = "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'content : treasure'"
+            assert (await connection.execute(text(plain))).scalar() == 1
     await downgrade(engine, "0004")
     async with engine.connect() as connection:
         if engine.dialect.name == "sqlite":
@@ -192,6 +197,36 @@ async def test_migration_0005_indexes_existing_rows_and_downgrades(database_url)
     await upgrade(engine)
     assert len(await Store(engine).recall(1, "treasure oak", None, 3)) == 1
     await engine.dispose()
+
+
+async def test_words_that_look_like_another_channels_keys_stay_in_their_channel(any_store):
+    """SQLite keys each indexed word with its channel ("11xzebra"); words written to look like
+    such keys never reach another channel, or the same channel under another word."""
+    await any_store.add_turn(channel_id=1, role="user", content="1xzebra and 11xzebra")
+    await any_store.add_turn(channel_id=11, role="user", content="zebra crossing")
+    assert [t.content for t in await any_store.recall(11, "zebra", None, 5)] == ["zebra crossing"]
+    assert await any_store.recall(1, "zebra", None, 5) == []
+    assert [t.content for t in await any_store.recall(1, "11xzebra", None, 5)] == ["1xzebra and 11xzebra"]
+
+
+async def test_a_tool_without_the_bots_function_can_delete_but_not_add_unindexed(tmp_path):
+    """The index's triggers call channel_words(), which the bot registers on its connections. The
+    sqlite3 shell can still delete (and the row leaves the index), but an insert fails loudly
+    rather than store a message recall could never find."""
+    import sqlite3
+
+    path = tmp_path / "bot.db"
+    store = await Store.open(f"sqlite+aiosqlite:///{path}")
+    await store.add_turn(channel_id=1, role="user", content="the treasure is under the old oak")
+    with sqlite3.connect(path) as tool:
+        with pytest.raises(sqlite3.OperationalError, match="channel_words"):
+            tool.execute("INSERT INTO messages (channel_id, role, content, created_at) "
+                         "VALUES (1, 'user', 'more treasure', '2026-11-30 10:00:00')")
+        tool.execute("DELETE FROM messages WHERE content LIKE '%treasure%'")
+    assert await store.recall(1, "treasure", None, 3) == []
+    async with store.engine.begin() as connection:
+        await connection.exec_driver_sql("INSERT INTO messages_fts(messages_fts) VALUES ('integrity-check')")
+    await store.close()
 
 
 def test_search_terms_are_plain_words_without_stop_words_each_once():

@@ -29,6 +29,7 @@ from .kv_cache import PrefixCache
 from .port import GenerationError, GenerationFailed
 from .detokenize import IncrementalText
 from .slots import SlotCache
+from .thought_cap import ThoughtCap
 from .transformers_backend import TransformersBackend
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,24 @@ class _Row:
     cache_ids: list[int]  # the tokens whose keys/values are in the slot, in order
     max_new_tokens: int
     text: IncrementalText
+    thought: ThoughtCap | None  # None: the model does not think
     done: int = 0  # prompt tokens in the slot
     generated: int = 0
     finished: bool = False
+
+    def took(self, chosen: int) -> int:
+        """The token the row takes: the sampler's choice, or its thought's forced closing."""
+        if self.thought is None:
+            return chosen
+        token = self.thought.forced_next()
+        token = chosen if token is None else token
+        self.thought.observe(token)
+        return token
+
+    @property
+    def allowance(self) -> int:
+        """New tokens the row may write: a forced thought closing comes on top."""
+        return self.max_new_tokens + (self.thought.forced if self.thought is not None else 0)
 
     @property
     def prompt_ids(self) -> list[int]:
@@ -98,7 +114,9 @@ class BatchRunner:
         slot = self.slots.take()
         # Held back: a trailing start of a special token's text, which decode removes once whole.
         text = IncrementalText(self.backend.decode, hold=self.backend.tokenizer.all_special_tokens)
-        row = _Row(request, slot, [], max_new_tokens, text)
+        markers = self.backend.thought_markers
+        thought = ThoughtCap(markers, request.params.max_thinking_tokens, request.prompt_ids) if markers else None
+        row = _Row(request, slot, [], max_new_tokens, text, thought)
         try:
             row.done = self._reuse_kept_prefix(row)
         except Exception as error:
@@ -173,9 +191,10 @@ class BatchRunner:
     def _start_decoding(self, row: _Row, logits: torch.Tensor) -> None:
         self.sampler.add(row.slot, row.request.params, row.prompt_ids)
         try:
-            token = self.sampler.choose(logits, [row.slot])
-            self._next_tokens[row.slot] = token[0]
-            self._take_token(row, token.item())
+            chosen = self.sampler.choose(logits, [row.slot])
+            token = row.took(chosen.item())
+            self._next_tokens[row.slot] = token
+            self._take_token(row, token)
         except Exception as error:
             self._leave(row, error=error)
             return
@@ -213,7 +232,16 @@ class BatchRunner:
         self.counters.host_reads += 1
         for row in rows:
             row.cache_ids.append(row.text.token_ids[-1])  # the token this step ran is in the slot now
-        self._take_tokens(rows, chosen)
+        self._take_tokens(rows, self._with_thoughts_closed(rows, chosen))
+
+    def _with_thoughts_closed(self, rows: list[_Row], chosen: list[int]) -> list[int]:
+        """The tokens the rows take: where a thought reached its limit, its closing instead of the
+        sampler's choice (written to the next step's input too; rare, so one small copy each)."""
+        taken = [row.took(token) for row, token in zip(rows, chosen)]
+        for row, token, sampled in zip(rows, taken, chosen):
+            if token != sampled:
+                self._next_tokens[row.slot] = token
+        return taken
 
     def _take_tokens(self, rows: list[_Row], tokens: list[int]) -> None:
         """Pass each row's new token on; a row that fails here leaves alone, the others go on."""
@@ -230,7 +258,7 @@ class BatchRunner:
         delta = row.text.push(token)
         if delta:
             self.outbox.post(row.request, DELTA, delta)
-        if token in self.stop_ids or row.generated >= row.max_new_tokens:
+        if token in self.stop_ids or row.generated >= row.allowance:
             row.finished = True
             delta = row.text.finish()
             if delta:

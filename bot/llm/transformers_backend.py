@@ -10,7 +10,8 @@ import warnings
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+from transformers import (AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList, StoppingCriteria,
+                          StoppingCriteriaList)
 
 from ..config import GenerationSettings, ModelSettings
 from . import embedded
@@ -19,11 +20,16 @@ from .model_source import ModelLoadError, locate_model
 from .chat_template import TokenizerPool, render_prompt_ids
 from .decoding import generate_arguments
 from .port import ChatMessages, RenderedPrompt
+from .thought_cap import ThoughtCap, thought_markers
 from .worker import Emit, StopSignal
 
 log = logging.getLogger(__name__)
 
 PEFT_BASE = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
+
+
+# generate() needs an upper bound up front: room for this many forced thought closings.
+MOST_CLOSINGS = 4
 
 
 class _StopWhenAsked(StoppingCriteria):
@@ -34,6 +40,39 @@ class _StopWhenAsked(StoppingCriteria):
 
     def __call__(self, input_ids, scores, **kwargs):
         return torch.full((input_ids.shape[0],), self.should_stop(), dtype=torch.bool, device=input_ids.device)
+
+
+class _CloseThoughtAtLimit(LogitsProcessor):
+    """generate()'s side of the thought cap (bot/llm/thought_cap.py): at the limit, every token
+    but the closing's next is ruled out. One row: the worker generates one reply at a time."""
+
+    def __init__(self, thought: ThoughtCap, prompt_length: int):
+        self.thought = thought
+        self.prompt_length = prompt_length
+        self.forced = 0  # tokens put in so far, the one being chosen now included
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] > self.prompt_length:  # the token chosen last time
+            self.thought.observe(int(input_ids[0, -1]))
+        forced = self.thought.forced_next()
+        if forced is None:
+            return scores
+        self.forced += 1
+        only = torch.full_like(scores, float("-inf"))
+        only[:, forced] = 0.0
+        return only
+
+
+class _StopAtAllowance(StoppingCriteria):
+    """The reply's allowance, grown by each forced thought closing (as the engine's rows grow)."""
+
+    def __init__(self, closer: _CloseThoughtAtLimit, allowed_length: int):
+        self.closer = closer
+        self.allowed_length = allowed_length
+
+    def __call__(self, input_ids, scores, **kwargs):
+        done = input_ids.shape[1] >= self.allowed_length + self.closer.forced
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
 class TransformersBackend:
@@ -54,6 +93,7 @@ class TransformersBackend:
         self.stop_ids = _stop_token_ids(model, tokenizer)
         # Read once: the tokenizer builds this list anew on every access, and decode runs per token.
         self._removed_specials = [t for t in tokenizer.all_special_tokens if t not in ("<think>", "</think>")]
+        self.thought_markers = thought_markers(tokenizer)  # None: the model does not think
         self._active_adapter: str | None = None  # unknown until the first single-adapter batch switches
 
     def render(self, messages: ChatMessages, thinking: bool | None = None) -> RenderedPrompt:
@@ -97,14 +137,25 @@ class TransformersBackend:
                         emit: Emit, lora: str | None) -> None:
         """One reply with transformers' generate(), emitted whole; `lora` is the adapter (None: the base model)."""
         input_ids = torch.tensor([prompt.token_ids], device=self.model.device)
+        arguments, processors = generate_arguments(params), LogitsProcessorList()
+        stops = StoppingCriteriaList([_StopWhenAsked(should_stop)])
+        if self.thought_markers is not None:
+            thought = ThoughtCap(self.thought_markers, params.max_thinking_tokens, prompt.token_ids)
+            closer = _CloseThoughtAtLimit(thought, input_ids.shape[1])
+            processors.append(closer)
+            # Forced closings come on top of the allowance: generate() may run past it, and
+            # stops where the allowance and the closings forced so far end.
+            arguments["max_new_tokens"] += MOST_CLOSINGS * len(self.thought_markers.closing)
+            stops.append(_StopAtAllowance(closer, input_ids.shape[1] + params.max_new_tokens))
         with self.adapters_for([lora]) as lora_arguments:
             output = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
-                stopping_criteria=StoppingCriteriaList([_StopWhenAsked(should_stop)]),
+                stopping_criteria=stops,
+                logits_processor=processors,
                 pad_token_id=self.tokenizer.pad_token_id or self.stop_ids[0],
                 eos_token_id=self.stop_ids,
-                **generate_arguments(params),
+                **arguments,
                 **lora_arguments,
             )
         emit(self.decode(output[0, input_ids.shape[1]:].tolist()))

@@ -15,6 +15,8 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from .search import register_search_functions
+
 log = logging.getLogger(__name__)
 
 # Inside the package (bot/migrations), so an installed wheel can migrate too, not only a checkout.
@@ -51,6 +53,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    register_search_functions(dbapi_connection)  # the search index's triggers call it
 
 
 def _switch_to_wal(cursor) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -18,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from ..core.types import Turn
 from .database import create_engine, upgrade
+from .search import channel_match, search_terms
 from .models import (AnswerPart, AnswerPersona, AuditEntry, ChannelPersona, ChannelSettings, ExportOptOut,
                      GuildSettings, Message, Persona, utc_now)
 
@@ -128,10 +128,7 @@ class Store:
         if not terms or limit <= 0 or not await self._can_search():
             return []
         if self.engine.dialect.name == "sqlite":
-            # Each term quoted (a string, never syntax); the channel as a word too, so that FTS5
-            # reads only this channel's matches (migration 0005 indexes channel_id).
-            any_term = " OR ".join(f'"{term}"' for term in terms)
-            query, matching = _SQLITE_RECALL, f'channel_id : "{channel_id}" AND content : ({any_term})'
+            query, matching = _SQLITE_RECALL, channel_match(channel_id, terms)  # keyed by channel: search.py
         else:  # websearch_to_tsquery never fails on its input; "or" is its OR
             query, matching = _POSTGRESQL_RECALL, " or ".join(terms)
         parameters = {"channel_id": channel_id, "query": matching, "limit": limit,
@@ -347,39 +344,17 @@ class Store:
                                    guild_id=guild_id, channel_id=channel_id, detail=detail))
 
 
-# Words that match nearly every message say nothing about which one is meant.
-STOP_WORDS = frozenset("""
-    the and for are but not you your yours with this that these those what which who whom whose
-    was were has have had does did can could would should will shall may might must from into
-    about there their they them then than when where why how all any some our ours his her hers
-    its out off too very just also yes okay please thanks thank hello here
-""".split())
-MIN_TERM_CHARS = 3
-MAX_TERMS = 24  # a long message would otherwise become hundreds of OR'ed terms
-_WORD = re.compile(r"[^\W_]+")  # letters and digits only: no search syntax ever reaches the query
-
-
-def search_terms(words: str) -> list[str]:
-    """The words of a message worth searching for: lower-cased, without short and stop words,
-    each once, in the order written."""
-    terms: dict[str, None] = {}
-    for word in _WORD.findall(words.lower()):
-        if len(word) >= MIN_TERM_CHARS and word not in STOP_WORDS:
-            terms.setdefault(word)
-    return list(terms)[:MAX_TERMS]
-
-
 LARGEST_ROW_ID = 2**63 - 1  # "before" no row: the whole channel is searched
 
-# Best match first: bm25() is lower for better matches (the channel_id column weighs nothing),
-# ts_rank() higher; the newer wins a tie. On SQLite the best are picked inside the FTS5 index,
-# whose query names the channel; joined to messages first, the planner may walk the channel's
-# rows and search the index once for each (hundreds of ms at 10^6 messages). The
-# channel is compared exactly afterwards too, as the index holds it only as a word ("-5" and "5"
-# are the same word: such a clash can only lose matches, never show another channel's).
+# Best match first: bm25() is lower for better matches, ts_rank() higher; the newer wins a tie.
+# On SQLite the best are picked inside the FTS5 index, whose words are keyed by channel; joined
+# to messages first, the planner may walk the channel's rows and search the index once for each
+# (hundreds of ms at 10^6 messages). The channel is compared exactly afterwards too, as the
+# index holds it only inside its words ("-5" and "5" key alike: such a clash can only lose
+# matches, never show another channel's).
 _SQLITE_RECALL = text("""
     SELECT messages.* FROM (
-        SELECT rowid AS id, bm25(messages_fts, 1.0, 0.0) AS score FROM messages_fts
+        SELECT rowid AS id, bm25(messages_fts) AS score FROM messages_fts
         WHERE messages_fts MATCH :query AND rowid < :before_id
         ORDER BY score, rowid DESC LIMIT :limit) AS best
     JOIN messages ON messages.id = best.id
