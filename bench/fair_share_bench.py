@@ -42,7 +42,7 @@ async def flood_and_one(engine: BatchingEngine, folder: Path, fair: bool) -> tup
     flood = [asyncio.create_task(service.reply(said(f"Tell me about the number {n}.", channel=channel,
                                                     guild=SERVER_A)))
              for n in range(PER_CHANNEL) for channel in range(1, CHANNELS + 1)]
-    while service._fair.waiting() < CHANNELS - PLACES:  # A's first reply of each channel is in or queued
+    while service.replies_waiting_for_model() < CHANNELS - PLACES:  # A's first reply of each channel is in or queued
         await asyncio.sleep(0.01)
     first_piece = asyncio.get_running_loop().create_future()
 

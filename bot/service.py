@@ -102,6 +102,12 @@ class ChatService:
         limits = settings.limits
         self._cooldowns = UserCooldowns(limits.user_messages_per_minute, limits.user_burst)
 
+    def replies_waiting_for_model(self) -> int:
+        """Replies asked for and waiting for a place at the model (not yet being written)."""
+        if self._fair is None:
+            return max(0, self.model.place_in_line() - 1)
+        return self._fair.waiting()
+
     @property
     def model_name(self) -> str:
         return self.model.name

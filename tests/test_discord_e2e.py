@@ -275,9 +275,9 @@ async def test_a_direct_message_is_not_kept_waiting_behind_a_servers_flood(tmp_p
         for room in rooms:
             for n in range(2):
                 await scene.say(f"{fake.bot.mention} question {n}", channel=room)
-        await until(lambda: scene.service._fair.waiting() == 5)  # one being written, five channels waiting
+        await until(lambda: scene.service.replies_waiting_for_model() == 5)  # one being written, five channels waiting
         private = await scene.say("a quick one in private", channel=fake.dm_channel(alice))
-        await until(lambda: scene.service._fair.waiting() == 6)
+        await until(lambda: scene.service.replies_waiting_for_model() == 6)
         held.set()
         await scene.reply_to(private)
         await until(lambda: len(scene.posted(None)) + sum(len(scene.posted(room)) for room in rooms) >= 12)

@@ -35,9 +35,9 @@ async def flood_then_one(settings, store, max_share: float) -> tuple[list[str], 
     service = ChatService(store, ModelWorker(recording_backend(started, gate), timeout_s=60), settings)
     flood = [asyncio.create_task(service.reply(said(f"A{channel}-{n}", channel=channel, guild=SERVER_A)))
              for n in range(5) for channel in range(1, 21)]
-    await until(lambda: service._fair.waiting() == 19)  # one being written, one per other channel waiting
+    await until(lambda: service.replies_waiting_for_model() == 19)  # one being written, one per other channel waiting
     lone = asyncio.create_task(service.reply(said("B", channel=99, guild=SERVER_B, author_id=77)))
-    await until(lambda: service._fair.waiting() == 20)
+    await until(lambda: service.replies_waiting_for_model() == 20)
     gate.set()
     replies = await asyncio.gather(*flood, lone)
     assert all(reply.ok for reply in replies)

@@ -222,9 +222,12 @@ async def test_llama_servers_own_template_and_tokenizer_count_the_prompt(tmp_pat
         return web.json_response({"default_generation_settings": {"n_ctx": 4096}, "build_info": "b1"})
 
     async def apply_template(request):
-        messages = (await request.json())["messages"]
+        body = await request.json()
+        messages = body["messages"]
         rendered.append(messages)
-        return web.json_response({"prompt": "".join(f"<|{m['role']}|>{m['content']}" for m in messages)})
+        # SmolLM3's template closes an empty thought in the prompt where thinking is off
+        thought = "" if body.get("chat_template_kwargs", {}).get("enable_thinking") else "<think></think>"
+        return web.json_response({"prompt": "".join(f"<|{m['role']}|>{m['content']}" for m in messages) + thought})
 
     async def tokenize(request):
         content = (await request.json())["content"]
@@ -239,7 +242,9 @@ async def test_llama_servers_own_template_and_tokenizer_count_the_prompt(tmp_pat
             "model", backend="openai", base_url=base_url, name="nobody/not-on-this-machine")
         model = await asyncio.to_thread(load_model, settings)
         chinese = [{"role": "user", "content": "龙与骑士"}]
-        counted = await asyncio.to_thread(model.render, chinese)
+        counted = await asyncio.to_thread(model.render, chinese, True)
+        without_thinking = await asyncio.to_thread(model.render, chinese, False)
     assert model.server is ServerKind.LLAMA_CPP and model.context_tokens == 4096
     assert model.abilities.counts_exactly
     assert counted.tokens == len("<|user|>龙与骑士".encode("utf-8")) and rendered[-1] == chinese
+    assert without_thinking.tokens == counted.tokens + len("<think></think>")  # the switch reaches the count

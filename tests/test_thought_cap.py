@@ -94,11 +94,13 @@ async def test_the_engine_closes_a_long_thought_at_the_limit_and_still_answers(t
     assert clean_reply(capped) == clean_reply(answer) != ""  # what people see: the answer alone
 
 
-async def test_generate_closes_the_thought_where_the_engine_does(thinking_backend, make_engine):
+@pytest.mark.parametrize("penalty", [1.0, 1.3])  # with a penalty, the closing counts as seen on both paths
+async def test_generate_closes_the_thought_where_the_engine_does(thinking_backend, make_engine, penalty):
     engine = make_engine(thinking_backend, max_batch=2)
-    prompt = mid_thought(thinking_backend)
-    assert generate_answer(thinking_backend, prompt, CAPPED) == await engine_answer(engine, prompt, CAPPED)
-    assert CLOSING_TEXT in generate_answer(thinking_backend, prompt, CAPPED)
+    prompt, params = mid_thought(thinking_backend), dataclasses.replace(CAPPED, repetition_penalty=penalty)
+    by_generate = generate_answer(thinking_backend, prompt, params)
+    assert CLOSING_TEXT in by_generate
+    assert by_generate == await engine_answer(engine, prompt, params)
 
 
 def test_a_model_without_thought_markers_has_no_cap(embedded_worker):

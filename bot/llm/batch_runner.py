@@ -64,14 +64,9 @@ class _Row:
     generated: int = 0
     finished: bool = False
 
-    def took(self, chosen: int) -> int:
-        """The token the row takes: the sampler's choice, or its thought's forced closing."""
-        if self.thought is None:
-            return chosen
-        token = self.thought.forced_next()
-        token = chosen if token is None else token
-        self.thought.observe(token)
-        return token
+    def forced_next(self) -> int | None:
+        """The token the row must take next instead of the sampler's choice: its thought's closing."""
+        return self.thought.forced_next() if self.thought is not None else None
 
     @property
     def allowance(self) -> int:
@@ -191,10 +186,10 @@ class BatchRunner:
     def _start_decoding(self, row: _Row, logits: torch.Tensor) -> None:
         self.sampler.add(row.slot, row.request.params, row.prompt_ids)
         try:
-            chosen = self.sampler.choose(logits, [row.slot])
-            token = row.took(chosen.item())
-            self._next_tokens[row.slot] = token
-            self._take_token(row, token)
+            forced = row.forced_next()
+            token = self.sampler.choose(logits, [row.slot], forced=None if forced is None else {0: forced})
+            self._next_tokens[row.slot] = token[0]
+            self._take_token(row, token.item())
         except Exception as error:
             self._leave(row, error=error)
             return
@@ -220,7 +215,8 @@ class BatchRunner:
             slots = [row.slot for row in rows]
             slot_index = self.sampler.index(slots)
             logits = output.logits[:, -1] if len(slots) == top else output.logits[slot_index, -1]  # no gather: all decode
-            tokens = self.sampler.choose(logits, slots)
+            forced = {i: token for i, row in enumerate(rows) if (token := row.forced_next()) is not None}
+            tokens = self.sampler.choose(logits, slots, forced=forced)
             self._next_tokens[slot_index] = tokens
             chosen = tokens.tolist()  # the one device-to-host read of the step
         except Exception as error:
@@ -232,16 +228,7 @@ class BatchRunner:
         self.counters.host_reads += 1
         for row in rows:
             row.cache_ids.append(row.text.token_ids[-1])  # the token this step ran is in the slot now
-        self._take_tokens(rows, self._with_thoughts_closed(rows, chosen))
-
-    def _with_thoughts_closed(self, rows: list[_Row], chosen: list[int]) -> list[int]:
-        """The tokens the rows take: where a thought reached its limit, its closing instead of the
-        sampler's choice (written to the next step's input too; rare, so one small copy each)."""
-        taken = [row.took(token) for row, token in zip(rows, chosen)]
-        for row, token, sampled in zip(rows, taken, chosen):
-            if token != sampled:
-                self._next_tokens[row.slot] = token
-        return taken
+        self._take_tokens(rows, chosen)
 
     def _take_tokens(self, rows: list[_Row], tokens: list[int]) -> None:
         """Pass each row's new token on; a row that fails here leaves alone, the others go on."""
@@ -255,6 +242,8 @@ class BatchRunner:
         """Pass the token on as text; a finished row leaves, its cache kept for the channel."""
         row.generated += 1
         self.counters.generated_tokens += 1
+        if row.thought is not None:
+            row.thought.observe(token)
         delta = row.text.push(token)
         if delta:
             self.outbox.post(row.request, DELTA, delta)

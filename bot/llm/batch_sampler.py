@@ -124,9 +124,11 @@ class BatchSampler:
         remove = remove_sorted.scatter(1, order, remove_sorted)
         return scores.masked_fill(remove, float("-inf"))
 
-    def choose(self, logits: torch.Tensor, slots: Sequence[int],
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """Each row's next token, [n] long on the logits' device; marks them seen.
+    def choose(self, logits: torch.Tensor, slots: Sequence[int], generator: torch.Generator | None = None,
+               forced: dict[int, int] | None = None) -> torch.Tensor:
+        """Each row's next token, [n] long on the logits' device; marks them seen. `forced` maps
+        a row's position in `slots` to the token it must take instead (a thought's closing,
+        bot/llm/thought_cap.py): seen is what the row takes, as in generate().
 
         No .item()/.tolist() here: the caller copies the whole result to the host once."""
         scores = self.processed_scores(logits, slots)
@@ -138,5 +140,8 @@ class BatchSampler:
             # for the batch rather than indexing out the sampling rows.
             drawn = torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
             tokens = drawn if all(sampling) else torch.where(self.greedy[index], tokens, drawn)
+        if forced:  # rare: one small copy to the device
+            tokens = tokens.index_put((torch.tensor(list(forced), device=tokens.device),),
+                                      torch.tensor(list(forced.values()), device=tokens.device))
         self.seen[index, tokens] = True
         return tokens

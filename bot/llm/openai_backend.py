@@ -98,18 +98,20 @@ class OpenAICompatibleModel(ChatModel):
                             yield delta
                     return
                 except _NotAnswered as failure:
-                    messages, shortened, fresh = await self._next_try(failure, messages, params, shortened, fresh)
+                    messages, shortened, fresh = await self._next_try(failure, messages, params, prompt.thinking,
+                                                                      shortened, fresh)
         except TimeoutError:
             log.warning("the model server passed the %.0f s limit; the request was closed", self.timeout_s)
             raise GenerationTimeout(f"The model took longer than {self.timeout_s:.0f} seconds and was stopped.") from None
 
     async def _next_try(self, failure: _NotAnswered, messages: ChatMessages, params: GenerationSettings,
-                        shortened: bool, fresh: bool) -> tuple[ChatMessages, bool, bool]:
+                        thinking: bool | None, shortened: bool, fresh: bool) -> tuple[ChatMessages, bool, bool]:
         """What to send after a request that got no answer: once more with older turns left out
         (a prompt refused as too long), once more on a fresh connection (anything else); after
         that, the error for the user. Returns (messages, shortened, fresh) for the next try."""
         if failure.too_long:
-            fewer = messages if shortened else await self._shortened(messages, failure.context, params.max_new_tokens)
+            fewer = messages if shortened else await self._shortened(messages, failure.context, params.max_new_tokens,
+                                                                     thinking)
             if len(fewer) == len(messages):  # nothing (more) to leave out: asking again is no use
                 raise PromptRefused(f"The prompt is too long for the model server: {failure}")
             return fewer, True, fresh
@@ -150,7 +152,8 @@ class OpenAICompatibleModel(ChatModel):
                         self.base_url)
             raise GenerationInterrupted("The model server ended the answer before it was finished.")
 
-    async def _shortened(self, messages: ChatMessages, server_context: int | None, answer_tokens: int) -> ChatMessages:
+    async def _shortened(self, messages: ChatMessages, server_context: int | None, answer_tokens: int,
+                         thinking: bool | None) -> ChatMessages:
         """The prompt with its oldest turns left out until it fits what the server takes (the
         context it named, which is remembered, else three quarters of what was sent)."""
         if server_context and server_context < self.context_tokens:
@@ -159,7 +162,7 @@ class OpenAICompatibleModel(ChatModel):
             self.context_tokens = server_context
             self.abilities = dataclasses.replace(self.abilities, context_source="as the server said when it "
                                                  "refused a longer prompt")
-        sent = await asyncio.to_thread(self.counter.count, messages)
+        sent = await asyncio.to_thread(self.counter.count, messages, thinking)
         budget = min(self.context_tokens - answer_tokens, sent * 3 // 4)
         system = [m for m in messages[:1] if m["role"] == "system"]
         turns = list(messages[len(system):])
@@ -167,7 +170,7 @@ class OpenAICompatibleModel(ChatModel):
             turns.pop(0)
             while len(turns) > 1 and turns[0]["role"] != "user":
                 turns.pop(0)
-            if await asyncio.to_thread(self.counter.count, [*system, *turns]) <= budget:
+            if await asyncio.to_thread(self.counter.count, [*system, *turns], thinking) <= budget:
                 break
         return [*system, *turns]
 

@@ -59,15 +59,15 @@ class RemoteTokenCounter:
         return "estimated (corrected by the counts the server reports)"
 
     def count(self, messages: ChatMessages, thinking: bool | None = None) -> int:
+        thinking = self.thinking if thinking is None else thinking  # the template renders either way
         if self._server is not None and self._server.exact:
-            counted = self._server.count(messages)
+            counted = self._server.count(messages, thinking)
             if counted is not None:
                 return counted
         if self._tokenizers is not None:
             with self._tokenizers.borrowed() as tokenizer:
-                thinking = self.thinking if thinking is None else thinking
                 return len(render_prompt_ids(tokenizer, messages, enable_thinking=thinking))
-        counted = self._server.count(messages) if self._server is not None else None
+        counted = self._server.count(messages, thinking) if self._server is not None else None
         if counted is not None:
             return counted
         return math.ceil(estimate_tokens(messages) * self._correction)
@@ -109,16 +109,19 @@ class ServerCounting:
         counting = cls(api, kind, model_name)
         return counting if counting.count([{"role": "user", "content": "hello"}]) is not None else None
 
-    def count(self, messages: ChatMessages) -> int | None:
+    def count(self, messages: ChatMessages, thinking: bool = False) -> int | None:
+        """The prompt's tokens as the server renders it, with SmolLM3's thinking switch as sent."""
+        template_arguments = {"chat_template_kwargs": {"enable_thinking": thinking}}
         if self.kind is ServerKind.LLAMA_CPP:
-            rendered = self._api.post_json("/apply-template", {"messages": messages})
+            rendered = self._api.post_json("/apply-template", {"messages": messages, **template_arguments})
             prompt = rendered.get("prompt") if isinstance(rendered, dict) else None
             if not isinstance(prompt, str):
                 return None
             return _length(self._api.post_json("/tokenize", {"content": prompt, "add_special": True}), "tokens")
         if self.kind is ServerKind.VLLM:
             return _length(self._api.post_json("/tokenize", {"model": self._model, "messages": messages,
-                                                             "add_generation_prompt": True}), "count")
+                                                             "add_generation_prompt": True, **template_arguments}),
+                           "count")
         text = "\n".join(m["content"] for m in messages)
         counted = _length(self._api.post_json("/extras/tokenize/count", {"input": text}), "count")
         return None if counted is None else counted + TOKENS_PER_MESSAGE_ESTIMATE * len(messages)
