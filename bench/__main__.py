@@ -11,6 +11,8 @@ BENCHES = {
                "a few min; it fills a 10^6-row SQLite file"),
     "recall": ("recall_bench", "recall (full-text search of a channel) at 10^3 vs 10^6 stored messages",
                "a few min; it fills a 10^6-row SQLite file"),
+    "recall-postgresql": ("recall_postgresql", "the same recall bench on a throwaway PostgreSQL server",
+                          "a few min; it loads 10^6 rows"),
     "latency": ("bot_latency", "P1: end-to-end bot latency over bare model.generate", "about 1 min"),
     "engine": ("engine_bench", "P2, P3, P5: batching throughput, event-loop lag, cached first token", "about 2 min"),
     "overhead": ("engine_overhead", "the engine's decode step over a bare batched forward (tiny SmolLM3)",
@@ -30,7 +32,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    listing = "\n".join(f"  {name:<9} {what} ({took})" for name, (_module, what, took) in BENCHES.items())
+    width = max(map(len, BENCHES))
+    listing = "\n".join(f"  {name:<{width}} {what} ({took})" for name, (_module, what, took) in BENCHES.items())
     parser = _Parser(prog="python -m bench", formatter_class=argparse.RawDescriptionHelpFormatter,
                      description="Run the benchmarks named (all of them by default) and print their ratios; "
                      "results are kept in bench/RESULTS.md.",

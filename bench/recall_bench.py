@@ -22,6 +22,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 from bench.window_read import filled_databases
 from bot.store import Store
@@ -49,21 +50,24 @@ def zipf_cumulative_weights() -> list[float]:
     return list(itertools.accumulate(1 / rank for rank in range(1, VOCABULARY + 1)))
 
 
-def fill(path: Path, rows: int) -> None:
-    """Bulk insert in one transaction with plain sqlite3 (executemany): the triggers index each row."""
+COLUMNS = ("guild_id", "channel_id", "author_id", "author_name", "role", "content", "created_at")
+
+
+def messages(rows: int, now: object) -> Iterator[tuple]:
+    """`rows` messages (values for COLUMNS), channels interleaved, the same for every run."""
     rng, channels = random.Random(rows), rows // CHANNEL_MESSAGES
     words, cumulative = vocabulary(random.Random(0)), zipf_cumulative_weights()
-    now = datetime.now(timezone.utc).isoformat()
+    for i in range(rows):
+        content = " ".join(rng.choices(words, cum_weights=cumulative, k=WORDS_PER_MESSAGE))
+        yield 1, i % channels, i % 97, "someone", "user" if i % 2 else "assistant", content, now
 
-    def messages():
-        for i in range(rows):
-            content = " ".join(rng.choices(words, cum_weights=cumulative, k=WORDS_PER_MESSAGE))
-            yield 1, i % channels, i % 97, "someone", "user" if i % 2 else "assistant", content, now
 
+def fill(path: Path, rows: int) -> None:
+    """Bulk insert in one transaction with plain sqlite3 (executemany): the triggers index each row."""
     with sqlite3.connect(path) as db:
         register_search_functions(db)  # the search index's triggers call it
-        db.executemany("INSERT INTO messages (guild_id, channel_id, author_id, author_name, role, content,"
-                       " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)", messages())
+        db.executemany(f"INSERT INTO messages ({', '.join(COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       messages(rows, datetime.now(timezone.utc).isoformat()))
 
 
 def questions() -> list[str]:
@@ -73,9 +77,9 @@ def questions() -> list[str]:
             for _ in range(RECALLS)]
 
 
-async def time_recalls(path: Path, channels: int) -> tuple[float, float]:
-    """Median seconds per recall, and the share of recalls that found something."""
-    store = await Store.open(f"sqlite+aiosqlite:///{path}")
+async def time_recalls(url: str, channels: int) -> tuple[float, float]:
+    """Median seconds per recall on the database at `url`, and the share of recalls that found something."""
+    store = await Store.open(url)
     timings, found = [], 0
     for i, question in enumerate(questions()):
         started = time.perf_counter()
@@ -90,10 +94,14 @@ async def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         async for rows, path in filled_databases(Path(folder), fill):
-            results[rows] = await time_recalls(path, rows // CHANNEL_MESSAGES)
+            results[rows] = await time_recalls(f"sqlite+aiosqlite:///{path}", rows // CHANNEL_MESSAGES)
+    report("SQLite", results)
+
+
+def report(database: str, results: dict[int, tuple[float, float]]) -> None:
     small, large = sorted(results)
-    print(f"\nRecall ({LIMIT} best of a channel of {CHANNEL_MESSAGES:,} messages, median of {RECALLS} recalls, "
-          "questions of 6 words)")
+    print(f"\nRecall on {database} ({LIMIT} best of a channel of {CHANNEL_MESSAGES:,} messages, median of "
+          f"{RECALLS} recalls, questions of 6 words)")
     print(f"{'stored messages':>16} | {'per recall':>10} | found something")
     for rows, (seconds, found) in results.items():
         print(f"{rows:>16,} | {seconds * 1000:>7.2f} ms | {found:.0%}")

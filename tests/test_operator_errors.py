@@ -146,7 +146,7 @@ def bench(*args: str) -> subprocess.CompletedProcess:
 def test_bench_help_lists_the_benchmarks_with_their_duration():
     done = bench("--help")
     assert done.returncode == 0, done.stderr
-    for name in ("window", "latency", "engine", "overhead", "load", "remote", "adapters"):
+    for name in ("window", "recall", "recall-postgresql", "latency", "engine", "overhead", "load", "remote", "adapters"):
         line = next(line for line in done.stdout.splitlines() if line.strip().startswith(name + " "))
         assert "min" in line
 
@@ -157,4 +157,4 @@ def test_an_unknown_benchmark_is_one_line_listing_the_real_ones():
     assert "Traceback" not in done.stderr and "KeyError" not in done.stderr
     assert done.stderr.strip().splitlines() == [
         "error: there is no benchmark named 'windw'; the benchmarks are: "
-        "window, recall, latency, engine, overhead, load, remote, fair, adapters"]
+        "window, recall, recall-postgresql, latency, engine, overhead, load, remote, fair, adapters"]

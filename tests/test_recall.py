@@ -187,12 +187,15 @@ async def test_the_search_migrations_index_existing_rows_and_downgrade(database_
         if engine.dialect.name == "sqlite":
             plain = "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'content : treasure'"
             assert (await connection.execute(text(plain))).scalar() == 1
+        else:
+            indexes = "SELECT indexname FROM pg_indexes WHERE indexname IN ('ix_messages_content_fts', 'ix_messages_channel_words')"
+            assert (await connection.execute(text(indexes))).scalars().all() == ["ix_messages_content_fts"]
     await downgrade(engine, "0004")
     async with engine.connect() as connection:
         if engine.dialect.name == "sqlite":
             leftovers = "SELECT name FROM sqlite_master WHERE name LIKE 'messages_fts%'"
         else:
-            leftovers = "SELECT indexname FROM pg_indexes WHERE indexname = 'ix_messages_content_fts'"
+            leftovers = "SELECT indexname FROM pg_indexes WHERE indexname IN ('ix_messages_content_fts', 'ix_messages_channel_words')"
         assert (await connection.execute(text(leftovers))).all() == []
     await upgrade(engine)
     assert len(await Store(engine).recall(1, "treasure oak", None, 3)) == 1
@@ -256,3 +259,19 @@ async def test_the_real_model_answers_from_a_recalled_fact(tmp_path, store, embe
     no_recall = settings.with_overrides("history", recall_messages=0)
     answer = await asked_after_small_talk(ChatService(store, embedded_engine, no_recall), channel=11)
     assert answer.ok and "mango" not in answer.text.lower()
+
+
+async def test_postgresql_recall_reads_its_channels_part_of_the_index(fresh_postgres_url):
+    """The recall query's expression is the index's (migration 0008), so PostgreSQL can search
+    the index, keyed by channel, rather than read every message (with only the search to go
+    on, and sequential scans off, the plan shows whether the index fits the query)."""
+    from bot.store.repository import _POSTGRESQL_CHANNEL_WORDS, _POSTGRESQL_QUERY
+
+    store = await Store.open(fresh_postgres_url)
+    await store.add_turn(channel_id=1, role="user", content="the treasure is under the old oak")
+    async with store.engine.begin() as connection:
+        await connection.exec_driver_sql("SET LOCAL enable_seqscan = off")  # a tiny table: else it would scan
+        search = f"EXPLAIN SELECT id FROM messages WHERE {_POSTGRESQL_CHANNEL_WORDS} @@ {_POSTGRESQL_QUERY}"
+        plan = (await connection.execute(text(search), {"query": "treasure", "channel_id": 1})).scalars()
+        assert "ix_messages_channel_words" in "\n".join(plan)
+    await store.close()

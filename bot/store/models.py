@@ -159,15 +159,15 @@ class AuditEntry(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, nullable=False)
 
 
-# Full-text search over messages.content (migration 0005): SQLite's FTS5 table with its shadow
+# Full-text search over messages.content (migrations 0005, 0008): SQLite's FTS5 table with its shadow
 # tables, PostgreSQL's expression index. Neither can be declared as a model, so schema
 # comparisons (autogenerate in bot/migrations/env.py, the test that models match migrations)
 # pass this as Alembic's include_object to leave them be.
 SEARCH_TABLE_PREFIX = "messages_fts"
-SEARCH_INDEX = "ix_messages_content_fts"
+SEARCH_INDEXES = ("ix_messages_content_fts", "ix_messages_channel_words")  # 0005's, 0008's
 
 
 def compared_with_models(_object, name: str | None, type_: str, _reflected: bool, _compare_to) -> bool:
     if type_ == "table" and name and name.startswith(SEARCH_TABLE_PREFIX):
         return False
-    return not (type_ == "index" and name == SEARCH_INDEX)
+    return not (type_ == "index" and name in SEARCH_INDEXES)

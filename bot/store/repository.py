@@ -122,15 +122,16 @@ class Store:
     async def recall(self, channel_id: int, words: str, before_id: int | None, limit: int) -> list[Turn]:
         """The channel's turns older than row `before_id` (None: all of them) that best match
         `words` by the database's full-text search, best first; at most `limit`. Only this
-        channel is searched. Deleted turns are gone from the index in the same transaction
-        (triggers on SQLite; PostgreSQL indexes the column itself)."""
+        channel is searched, and only its part of the index is read (words keyed by channel,
+        migration 0008). Deleted turns are gone from the index in the same transaction
+        (triggers on SQLite; PostgreSQL indexes an expression of the row itself)."""
         terms = search_terms(words)
         if not terms or limit <= 0 or not await self._can_search():
             return []
         if self.engine.dialect.name == "sqlite":
             query, matching = _SQLITE_RECALL, channel_match(channel_id, terms)  # keyed by channel: search.py
-        else:  # websearch_to_tsquery never fails on its input; "or" is its OR
-            query, matching = _POSTGRESQL_RECALL, " or ".join(terms)
+        else:  # keyed by channel in SQL, from the plain words (see _POSTGRESQL_RECALL)
+            query, matching = _POSTGRESQL_RECALL, " ".join(terms)
         parameters = {"channel_id": channel_id, "query": matching, "limit": limit,
                       "before_id": before_id if before_id is not None else LARGEST_ROW_ID}
         async with self._sessions() as session:
@@ -360,11 +361,20 @@ _SQLITE_RECALL = text("""
     JOIN messages ON messages.id = best.id
     WHERE messages.channel_id = :channel_id
     ORDER BY best.score, best.id DESC""")
-_POSTGRESQL_RECALL = text("""
+# PostgreSQL keys words by channel as SQLite does, in SQL (migration 0008 indexes this very
+# expression, which must stay identical for the index to be used): each run of letters and
+# digits gets its channel and "x" in front. The query's words go through the same regexp, so
+# both sides split words alike whatever the database's locale; websearch_to_tsquery never
+# fails on its input, and "or" is its OR.
+_POSTGRESQL_CHANNEL_WORDS = ("to_tsvector('simple', regexp_replace(content, '([[:alnum:]]+)', "
+                             "CAST(channel_id AS text) || 'x\\1', 'g'))")
+_POSTGRESQL_QUERY = ("websearch_to_tsquery('simple', replace(regexp_replace(:query, '([[:alnum:]]+)', "
+                     "CAST(CAST(:channel_id AS bigint) AS text) || 'x\\1', 'g'), ' ', ' or '))")
+_POSTGRESQL_RECALL = text(f"""
     SELECT * FROM messages
-    WHERE to_tsvector('simple', content) @@ websearch_to_tsquery('simple', :query)
+    WHERE {_POSTGRESQL_CHANNEL_WORDS} @@ {_POSTGRESQL_QUERY}
       AND channel_id = :channel_id AND id < :before_id
-    ORDER BY ts_rank(to_tsvector('simple', content), websearch_to_tsquery('simple', :query)) DESC, id DESC
+    ORDER BY ts_rank({_POSTGRESQL_CHANNEL_WORDS}, {_POSTGRESQL_QUERY}) DESC, id DESC
     LIMIT :limit""")
 
 

@@ -116,11 +116,11 @@ def fresh_postgres_url(postgres_server) -> str:
     Synchronous (its own loop, in a thread) so that sync fixtures and tests can use it too."""
     name = f"test_{os.getpid()}_{next(_database_numbers)}"
     with ThreadPoolExecutor(1) as thread:
-        thread.submit(asyncio.run, _create_database(postgres_server, name)).result()
+        thread.submit(asyncio.run, create_database(postgres_server, name)).result()
     return postgres_server.url(name)
 
 
-async def _create_database(server: PostgresServer, name: str) -> None:
+async def create_database(server: PostgresServer, name: str) -> None:
     import asyncpg
 
     connection = await asyncpg.connect(host="127.0.0.1", port=server.port, user=SUPERUSER, database="postgres")

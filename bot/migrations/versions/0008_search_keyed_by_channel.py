@@ -1,4 +1,4 @@
-"""SQLite's search index keyed by channel, so a recall reads only its channel's postings
+"""search indexes keyed by channel, so a recall reads only its channel's postings
 
 0005 indexed plain words plus the channel id as a word of its own: a recall then walked every
 channel's postings of each common word it asked for, and bm25() counted them all, so recall
@@ -6,7 +6,11 @@ slowed as the whole database grew (10^6 messages: about 6 ms in SQLite alone, ag
 10^3). Here each word is indexed as "<channel>x<word>" (bot/store/search.py), by the SQL
 function channel_words() that the bot registers on every connection, and the index keeps its
 own copy of those words (a regular FTS5 table: deleting a row needs only its rowid, so a delete
-from any tool still reaches the index). PostgreSQL is unchanged.
+from any tool still reaches the index).
+
+PostgreSQL likewise (10^6 messages: 24-27 ms a recall, 6 ms after): the GIN index is on an
+expression that keys each run of letters and digits with the channel, in SQL, so nothing needs
+registering; bot/store/repository.py queries this very expression.
 
 As with 0005, a later migration that rebuilds `messages` on SQLite (batch_alter_table) drops
 these triggers: it must run create_channel_keyed_search() again afterwards.
@@ -39,16 +43,31 @@ CHANNEL_KEYED_SEARCH = [
 ]
 
 
+POSTGRESQL_INDEX, POSTGRESQL_0005_INDEX = "ix_messages_channel_words", "ix_messages_content_fts"
+POSTGRESQL_CHANNEL_WORDS = ("to_tsvector('simple', regexp_replace(content, '([[:alnum:]]+)', "
+                            "CAST(channel_id AS text) || 'x\\1', 'g'))")
+
+
 def upgrade() -> None:
-    if _has_search():  # 0005 made it (SQLite with FTS5): replace it
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(f"DROP INDEX IF EXISTS {POSTGRESQL_0005_INDEX}")
+        op.execute(f"CREATE INDEX {POSTGRESQL_INDEX} ON messages USING gin ({POSTGRESQL_CHANNEL_WORDS})")
+    elif _has_search():  # 0005 made it (SQLite with FTS5): replace it
         _drop_search()
         create_channel_keyed_search()
 
 
 def downgrade() -> None:
-    if _has_search():
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(f"DROP INDEX IF EXISTS {POSTGRESQL_INDEX}")
+        _revision_0005().upgrade()
+    elif _has_search():
         _drop_search()
-        context.script.get_revision('0005').module.create_sqlite_search()
+        _revision_0005().create_sqlite_search()
+
+
+def _revision_0005():
+    return context.script.get_revision('0005').module
 
 
 def create_channel_keyed_search() -> None:
