@@ -1,6 +1,7 @@
-"""The remote backend against llama.cpp's server as people run it: PyPI's llama-cpp-python
-serving the embedded SmolLM2 GGUF on 127.0.0.1 (tests/support/llama_server.py), with the bot's
-real settings, loading, chat service and SQLite file."""
+"""The remote backend against llama.cpp's servers as people run them: PyPI's llama-cpp-python and
+llama.cpp's own C++ llama-server, each serving the embedded SmolLM2 GGUF on 127.0.0.1
+(tests/support/llama_server.py), with the bot's real settings, loading, chat service and SQLite
+file. Every test runs against both."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from bot.llm.loading import load_model
 from bot.llm.server_kind import ServerKind
 from bot.service import ChatService
 from tests.support.conversation import said, stored
-from tests.support.llama_server import CONTEXT_TOKENS, llama_server, unavailable
+from tests.support.llama_server import CONTEXT_TOKENS, LLAMA_CPP_PYTHON, LLAMA_SERVER, llama_server, unavailable
 from tests.support.loud_skips import skip_loudly
 from tests.support.models import generate
 from tests.support.settings import settings_for
@@ -25,12 +26,17 @@ from tests.support.settings import settings_for
 STORY = [{"role": "user", "content": "Write a story about a dragon and a knight."}]
 
 
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    reason = unavailable()
+# How the bot recognises each (bot/llm/server_kind.py).
+KIND = {LLAMA_CPP_PYTHON: ServerKind.LLAMA_CPP_PYTHON, LLAMA_SERVER: ServerKind.LLAMA_CPP}
+
+
+@pytest.fixture(scope="module", params=[LLAMA_CPP_PYTHON, LLAMA_SERVER])
+def llama(request, tmp_path_factory):
+    reason = unavailable(request.param)
     if reason:
-        skip_loudly(f"LLAMA.CPP SERVER TESTS SKIPPED: {reason}")
-    with llama_server(embedded.gguf_path(), tmp_path_factory.mktemp("llama") / "server.log") as server:
+        skip_loudly(f"{request.param.upper()} TESTS SKIPPED: {reason}")
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    with llama_server(embedded.gguf_path(), log, flavour=request.param) as server:
         yield server
 
 
@@ -46,7 +52,7 @@ async def remote_model(tmp_path, server, **model):
 async def test_the_server_is_recognised_and_its_own_context_length_is_used(tmp_path, llama, store):
     model = await remote_model(tmp_path, llama)
     try:
-        assert model.server is ServerKind.LLAMA_CPP_PYTHON
+        assert model.server is KIND[llama.flavour]
         # The embedded model's config says 8,192; the server gives each request 2,048.
         assert model.context_tokens == CONTEXT_TOKENS
         status = await ChatService(store, model, remote_settings(tmp_path, llama)).status()
