@@ -39,5 +39,5 @@ def open_store_after(barrier, url: str) -> None:
         store = await Store.open(url)
         await store.close()
 
-    barrier.wait()
+    barrier.wait(timeout=120)  # only against a hang: a sibling that died before the barrier breaks it
     asyncio.run(open_and_close())
