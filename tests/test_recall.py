@@ -212,10 +212,10 @@ async def test_words_that_look_like_another_channels_keys_stay_in_their_channel(
     assert [t.content for t in await any_store.recall(1, "11xzebra", None, 5)] == ["1xzebra and 11xzebra"]
 
 
-async def test_a_tool_without_the_bots_function_can_delete_but_not_add_unindexed(tmp_path):
+async def test_a_tool_without_the_bots_function_can_delete_but_not_add_or_edit_unindexed(tmp_path):
     """The index's triggers call channel_words(), which the bot registers on its connections. The
-    sqlite3 shell can still delete (and the row leaves the index), but an insert fails loudly
-    rather than store a message recall could never find."""
+    sqlite3 shell can still delete (and the row leaves the index), but an insert or edit fails
+    loudly rather than store words recall could never find."""
     import sqlite3
 
     path = tmp_path / "bot.db"
@@ -225,6 +225,8 @@ async def test_a_tool_without_the_bots_function_can_delete_but_not_add_unindexed
         with pytest.raises(sqlite3.OperationalError, match="channel_words"):
             tool.execute("INSERT INTO messages (channel_id, role, content, created_at) "
                          "VALUES (1, 'user', 'more treasure', '2026-11-30 10:00:00')")
+        with pytest.raises(sqlite3.OperationalError, match="channel_words"):
+            tool.execute("UPDATE messages SET content = 'the treasure moved'")
         tool.execute("DELETE FROM messages WHERE content LIKE '%treasure%'")
     assert await store.recall(1, "treasure", None, 3) == []
     async with store.engine.begin() as connection:
