@@ -96,9 +96,8 @@ class GenerationSettings:
     top_p: float = setting(0.9, "nucleus sampling mass", low=0.0, high=1.0)
     repetition_penalty: float = setting(1.1, "penalty for repeating tokens; 1.0 = none", low=0.5, high=3.0)
     max_thinking_tokens: int = setting(512, "tokens a reasoning model (SmolLM3 with thinking on) may spend thinking, "
-                                       "on top of max_new_tokens; a local model's thought is closed at this limit, so it leaves the "
-                                       "answer its room",
-                                       low=0, high=32768)
+                                       "on top of max_new_tokens; a local model's thought is closed at this limit, "
+                                       "so it leaves the answer its room", low=0, high=32768)
 
 
 @dataclass(frozen=True)

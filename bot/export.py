@@ -12,10 +12,11 @@ What is left out, and why:
 - turns the bot refused are never stored, so they cannot leak in;
 - questions that never got an answer (a user turn followed by another user turn, or ending
   the conversation): a failed or timed-out generation stores the question and nothing
-  after it, and a person who asks again leaves a row of identical unanswered questions.
-
-An answer cut short (time limit, restart) is stored as plain text like any other, without
-a mark saying so, so it cannot be told apart here and is exported as it stands.
+  after it, and a person who asks again leaves a row of identical unanswered questions;
+- answers cut short (a time limit, a restart, a person who stopped them, a server that went
+  away: stored with messages.cut_short since migration 0004), with their questions: a
+  fragment would teach the model to stop mid-sentence. Answers stored before 0004 carry no
+  mark and are exported as they stand.
 
 The system message holds the persona the conversation was held under: the one recorded with
 its last answer (the channel's own persona, else the server's, as it was then). Answers stored

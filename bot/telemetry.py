@@ -81,7 +81,7 @@ class ReplyTrace:
     answer: str = field(default="", repr=False)  # the model's raw output: never logged
     outcome: str = "answered"  # answered | refused | failed
     reason: str | None = None  # the refusal reason or error kind
-    cut_short: str | None = None  # an answer stopped early: timeout | reset | restart | stopped
+    cut_short: str | None = None  # an answer stopped early: timeout | reset | restart | stopped | interrupted
     error: str | None = None  # the exception's class (a database's own message too), never content
     dropped_turns: int = 0
     ended: float | None = None

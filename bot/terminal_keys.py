@@ -66,8 +66,8 @@ def _terminal_changed(fd: int, change: Callable[[list, object], None]) -> Iterat
     """The terminal's attributes changed by `change` for the block, as they were after it; no
     change where `fd` is no terminal."""
     termios = _termios()
-    saved = _attributes(fd)
-    if termios is None or saved is None:
+    saved = _attributes(fd, termios)
+    if saved is None:
         yield
         return
     changed = _copy(saved)
@@ -86,8 +86,7 @@ def _termios():
         return None
 
 
-def _attributes(fd: int) -> list | None:
-    termios = _termios()
+def _attributes(fd: int, termios) -> list | None:
     if termios is None:
         return None
     try:

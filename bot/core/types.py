@@ -20,7 +20,7 @@ class Turn:
     author_id: int | None = None
     message_id: int | None = None
     created_at: datetime | None = None
-    cut_short: str | None = None  # an answer stopped early: timeout | restart | stopped
+    cut_short: str | None = None  # an answer stopped early: timeout | restart | stopped | interrupted
     persona: str | None = None  # the persona an answer was written under, where recorded (exports read it)
 
 

@@ -47,8 +47,9 @@ class Refused(app_commands.CheckFailure):
     """The user may not run this command here. str() is the sentence to show them."""
 
 
-def check_permitted(interaction: discord.Interaction, permission: str, *, server_only: bool) -> bool:
-    """The runtime guard: `permission` (a discord.Permissions attribute) in this channel.
+def check_permitted(interaction: discord.Interaction, *permissions: str, server_only: bool) -> bool:
+    """The runtime guard: any one of `permissions` (discord.Permissions attributes) in this
+    channel; with none named, any member.
 
     In a DM there are no permissions: a command that is not server-only works
     there, on the user's own conversation with the bot.
@@ -57,18 +58,10 @@ def check_permitted(interaction: discord.Interaction, permission: str, *, server
         if server_only:
             raise Refused(messages.SERVER_ONLY)
         return True
-    if not getattr(interaction.permissions, permission):
-        raise Refused(messages.NEEDS_PERMISSION.format(permission=PERMISSION_NAMES[permission]))
-    return True
-
-
-def check_permitted_any(interaction: discord.Interaction, permissions: tuple[str, ...]) -> None:
-    """The runtime guard for a server command that any one of `permissions` allows."""
-    if interaction.guild_id is None:
-        raise Refused(messages.SERVER_ONLY)
-    if not any(getattr(interaction.permissions, permission) for permission in permissions):
+    if permissions and not any(getattr(interaction.permissions, permission) for permission in permissions):
         raise Refused(messages.NEEDS_PERMISSION.format(
             permission=" or ".join(PERMISSION_NAMES[permission] for permission in permissions)))
+    return True
 
 
 class GuardedGroup(app_commands.Group):
@@ -84,11 +77,7 @@ class GuardedGroup(app_commands.Group):
         self.permission = permission
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        if self.permission is None:
-            if interaction.guild_id is None:
-                raise Refused(messages.SERVER_ONLY)
-            return True
-        return check_permitted(interaction, self.permission, server_only=True)
+        return check_permitted(interaction, *filter(None, [self.permission]), server_only=True)
 
 
 def guarded(permission: str, *, server_only: bool = False) -> Callable:
@@ -146,7 +135,7 @@ def persona_commands(service: ChatService) -> app_commands.Group:
 
     @group.command(name="show", description="Show the persona the bot uses in this channel, and where it comes from")
     async def persona_show(interaction: discord.Interaction) -> None:
-        check_permitted_any(interaction, (SCOPE_PERMISSIONS[SERVER], SCOPE_PERMISSIONS[CHANNEL]))
+        check_permitted(interaction, *SCOPE_PERMISSIONS.values(), server_only=True)
         await answer(interaction, lambda: service.servers.show_persona(interaction.guild_id, interaction.channel_id))
 
     @group.command(name="reset", description="Go back to the default persona in this server, or to the server's "

@@ -289,7 +289,7 @@ def _chunk(data: str) -> dict:
     try:
         chunk = json.loads(data)
     except ValueError:
-        raise GenerationFailed("The model server sent a reply the bot could not read.") from None
+        chunk = None
     if not isinstance(chunk, dict):
         raise GenerationFailed("The model server sent a reply the bot could not read.")
     if "error" in chunk:  # vLLM reports errors inside the stream once it has started

@@ -90,23 +90,23 @@ def _context_length(api: "ServerApi", kind: ServerKind, entry: dict, props: obje
     """vLLM and SGLang: `max_model_len` in the model's /v1/models entry. llama-server: a slot's
     `n_ctx` (in /props, else /slots); its /models entry's n_ctx_train is what the model was
     trained for, which the server may not have allotted. The others do not say."""
-    length = entry.get("max_model_len")
-    if isinstance(length, int) and length > 0:
+    if length := _length_in(entry, "max_model_len"):
         return length
     if kind is ServerKind.LLAMA_CPP:
         settings = props.get("default_generation_settings") if isinstance(props, dict) else None
-        for source in (settings, props):
-            n_ctx = source.get("n_ctx") if isinstance(source, dict) else None
-            if isinstance(n_ctx, int) and n_ctx > 0:
-                return n_ctx
-        slots = api.get_json("/slots")
-        if isinstance(slots, list) and slots and isinstance(slots[0], dict):
-            n_ctx = slots[0].get("n_ctx")
-            if isinstance(n_ctx, int) and n_ctx > 0:
-                return n_ctx
+        if length := _length_in(settings, "n_ctx") or _length_in(props, "n_ctx"):
+            return length
+        slots = api.get_json("/slots")  # asked only where /props does not say
+        return _length_in(slots[0] if isinstance(slots, list) and slots else None, "n_ctx")
     if kind is ServerKind.LLAMA_CPP_PYTHON:
         return _context_from_refusal(api)
     return 0
+
+
+def _length_in(document: object, key: str) -> int:
+    """A positive whole number under `key` of a JSON object; 0 if there is none."""
+    value = document.get(key) if isinstance(document, dict) else None
+    return value if isinstance(value, int) and value > 0 else 0
 
 
 # A prompt longer than any context a server is started with (300,000 tokens): refusing it,

@@ -45,7 +45,7 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, nullable=False)
     # An answer's user turn (its row id): deleting that message forgets the answer too.
     reply_to: Mapped[int | None] = mapped_column(BigInteger)
-    # An answer stopped before its end (timeout | restart | stopped): kept for the conversation,
+    # An answer stopped before its end (timeout | restart | stopped | interrupted): kept for the conversation,
     # left out of training exports.
     cut_short: Mapped[str | None] = mapped_column(String(16))
 
