@@ -11,7 +11,8 @@ as the bot does (load_transformers_backend: device_map "cuda", dtype "auto", ada
 measures, in this order:
 
 1. the batching engine's throughput at 1, 8, 32 and 64 channels at once (max_batch 64, 128 new
-   tokens a reply, greedy, stop tokens off, short chat prompts), after a warm-up;
+   tokens a reply, greedy, stop tokens off, short chat prompts), after a warm-up, with decode
+   steps replayed as CUDA graphs as the bot runs them; then at 1 and 8 without graphs;
 2. a new request's time to first token while 32 channels are decoding (and with none);
 3. adapters: 8 rows all on one LoRA adapter, and 8 rows on a mix, over 8 plain rows;
 4. the anchor: transformers' `generate` with a static cache (compiled, CUDA graphs) on the same
@@ -26,7 +27,7 @@ printed, never to bench/results. Random weights decode arbitrary tokens: the fig
 about speed, not words.
 
 Variables: ATTENTION=eager|sdpa|... the engine's attention (default: the engine's "auto");
-ANCHOR_ATTENTION (default sdpa) the anchor's.
+ANCHOR_ATTENTION (default sdpa) the anchor's; CUDA_GRAPHS=0 runs the first part without graphs.
 """
 
 from __future__ import annotations
@@ -163,11 +164,26 @@ def chat(channel: int) -> list[dict]:
 
 # The engine ---------------------------------------------------------------------------------
 
-def new_engine(backend, plan: Plan):
+def new_engine(backend, plan: Plan, graphs: bool = True):
+    """The engine as the bot makes it: decode steps replayed as CUDA graphs on a GPU (on a CPU,
+    a smoke run, the same buckets replayed eagerly). graphs=False: every step eager."""
+    from bot.llm.decode_graphs import DecodeGraphs, EagerRecorder, decode_graphs_for
     from bot.llm.engine import BatchingEngine
 
+    device = backend.model.device
+    recorded = None
+    if graphs and os.environ.get("CUDA_GRAPHS", "1") != "0":
+        recorded = decode_graphs_for(device, True) if device.type == "cuda" else DecodeGraphs(EagerRecorder())
     return BatchingEngine(backend, max_batch=plan.max_batch, timeout_s=600,
-                          attention=os.environ.get("ATTENTION", "auto"))
+                          attention=os.environ.get("ATTENTION", "auto"), graphs=recorded)
+
+
+def graph_figures(engine) -> dict:
+    graphs = engine.graphs
+    if graphs is None:
+        return {"on": False}
+    return {"on": graphs.enabled, "recorded": graphs.recorded, "replayed_steps": graphs.replays,
+            "eager_steps": graphs.eager_steps, "decode_steps": engine.counters.decode_steps}
 
 
 def greedy(new_tokens: int):
@@ -248,6 +264,22 @@ async def engine_part(backend, plan: Plan, report: dict, save) -> None:
             report["peak_gpu_memory_engine"] = peak_gib()
             save()
         await guarded("time to first token", report, ttft_part(engine, plan, report))
+    finally:
+        report["decode_graphs"] = graph_figures(engine)
+        log(f"decode graphs: {report['decode_graphs']}")
+        engine.close()
+
+
+async def eager_part(backend, plan: Plan, report: dict, save) -> None:
+    """The engine with every decode step eager (no graphs) at the smallest channel counts: what
+    the graphs themselves bring, in the same run."""
+    engine = new_engine(backend, plan, graphs=False)
+    try:
+        params = greedy(plan.new_tokens)
+        for channels in plan.channels[:2]:
+            report["engine_eager_tok_s"][str(channels)] = round(
+                await throughput(engine, f"engine without graphs, {channels} at once", [None] * channels, params), 1)
+            save()
     finally:
         engine.close()
 
@@ -376,6 +408,7 @@ def new_report(plan: Plan, smoke: bool) -> dict:
         "attention": os.environ.get("ATTENTION", "auto"),
         "anchor_attention": os.environ.get("ANCHOR_ATTENTION", "sdpa"),
         "engine_tok_s": {},
+        "engine_eager_tok_s": {},  # the engine without decode graphs, at the first two channel counts
         "static_generate_tok_s": {},
         "static_generate_skipped": [],
         "engine_over_static": {},
@@ -396,11 +429,15 @@ def cell(figures: dict, key: str, width: int, spec: str = ".1f", suffix: str = "
 
 def print_table(report: dict, plan: Plan) -> None:
     engine, anchor, ratio = report["engine_tok_s"], report["static_generate_tok_s"], report["engine_over_static"]
-    print(f"\n{'channels':>8s} | {'engine tok/s':>12s} | {'static generate tok/s':>21s} | {'engine / static':>15s}")
-    print(f"{'-' * 8}-+-{'-' * 12}-+-{'-' * 21}-+-{'-' * 15}")
+    eager = report["engine_eager_tok_s"]
+    print(f"\n{'channels':>8s} | {'engine tok/s':>12s} | {'without graphs':>14s} | {'static generate tok/s':>21s} | "
+          f"{'engine / static':>15s}")
+    print(f"{'-' * 8}-+-{'-' * 12}-+-{'-' * 14}-+-{'-' * 21}-+-{'-' * 15}")
     for count in sorted({*plan.channels, *plan.anchor_batches}):
         key = str(count)
-        print(f"{count:8d} | {cell(engine, key, 12)} | {cell(anchor, key, 21)} | {cell(ratio, key, 15, '.2f', 'x')}")
+        print(f"{count:8d} | {cell(engine, key, 12)} | {cell(eager, key, 14)} | {cell(anchor, key, 21)} | "
+              f"{cell(ratio, key, 15, '.2f', 'x')}")
+    print(f"decode graphs: {report.get('decode_graphs')}")
     for batch in plan.anchor_batches[:plan.anchor_required]:
         if str(batch) in ratio:
             print(f"engine / static generate at {batch}: {ratio[str(batch)]:.2f}x (goal >= 1.5x)")
@@ -486,6 +523,8 @@ def main() -> None:
     save = writer(report, json_paths)
     backend = load(work, "")
     asyncio.run(guarded("engine", report, engine_part(backend, plan, report, save)))
+    save()
+    asyncio.run(guarded("engine without graphs", report, eager_part(backend, plan, report, save)))
     save()
     if not args.skip_adapters:
         asyncio.run(guarded("adapters", report, adapter_part(work, plan, report)))

@@ -78,6 +78,10 @@ class EngineSettings:
     max_share: float = setting(0.5, "the share of the model's places one server (or one person's DMs) may hold "
                                "while others wait; waiting replies go in round-robin across servers",
                                low=0.01, high=1.0)
+    slot_memory_mb: int = setting(0, "memory for the key/value slots of the replies being written, in MiB, allocated "
+                                  "at start; their length becomes the context prompts are cut to (0: on a GPU, 80% "
+                                  "of the memory free once the model is loaded, less cache_budget_mb; on a CPU, "
+                                  "slots grow as replies need, up to the model's context)", low=0, high=10_000_000)
     cache_budget_mb: int = setting(1024, "memory for the channels' kept prompt caches (on the model's device), in MiB",
                                    low=0, high=1_000_000)
     prefill_chunk_tokens: int = setting(256, "prompt tokens run per engine round, so long prompts do not stall others",
@@ -86,6 +90,9 @@ class EngineSettings:
     attention: str = setting("auto", 'attention kernels the engine runs the model with: "auto" (eager on a GPU, '
                              "where PyTorch's SDPA with the padding mask of a batch is slow; the model's own "
                              'default elsewhere), "eager" or "sdpa"', choices=("auto", "eager", "sdpa"))
+    cuda_graphs: bool = setting(True, "on a GPU, replay each decode step as a recorded CUDA graph (one launch "
+                                "instead of hundreds of kernels); each graph is checked against the eager step "
+                                "once, and graphs turn themselves off if one does not match. No effect on a CPU")
 
 
 @dataclass(frozen=True)

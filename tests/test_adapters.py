@@ -40,6 +40,7 @@ from tests.support.scripted import ScriptedBackend
 from tests.support.settings import REPO_ROOT, settings_for
 from tests.support.store_queries import audit_entries
 from tests.support.models import generate
+from tests.support.recording import graphs_on_the_cpu
 
 GREEDY = GenerationSettings(do_sample=False, max_new_tokens=8, repetition_penalty=1.0)
 SEA = [{"role": "system", "content": "You are a helpful assistant."},
@@ -353,3 +354,23 @@ async def test_the_terminal_picks_an_adapter(scripted_service):
     assert messages.ADAPTER_SET.format(adapter='the fine-tuned adapter "poet"') in text
     assert "bot> [poet] echo: Ann: hi" in text
     assert "Pick one of: pirate, poet, default, base" in text
+
+
+async def test_recorded_decode_steps_keep_each_rows_adapter(tuned_backend):
+    """With decode graphs, a batch all on one adapter replays that adapter's own graph (and the
+    base model's is another); a mix of adapters runs eagerly. Answers are the same either way."""
+    requests = [(SEA, "poet"), (CATS, "poet"), (SEA, "base"), (CATS, "base")]
+    plain = BatchingEngine(tuned_backend, timeout_s=120)
+    recorded = BatchingEngine(tuned_backend, timeout_s=120, graphs=graphs_on_the_cpu())
+    try:
+        answers = [await alone(plain, prompt, adapter) for prompt, adapter in requests]
+        for batch in (requests[:2], requests[2:], requests):  # all poet, all base, a mix
+            together = await asyncio.gather(*(generate(recorded, prompt, GREEDY, adapter=adapter)
+                                              for prompt, adapter in batch))
+            assert together == [answers[requests.index(request)] for request in batch]
+        assert recorded.graphs.enabled
+        assert {adapter for _, _, adapter in recorded.graphs.shapes} == {None, "poet"}
+        assert recorded.graphs.replays < recorded.counters.decode_steps  # the mixed batch's steps ran eagerly
+    finally:
+        plain.close()
+        recorded.close()

@@ -28,6 +28,7 @@ from bot.llm.detokenize import IncrementalText
 from bot.llm.transformers_backend import TransformersBackend
 from bot.llm.port import GenerationFailed, GenerationTimeout, ModelBusy
 from tests.support.models import generate, kept_bytes, stream
+from tests.support.recording import graphs_on_the_cpu
 from tests.support.waiting import until
 
 GREEDY = GenerationSettings(do_sample=False, max_new_tokens=12, repetition_penalty=1.0)
@@ -96,8 +97,7 @@ class SteeredEngine(BatchingEngine):
         super().__init__(*args, **options)
 
     def _new_runner(self):
-        return SteeredRunner(self, self.backend, max_batch=self.max_batch, prefix_cache=self.prefix_cache,
-                             prefill_chunk_tokens=self.prefill_chunk_tokens, counters=self.counters)
+        return SteeredRunner(self, self.backend, **self._runner_options())
 
 
 @pytest.fixture
@@ -137,23 +137,33 @@ async def test_rows_joining_and_leaving_mid_way_answer_as_model_generate_alone(v
     """Three slots for eight replies of different lengths, each started once the previous one has
     begun: rows join a batch already decoding, leave at different steps, and their slots are taken
     again, while every answer stays transformers' own generate() for that prompt alone."""
-    from bot.llm.worker import ModelWorker
-
     engine = make_engine(varied_backend, max_batch=3)
     cases = [(PROMPTS[i % 4], dataclasses.replace(GREEDY if i % 2 else PENALISED, max_new_tokens=4 + 3 * i))
              for i in range(8)]
-    reference = ModelWorker(varied_backend, timeout_s=120)  # model.generate, one prompt at a time
+    assert await answers_started_one_after_another(engine, cases) == await generated_alone(varied_backend, cases)
+    assert engine.counters.largest_batch == 3
+
+
+async def generated_alone(backend, cases) -> list[str]:
+    """transformers' own generate() for each (prompt, settings), one prompt at a time."""
+    from bot.llm.worker import ModelWorker
+
+    reference = ModelWorker(backend, timeout_s=120)
     try:
-        expected = [await generate(reference, prompt, params) for prompt, params in cases]
+        return [await generate(reference, prompt, params) for prompt, params in cases]
     finally:
         reference.close()
+
+
+async def answers_started_one_after_another(engine, cases) -> list[str]:
+    """Each (prompt, settings) asked once the previous answer has begun (or ended), all answered
+    together from then on."""
     tasks = []
     for prompt, params in cases:
         begun = asyncio.Event()
         tasks.append(asyncio.create_task(collect_after(stream(engine, prompt, params), begun)))
         await asyncio.wait([asyncio.create_task(begun.wait()), tasks[-1]], return_when=asyncio.FIRST_COMPLETED)
-    assert await asyncio.gather(*tasks) == expected
-    assert engine.counters.largest_batch == 3
+    return list(await asyncio.gather(*tasks))
 
 
 async def collect_after(pieces, begun: asyncio.Event) -> str:
@@ -293,7 +303,7 @@ def test_slots_hold_rows_in_place_and_a_step_masks_by_their_lengths():
     slots.start_decoding(b)
     slots.give_back(c)  # left before decoding: nothing moves
     assert slots.top() == 2 and slots.lengths[:2] == [3, 5]
-    positions, mask = slots.decode_inputs(slots.top())
+    positions, mask = slots.decode_inputs(slots.top(), slots.decode_columns())
     assert positions.flatten().tolist() == [3, 5]
     allowed = (mask[:, 0, 0] == 0).tolist()  # columns: scratch, then one per token, the new one included
     assert allowed == [[False, True, True, True, True, False, False], [False, True, True, True, True, True, True]]
@@ -302,7 +312,7 @@ def test_slots_hold_rows_in_place_and_a_step_masks_by_their_lengths():
     assert slots.lengths[:2] == [4, 6] and keys[0, 0, 4, 0] == 9.0 and keys[1, 0, 6, 0] == 9.0
     assert bool((keys[0, 0, 1:4] == 1.0).all()) and bool((keys[1, 0, 1:6] == 2.0).all())
     slots.give_back(a)  # a row leaves: the other keeps its slot and its keys where they are
-    positions, mask = slots.decode_inputs(slots.top())
+    positions, mask = slots.decode_inputs(slots.top(), slots.decode_columns())
     assert (mask[0, 0, 0] == 0).tolist()[:2] == [True, False]  # a free slot in range attends its scratch only
     assert bool((slots.copy_out(b)[0][0][0, 0, :5] == 2.0).all())
 
@@ -471,3 +481,109 @@ async def test_a_user_who_has_to_wait_is_told_their_place_in_line(varied_backend
     assert (await first).ok and second.ok
     assert seen_by_second[0] == messages.QUEUED.format(place=1)
     assert seen_by_second[-1] == second.text  # then the answer replaced the notice
+
+
+# Recorded decode steps (CUDA graphs' buckets and fixed buffers, checked on the CPU) -----------
+
+
+def graphs_engine(make_engine, backend, recorder=None, **options) -> BatchingEngine:
+    from bot.llm.decode_graphs import DecodeGraphs
+
+    return make_engine(backend, graphs=DecodeGraphs(recorder) if recorder else graphs_on_the_cpu(), **options)
+
+
+def test_decode_steps_are_rounded_up_to_a_few_shapes():
+    from bot.llm.decode_graphs import DecodeGraphs
+
+    assert [DecodeGraphs.rows_for(rows, 48) for rows in (1, 2, 3, 5, 17, 33, 48)] == [1, 2, 4, 8, 32, 48, 48]
+    assert [DecodeGraphs.columns_for(columns, 4096) for columns in (2, 256, 257, 3000)] == [256, 256, 512, 4096]
+    assert DecodeGraphs.columns_for(300, 257) == 257  # never past what the slots hold
+
+
+async def test_recorded_decode_steps_answer_as_model_generate_alone(varied_backend, make_engine):
+    """Five slots, eight replies of different lengths started one after another: steps run in
+    buckets wider than their rows (idle slots write their scratch column) and their key/value
+    columns (masked), and one reply grows the slots past 256 columns, so every graph is dropped
+    and recorded again. Every answer is still transformers' own generate() for that prompt alone."""
+    engine = graphs_engine(make_engine, varied_backend, max_batch=5)
+    await until(lambda: engine.graphs.shapes == [(1, 256, None), (2, 256, None), (4, 256, None), (5, 256, None)])
+    cases = [(PROMPTS[i % 4], dataclasses.replace(GREEDY if i % 2 else PENALISED, max_new_tokens=4 + 3 * i))
+             for i in range(7)] + [(PROMPTS[1], dataclasses.replace(GREEDY, max_new_tokens=300))]
+    assert await answers_started_one_after_another(engine, cases) == await generated_alone(varied_backend, cases)
+    graphs = engine.graphs
+    assert graphs.enabled and graphs.replays + graphs.eager_steps == engine.counters.decode_steps
+    assert graphs.replays > graphs.eager_steps  # only a graph's first two steps run eagerly
+    assert engine.counters.largest_batch >= 3
+    assert {columns for _, columns, _ in engine.graphs.shapes} == {512}  # the slots grew: older graphs dropped
+
+
+@pytest.mark.parametrize("fault", ["recording fails", "replay differs", "replay keeps the recorded step"])
+async def test_a_graph_that_fails_its_check_turns_graphs_off_and_answers_stay_right(
+        fault, varied_backend, make_engine, caplog):
+    class FaultyRecorder:
+        def record(self, forward):
+            if fault == "recording fails":
+                raise RuntimeError("operation not permitted when stream is capturing")
+            if fault == "replay differs":
+                return lambda: forward() * 2
+            recorded = forward().clone()  # as a graph that read a host value once would be
+            return lambda: recorded
+
+    expected = [await generate(make_engine(varied_backend), p, PENALISED) for p in PROMPTS]
+    engine = graphs_engine(make_engine, varied_backend, recorder=FaultyRecorder())
+    assert list(await asyncio.gather(*(generate(engine, p, PENALISED) for p in PROMPTS))) == expected
+    assert not engine.graphs.enabled and engine.graphs.shapes == []
+    warning = next(r.getMessage() for r in caplog.records if "Decode graphs are off" in r.getMessage())
+    assert ("operation not permitted" if fault == "recording fails" else "did not match") in warning
+
+
+async def test_recorded_steps_answer_alike_on_the_real_model_and_with_eager_attention(
+        embedded_worker, tiny_smollm3_dir, make_engine):
+    """The embedded model (Llama's architecture) and eager attention (what a GPU runs) record
+    without host traffic too, and answer a batch as the eager engine does."""
+    greedy = GenerationSettings(do_sample=False, max_new_tokens=8, repetition_penalty=1.0)
+    eager_tiny = load_tiny(tiny_smollm3_dir, weight_scale=10.0)
+    for backend, attention in ((embedded_worker.backend, "auto"), (eager_tiny, "eager")):
+        plain = make_engine(backend, attention=attention)
+        expected = [await generate(plain, p, greedy) for p in PROMPTS]
+        recorded = graphs_engine(make_engine, backend, attention=attention)
+        assert list(await asyncio.gather(*(generate(recorded, p, greedy) for p in PROMPTS))) == expected
+        graphs = recorded.graphs
+        assert graphs.enabled and graphs.replays > 0
+        assert graphs.replays + graphs.eager_steps == recorded.counters.decode_steps
+
+
+# Slots sized by a memory budget ---------------------------------------------------------------
+
+
+async def test_a_slot_memory_budget_sets_the_context_and_long_conversations_are_cut_to_fit(
+        varied_backend, make_engine, store, tmp_path):
+    """Slots sized by [engine] slot_memory_mb (on a GPU: from its free memory) are allocated at
+    start and never grow; their length is the context the service cuts prompts to, so a long
+    conversation drops its oldest turns and is answered, instead of outgrowing the memory."""
+    from bot.llm.slots import column_bytes
+
+    model = varied_backend.model
+    engine = graphs_engine(make_engine, varied_backend, max_batch=2,
+                           slot_memory_bytes=2 * 601 * column_bytes(model.config, model.dtype))
+    assert engine.context_tokens == 600
+    service = service_over(engine, store, tmp_path, max_new_tokens=40)
+    words = " ".join(f"word{i}" for i in range(60))
+    dropped = []
+    for turn in range(12):  # each turn well over 60 tokens: together far past 600
+        reply = await service.reply(dataclasses.replace(hello_in(1), content=f"Turn {turn}: {words}"))
+        assert reply.ok, reply.text
+        dropped.append(reply.dropped_turns)
+    assert any(dropped)  # older turns were cut (a few at a time, so that the next prompts reuse the cache)
+    graphs = engine.graphs  # the slots never grew: no graph was dropped for a new allocation
+    assert graphs.enabled and graphs.recorded == len(graphs.shapes) and (1, 601, None) in graphs.shapes
+    with pytest.raises(GenerationFailed, match="context of 600 tokens"):  # one prompt alone past the slots
+        await generate(engine, chat(" ".join([words] * 6)), GREEDY)
+
+
+def test_slots_that_cannot_hold_a_conversation_end_start_up_with_a_sentence(varied_backend):
+    from bot.llm.model_source import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match=r"too few to chat.*Lower \[engine\] max_batch or raise "
+                                             r"\[engine\] slot_memory_mb"):
+        BatchingEngine(varied_backend, max_batch=8, slot_memory_bytes=1 << 20)

@@ -8,8 +8,9 @@ A round (BatchRunner.round, called by the engine thread while there is work):
    `prefill_chunk_tokens` a round (oldest first), so a long prompt does not stall the rows
    already answering; a channel's kept prefix is copied into the slot first, and only the
    rest of the prompt is run;
-3. decode: one forward for the slots [0, top), one token for each decoding row; all rows'
-   next tokens are chosen at once on the device (BatchSampler) and read back in one copy;
+3. decode: one forward for the slots [0, top), one token for each decoding row (on a GPU,
+   the replay of a recorded CUDA graph of it: bot/llm/decode_graphs.py); all rows' next
+   tokens are chosen at once on the device (BatchSampler) and read back in one copy;
    finished, failed and cancelled rows give their slot back at once.
 
 Keys/values live in fixed slots (bot/llm/slots.py): nothing is concatenated or copied when
@@ -21,10 +22,12 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 import torch
 
 from ..core.tokens import common_prefix_length
 from .batch_sampler import BatchSampler
+from .decode_graphs import DecodeGraphs
 from .kv_cache import PrefixCache
 from .port import GenerationError, GenerationFailed
 from .detokenize import IncrementalText
@@ -81,13 +84,14 @@ class _Row:
 class BatchRunner:
     """Owned by the engine thread alone."""
 
-    def __init__(self, backend: TransformersBackend, *, max_batch: int, prefix_cache: PrefixCache,
-                 prefill_chunk_tokens: int, counters: EngineCounters):
+    def __init__(self, backend: TransformersBackend, *, max_batch: int, slot_tokens: int, slots_at_once: bool,
+                 prefix_cache: PrefixCache, prefill_chunk_tokens: int, counters: EngineCounters,
+                 graphs: DecodeGraphs | None = None):
         self.backend = backend
         self.model = backend.model
         config = self.model.config
         device, dtype = self.model.device, self.model.dtype
-        self.slots = SlotCache(config, max_batch, backend.context_tokens, device, dtype)
+        self.slots = SlotCache(config, max_batch, slot_tokens, device, dtype, at_once=slots_at_once)
         self.sampler = BatchSampler(max_batch, config.vocab_size, device)
         self.prefix_cache = prefix_cache
         self.prefill_chunk_tokens = prefill_chunk_tokens
@@ -97,6 +101,7 @@ class BatchRunner:
         self._decoding: dict[int, _Row] = {}  # by slot
         self._next_tokens = torch.zeros(max_batch, dtype=torch.long, device=device)  # chosen, not yet run
         self.outbox = Outbox()
+        self.graphs = graphs  # None: every decode step runs eagerly
 
     @property
     def active(self) -> int:
@@ -135,6 +140,19 @@ class BatchRunner:
         if reused > 0:
             self.slots.load(row.slot, kept.layers, reused)
         return max(reused, 0)
+
+    def record_graphs(self) -> None:
+        """Record the decode step's graph for every rows bucket at the slots' first width, before
+        any request comes (start-up), so the first answers do not wait for recording. Idle slots
+        only write their scratch column, so nothing any row holds changes."""
+        if self.graphs is None:
+            return
+        rows, columns = 0, self.graphs.columns_for(0, self.slots.columns)
+        while rows < self.slots.slots and self.graphs.enabled:
+            rows = self.graphs.rows_for(rows + 1, self.slots.slots)
+            with self.backend.adapters_for([None]):
+                self.graphs.record((rows, columns, None), self.slots.allocation,
+                                   partial(self._decode_forward, rows, columns))
 
     # A round -----------------------------------------------------------------------------
 
@@ -200,21 +218,14 @@ class BatchRunner:
 
     def _decode_step(self) -> None:
         """One token for every decoding row, in one forward over the slots [0, top)."""
-        top = self.slots.top()
         rows = [self._decoding[slot] for slot in sorted(self._decoding)]
         try:
-            positions, mask = self.slots.decode_inputs(top)
-            # A slot in range that does not decode runs with any row's adapter: its output is unused,
-            # and a batch all on one adapter keeps peft's single-adapter path.
-            loras = [(self._decoding.get(s) or rows[0]).request.lora for s in range(top)]
-            with self.backend.adapters_for(loras) as lora_arguments:
-                output = self.model(input_ids=self._next_tokens[:top, None], position_ids=positions,
-                                    attention_mask=mask, cache=self.slots, use_cache=True, logits_to_keep=1,
-                                    **lora_arguments)
+            logits = self._decode_logits(rows)
             self.slots.advance()
             slots = [row.slot for row in rows]
             slot_index = self.sampler.index(slots)
-            logits = output.logits[:, -1] if len(slots) == top else output.logits[slot_index, -1]  # no gather: all decode
+            if len(slots) != logits.shape[0]:  # some slots of the step's range do not decode
+                logits = logits[slot_index]
             forced = {i: token for i, row in enumerate(rows) if (token := row.forced_next()) is not None}
             tokens = self.sampler.choose(logits, slots, forced=forced)
             self._next_tokens[slot_index] = tokens
@@ -229,6 +240,29 @@ class BatchRunner:
         for row in rows:
             row.cache_ids.append(row.text.token_ids[-1])  # the token this step ran is in the slot now
         self._take_tokens(rows, chosen)
+
+    def _decode_logits(self, rows: list[_Row]) -> torch.Tensor:
+        """The step's last-position logits, one row per slot of the step's range: from a recorded
+        graph of a bucketed range where there is one (bot/llm/decode_graphs.py), else eagerly
+        over exactly [0, top)."""
+        top, needed = self.slots.top(), self.slots.decode_columns()
+        # A slot in range that does not decode runs with any row's adapter: its output is unused,
+        # and a batch all on one adapter keeps peft's single-adapter path.
+        loras = [(self._decoding.get(s) or rows[0]).request.lora for s in range(top)]
+        with self.backend.adapters_for(loras) as lora_arguments:
+            if self.graphs is not None and not lora_arguments:  # a mix of adapters runs eagerly
+                bucket = (self.graphs.rows_for(top, self.slots.slots),
+                          self.graphs.columns_for(needed, self.slots.columns), loras[0])
+                logits = self.graphs.run(bucket, self.slots.allocation, partial(self._decode_forward, *bucket[:2]))
+                if logits is not None:
+                    return logits
+            return self._decode_forward(top, needed, **lora_arguments)
+
+    def _decode_forward(self, top: int, kv_columns: int, **lora_arguments) -> torch.Tensor:
+        positions, mask = self.slots.decode_inputs(top, kv_columns)
+        output = self.model(input_ids=self._next_tokens[:top, None], position_ids=positions, attention_mask=mask,
+                            cache=self.slots, use_cache=True, logits_to_keep=1, **lora_arguments)
+        return output.logits[:, -1]
 
     def _take_tokens(self, rows: list[_Row], tokens: list[int]) -> None:
         """Pass each row's new token on; a row that fails here leaves alone, the others go on."""

@@ -8,7 +8,9 @@ Each request takes one of `max_batch` fixed key/value slots (bot/llm/slots.py) f
 life; the engine thread runs rounds of prefill and decode over them (bot/llm/batch_runner.py):
 new prompts are read in chunks between decode steps, every decoding row gets one token per
 step with its own settings, chosen for all rows at once on the device, and a finished row's
-keys/values are kept for its channel's next turn (kv_cache.PrefixCache).
+keys/values are kept for its channel's next turn (kv_cache.PrefixCache). On a GPU the slots
+are allocated at start from the free memory (their length is the engine's context), and each
+decode step is the replay of a recorded CUDA graph (bot/llm/decode_graphs.py).
 
 LoRA adapters: each request runs with its own adapter (or none), and rows with
 different adapters share a decode step. peft's mixed-adapter batch does it: the
@@ -34,10 +36,12 @@ import torch
 
 from ..config import GenerationSettings
 from .batch_runner import DONE, ERROR, BatchRunner, EngineCounters, fail
+from .decode_graphs import DecodeGraphs
 from .kv_cache import PrefixCache
 from .port import (Abilities, ChatModel, GenerationFailed, GenerationTimeout, ModelBusy, ModelKind, ModelLoad,
                    RenderedPrompt)
-from .slots import kv_shape
+from .model_source import ModelLoadError
+from .slots import column_bytes, kv_shape
 from .transformers_backend import TransformersBackend
 
 log = logging.getLogger(__name__)
@@ -66,6 +70,33 @@ class _Request:
             self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
         except RuntimeError:  # the caller's event loop is closed: nobody is listening
             pass
+
+
+SLOT_MEMORY_SHARE = 0.8  # of a GPU's memory free once the model is loaded; the rest: activations, graphs
+FEWEST_SLOT_TOKENS = 512  # a slot shorter than this could not hold a persona and a few turns
+
+
+def slot_memory_for(setting_bytes: int, device: torch.device, cache_budget_bytes: int) -> int:
+    """Bytes for the rows' key/value slots: `[engine] slot_memory_mb` where set, else on a GPU
+    SLOT_MEMORY_SHARE of the memory free once the model is loaded, less the kept caches' budget.
+    0 on a CPU: slots grow as rows need (the machine's memory is shared with everything else)."""
+    if setting_bytes or device.type != "cuda":
+        return setting_bytes
+    free, _total = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # torch holds it, unused
+    return max(int(SLOT_MEMORY_SHARE * free) - cache_budget_bytes, 0)
+
+
+def tokens_per_slot(memory: int, slots: int, context: int, config, dtype: torch.dtype) -> int:
+    """Tokens each of `slots` slots holds in `memory` bytes, at most the model's context (one
+    column of each slot is scratch). Too few to chat ends start-up with a sentence."""
+    tokens = min(memory // (slots * column_bytes(config, dtype)) - 1, context)
+    if tokens < FEWEST_SLOT_TOKENS:
+        raise ModelLoadError(
+            f"The key/value slots get {memory >> 20} MiB: {max(tokens, 0)} tokens for each of the {slots} replies "
+            f"written at once, too few to chat (at least {FEWEST_SLOT_TOKENS}). Lower [engine] max_batch or "
+            "raise [engine] slot_memory_mb.")
+    return tokens
 
 
 def default_max_batch(device_type: str) -> int:
@@ -97,10 +128,22 @@ class BatchingEngine(ChatModel):
 
     def __init__(self, backend: TransformersBackend, *, timeout_s: float = 120.0, max_batch: int = 8,
                  max_waiting: int = 64, cache_budget_bytes: int = DEFAULT_CACHE_BUDGET_BYTES,
-                 prefill_chunk_tokens: int = 256, torch_threads: int | None = None, attention: str = "auto"):
+                 prefill_chunk_tokens: int = 256, torch_threads: int | None = None, attention: str = "auto",
+                 graphs: DecodeGraphs | None = None, slot_memory_bytes: int = 0):
         self.backend = backend
         self.name = backend.name
+        kv_shape(backend.model.config)  # refuse unsupported models here, not on the first request
         self.context_tokens = backend.context_tokens
+        # Slots sized by a memory budget are allocated at start (a GPU: a long conversation must
+        # not grow every slot past the device's memory, and graphs keep their buffers); their
+        # length becomes the engine's context, so the service cuts prompts to fit them.
+        self.slot_memory = slot_memory_for(slot_memory_bytes, backend.model.device, cache_budget_bytes)
+        if self.slot_memory:
+            self.context_tokens = tokens_per_slot(self.slot_memory, max_batch, backend.context_tokens,
+                                                  backend.model.config, backend.model.dtype)
+            log.info("Key/value slots: %d of %d tokens (%d MiB)%s.", max_batch, self.context_tokens,
+                     self.slot_memory >> 20, "" if self.context_tokens == backend.context_tokens else
+                     f"; prompts are cut to fit, below the model's context of {backend.context_tokens}")
         self.abilities = Abilities(ModelKind.BATCHING, adapters=backend.adapters, channel_caches=True,
                                    max_batch=max_batch, max_waiting=max_waiting)
         self.model = backend.model
@@ -117,11 +160,13 @@ class BatchingEngine(ChatModel):
         self.torch_threads = torch_threads
         self.prefix_cache = PrefixCache(cache_budget_bytes)
         self.counters = EngineCounters()
-        kv_shape(self.model.config)  # refuse unsupported models here, not on the first request
+        self.graphs = graphs  # the decode step's recorded graphs (None: every step runs eagerly)
         self._wakeup = threading.Condition()
         self._waiting: deque[_Request] = deque()  # guarded by _wakeup
         self._closing = False
-        self._runner: BatchRunner | None = None  # made on the engine thread, which owns it
+        # Made here, so that slots that do not fit the device end start-up; owned by the engine
+        # thread from then on, and dropped when it ends (its slots are most of the device's memory).
+        self._runner: BatchRunner | None = self._start_runner()
         self._thread = threading.Thread(target=self._run, name="model-engine", daemon=True)
         self._thread.start()
 
@@ -167,7 +212,8 @@ class BatchingEngine(ChatModel):
 
     def _active(self) -> int:
         """Requests the engine is working on: prefilling or in the running batch."""
-        return self._runner.active if self._runner is not None else 0
+        runner = self._runner  # the engine thread drops it when it ends
+        return runner.active if runner is not None else 0
 
     def place_in_line(self) -> int:
         """Where a request made now would wait: 0 when a place in the batch is free."""
@@ -220,28 +266,41 @@ class BatchingEngine(ChatModel):
     def _run(self) -> None:
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
+        runner = self._runner
         with torch.inference_mode():
-            self._runner = self._new_runner()
-            while self._admit():
+            runner.record_graphs()
+            while self._admit(runner):
                 try:
-                    self._runner.round()
+                    runner.round()
                 except Exception as error:  # a bug of ours must not take the engine down
                     log.exception("the batching engine failed; dropping the requests in progress")
-                    self._runner.fail_all(error)
-            self._runner.fail_all(GenerationFailed(SHUTTING_DOWN))
+                    runner.fail_all(error)
+            runner.fail_all(GenerationFailed(SHUTTING_DOWN))
+        self._runner = None
+
+    def _start_runner(self) -> BatchRunner:
+        try:
+            return self._new_runner()
+        except torch.OutOfMemoryError:
+            raise ModelLoadError(f"The key/value slots ({self.max_batch} of {self.context_tokens} tokens) do not fit "
+                                 "in the device's free memory: lower [engine] max_batch or slot_memory_mb.") from None
 
     def _new_runner(self) -> BatchRunner:
-        return BatchRunner(self.backend, max_batch=self.max_batch, prefix_cache=self.prefix_cache,
-                           prefill_chunk_tokens=self.prefill_chunk_tokens, counters=self.counters)
+        return BatchRunner(self.backend, **self._runner_options())
 
-    def _admit(self) -> bool:
+    def _runner_options(self) -> dict:
+        return dict(max_batch=self.max_batch, slot_tokens=self.context_tokens, slots_at_once=bool(self.slot_memory),
+                    prefix_cache=self.prefix_cache, prefill_chunk_tokens=self.prefill_chunk_tokens,
+                    counters=self.counters, graphs=self.graphs)
+
+    def _admit(self, runner: BatchRunner) -> bool:
         """Sleep until there is work; take waiting requests into free slots. False: closing."""
         with self._wakeup:
-            while not (self._closing or self._waiting or self._runner.active):
+            while not (self._closing or self._waiting or runner.active):
                 self._wakeup.wait()
             if self._closing:
                 return False
-            free = self.max_batch - self._runner.active
+            free = self.max_batch - runner.active
             admitted = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
         for request in admitted:
             try:
@@ -249,7 +308,7 @@ class BatchingEngine(ChatModel):
             except GenerationFailed as error:
                 fail(request, error)
                 continue
-            self._runner.start(request, max_new_tokens)
+            runner.start(request, max_new_tokens)
         return True
 
     def _answer_limit(self, params: GenerationSettings, prompt_tokens: int) -> int:

@@ -13,6 +13,7 @@ def load_model(settings: Settings) -> ChatModel:
         from .remote_setup import load_openai_model
         return load_openai_model(settings.model)
     # Imported here so that commands which never load a model never import torch.
+    from .decode_graphs import decode_graphs_for
     from .engine import BatchingEngine, default_max_batch
     from .transformers_backend import load_transformers_backend
 
@@ -23,5 +24,7 @@ def load_model(settings: Settings) -> ChatModel:
     return BatchingEngine(backend, timeout_s=settings.model.generation_timeout,
                           max_batch=engine.max_batch or default_max_batch(backend.model.device.type),
                           max_waiting=engine.max_waiting, cache_budget_bytes=engine.cache_budget_mb << 20,
+                          slot_memory_bytes=engine.slot_memory_mb << 20,
                           prefill_chunk_tokens=engine.prefill_chunk_tokens,
-                          torch_threads=engine.torch_threads or None, attention=engine.attention)
+                          torch_threads=engine.torch_threads or None, attention=engine.attention,
+                          graphs=decode_graphs_for(backend.model.device, engine.cuda_graphs))

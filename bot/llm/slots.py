@@ -44,15 +44,24 @@ def kv_shape(config) -> tuple[int, int, int]:
     return config.num_hidden_layers, getattr(config, "num_key_value_heads", None) or heads, head_dim
 
 
+def column_bytes(config, dtype: torch.dtype) -> int:
+    """Bytes one token's keys and values take in a slot (every layer)."""
+    layers, kv_heads, head_dim = kv_shape(config)
+    return 2 * layers * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
 class SlotCache:
-    def __init__(self, config, slots: int, max_tokens: int, device, dtype: torch.dtype):
+    def __init__(self, config, slots: int, max_tokens: int, device, dtype: torch.dtype, *, at_once: bool = False):
+        """`max_tokens` per slot; `at_once`: every slot's columns allocated now (a memory budget
+        sized them), else from FIRST_COLUMNS, doubled as rows need."""
         self.layers, self.kv_heads, self.head_dim = kv_shape(config)
         self.slots = slots
         self.max_columns = max_tokens + 1  # the scratch column and the longest row
         self.device, self.dtype = torch.device(device), dtype
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
-        self._allocate(min(FIRST_COLUMNS, self.max_columns))
+        self.allocation = 0  # counts the buffers' (re)allocations: graphs of older ones are stale
+        self._allocate(self.max_columns if at_once else min(FIRST_COLUMNS, self.max_columns))
         self.lengths = [0] * slots  # tokens stored per slot (host side: the engine's bookkeeping)
         # The same on the device, with which slots decode: a step's mask and positions are
         # computed from these, and they change by small in-place updates, not rebuilt per step.
@@ -134,14 +143,23 @@ class SlotCache:
         self._set_length(slot, start + tokens)
         return positions[None], self._additive(allowed[None, None])
 
-    def decode_inputs(self, top: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Make the next forward write one token for each decoding slot of [0, top) (the others
-        write to their scratch column). Returns (position_ids [top, 1], mask [top, 1, 1, columns])."""
+    def decode_columns(self) -> int:
+        """The key/value columns the next decode step must read (one past the longest decoding
+        row's new token); the slots grow first where they are narrower."""
         longest = max((self.lengths[slot] for slot in self._decoding_slots), default=0)
         self.ensure_columns(longest + 2)
+        return longest + 2
+
+    def decode_inputs(self, top: int, kv_columns: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Make the next forward write one token for each decoding slot of [0, top) (the others
+        write to their scratch column) and read `kv_columns` columns (at least decode_columns(),
+        at most `columns`). Returns (position_ids [top, 1], mask [top, 1, 1, kv_columns]).
+
+        Device work only, from the slots' own buffers: a recorded graph of the step
+        (bot/llm/decode_graphs.py) replays it with the lengths of the moment."""
         decoding, lengths = self.decoding[:top], self.length_tensor[:top]
         write_at = torch.where(decoding, lengths + 1, 0)
-        self._set_step(slice(0, top), write_at[:, None], longest + 2)
+        self._set_step(slice(0, top), write_at[:, None], kv_columns)
         columns = torch.arange(self._kv_columns, device=self.device)[None, :]
         allowed = torch.where(decoding[:, None], (columns >= 1) & (columns <= write_at[:, None]), columns == 0)
         return torch.where(decoding, lengths, 0)[:, None], self._additive(allowed[:, None, None, :])
@@ -182,6 +200,7 @@ class SlotCache:
 
     def _allocate(self, columns: int) -> None:
         shape = (self.slots, self.kv_heads, columns, self.head_dim)
+        self.allocation += 1
         old_keys, old_values = self.keys, self.values
         self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)]
         self.values = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)]
