@@ -524,8 +524,10 @@ def main() -> None:
     backend = load(work, "")
     asyncio.run(guarded("engine", report, engine_part(backend, plan, report, save)))
     save()
+    free_memory()  # each engine takes most of the free memory for its slots: the last one's must go first
     asyncio.run(guarded("engine without graphs", report, eager_part(backend, plan, report, save)))
     save()
+    free_memory()
     if not args.skip_adapters:
         asyncio.run(guarded("adapters", report, adapter_part(work, plan, report)))
         save()
