@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 Forward = Callable[[], torch.Tensor]  # one decode forward over fixed buffers; returns its logits
 
 MOST_GRAPHS = 64  # past this many shapes, further ones run eagerly (each graph holds device memory)
+WARM_UPS = 2  # eager runs before a recording
 
 
 def decode_graphs_for(device: torch.device, wanted: bool) -> DecodeGraphs | None:
@@ -60,11 +61,12 @@ class CudaGraphRecorder:
         self.pool = torch.cuda.graph_pool_handle()
 
     def record(self, forward: Forward) -> Forward:
-        # As torch.cuda.graph asks: run once on a side stream first (lazy kernel and cuBLAS set-up).
+        # As torch.cuda.graph's docs do: run it on a side stream first (lazy kernel and cuBLAS set-up).
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            forward()
+            for _ in range(WARM_UPS):
+                forward()
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         # thread_local: the engine thread records while other threads go on with their own work.
