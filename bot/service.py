@@ -143,6 +143,8 @@ class ChatService:
         """The reply decision; the channel's auto-reply switch is read only when it matters."""
         auto_reply = not is_addressed(message) and await self.servers.auto_reply(message.channel_id)
         decision = should_answer(message, auto_reply)
+        if decision.action is Action.ANSWER and self._cooldowns.silenced(message.author_id):
+            decision = Decision(Action.IGNORE, "its author was told to slow down and still has to wait")
         log.debug("message %s in channel %s: %s (%s)", message.message_id, message.channel_id,
                   decision.action.value, decision.reason)
         return decision
@@ -174,6 +176,7 @@ class ChatService:
             return trace.refusal("restarting", messages.RESTARTING)
         wait = self._cooldowns.wait_before(message.author_id)
         if wait:
+            self._cooldowns.mark_told(message.author_id)
             return trace.refusal("rate_limited", messages.SLOW_DOWN.format(seconds=whole_seconds(wait)))
         try:
             return await self._answer(message, on_progress, trace)

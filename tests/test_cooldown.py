@@ -1,9 +1,13 @@
 """Per-user cooldowns: the token bucket with a fake clock, and the refusal a user sees."""
 
+import contextlib
+import dataclasses
+
 import pytest
 
 from bot import messages
 from bot.core.cooldown import UserCooldowns, whole_seconds
+from bot.core.types import Delivered
 from bot.service import ChatService
 from tests.support.conversation import said as said_in
 from tests.support.settings import settings_for
@@ -81,3 +85,58 @@ async def test_past_the_limit_the_user_is_told_when_to_retry_and_nothing_is_stor
         assert (await service.reply(said("someone else", author_id=2))).ok
     finally:
         worker.close()
+
+
+def test_after_telling_a_person_to_slow_down_they_are_passed_over_until_a_token_is_back():
+    clock = FakeClock()
+    cooldowns = UserCooldowns(per_minute=6, burst=1, clock=clock)
+    assert cooldowns.wait_before("ann") == 0 and not cooldowns.silenced("ann")
+    assert cooldowns.wait_before("ann") == 10  # refused: the service tells her once ...
+    assert not cooldowns.silenced("ann")  # (not before she was told)
+    cooldowns.mark_told("ann")
+    assert cooldowns.silenced("ann") and not cooldowns.silenced("bob")  # ... then passes her over
+    clock.now += 10
+    assert not cooldowns.silenced("ann")  # a token is back: her next message is answered
+    assert cooldowns.wait_before("ann") == 0
+    assert cooldowns.wait_before("ann") == 10 and not cooldowns.silenced("ann")  # a new refusal is told again
+
+
+class RecordedDelivery:
+    """A front end that records what it was asked to show (the Delivery of ChatService.respond)."""
+
+    def __init__(self) -> None:
+        self.shown: list[str] = []
+        self.typing = 0
+
+    async def progress(self, text: str) -> None:
+        pass
+
+    @contextlib.asynccontextmanager
+    async def writing(self):
+        self.typing += 1
+        yield
+
+    async def deliver(self, reply) -> Delivered:
+        self.shown.append(reply.text)
+        return Delivered((len(self.shown),), complete=True)
+
+
+async def test_a_flood_gets_one_slow_down_message_not_one_per_message(tmp_path, store, scripted):
+    from bot.llm.worker import ModelWorker
+
+    settings = settings_for(tmp_path / "bot.db").with_overrides("limits", user_messages_per_minute=6, user_burst=2)
+    worker = ModelWorker(scripted, timeout_s=5)
+    service = ChatService(store, worker, settings)
+    delivery = RecordedDelivery()
+    try:
+        def mention(text: str, author_id: int):
+            return dataclasses.replace(said_in(text, channel=10, guild=20, author_id=author_id), mentions_bot=True)
+
+        for n in range(6):
+            await service.respond(mention(f"message {n}", author_id=1), delivery)
+        await service.respond(mention("hello", author_id=2), delivery)
+    finally:
+        worker.close()
+    slow_down = messages.SLOW_DOWN.format(seconds=10)
+    assert [text == slow_down for text in delivery.shown] == [False, False, True, False]  # the last: person 2
+    assert delivery.typing == 4  # nothing at all for the messages passed over

@@ -80,3 +80,10 @@ def test_is_addressed():
     assert is_addressed(message(guild_id=None))
     assert is_addressed(message(mentions_bot=True))
     assert is_addressed(message(replies_to_bot=True))
+
+
+def test_attachments_alone_in_an_auto_reply_channel_are_passed_over_unless_addressed():
+    """Auto-reply answers what people write; a picture posted there is not a question to the bot."""
+    assert should_answer(message(content="", has_attachments=True), auto_reply=True).action is Action.IGNORE
+    addressed = should_answer(message(content="", has_attachments=True, mentions_bot=True), auto_reply=True)
+    assert addressed.action is Action.EXPLAIN_TEXT_ONLY

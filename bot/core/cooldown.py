@@ -19,6 +19,7 @@ Clock = Callable[[], float]
 class _Bucket:
     tokens: float
     updated_at: float
+    told: bool = False  # refused and told to slow down since the last message let through
 
 
 class UserCooldowns:
@@ -49,8 +50,22 @@ class UserCooldowns:
         bucket = self._refilled(user, now)
         if bucket.tokens >= 1:
             bucket.tokens -= 1
+            bucket.told = False
             return 0.0
         return (1 - bucket.tokens) / self.per_second
+
+    def mark_told(self, user: Hashable) -> None:
+        """The person was refused and told to slow down: until a token is back, their messages
+        are passed over quietly (`silenced`). Answering each message of a flood with a message
+        would double the flood, and meet Discord's rate limit."""
+        bucket = self._buckets.get(user)
+        if bucket is not None:
+            bucket.told = True
+
+    def silenced(self, user: Hashable) -> bool:
+        """Told to slow down and still without a token: their messages are passed over quietly."""
+        bucket = self._buckets.get(user)
+        return self.enabled and bucket is not None and bucket.told and self._refilled(user, self.clock()).tokens < 1
 
     def _refilled(self, user: Hashable, now: float) -> _Bucket:
         bucket = self._buckets.setdefault(user, _Bucket(float(self.burst), now))

@@ -45,7 +45,7 @@ def should_answer(message: IncomingMessage, auto_reply: bool) -> Decision:
     if not (is_addressed(message) or auto_reply):
         return Decision(Action.IGNORE, "not addressed to the bot")
     if is_blank(message.content):  # invisible characters alone are no text either
-        if message.has_attachments:
+        if message.has_attachments and is_addressed(message):  # not to every picture of an auto-reply channel
             return Decision(Action.EXPLAIN_TEXT_ONLY, "attachments without text")
         return Decision(Action.IGNORE, "no text")
     return Decision(Action.ANSWER, _why_answered(message))
