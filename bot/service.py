@@ -92,6 +92,7 @@ class ChatService:
         self._channels = ChannelSequence()
         self._prompt_starts = PromptStarts()
         self._resets: dict[int, asyncio.Event] = {}  # set to stop the answer being written in a channel
+        self._deleted_meanwhile: set[int] = set()  # Discord deleted these; their channel has yet to forget them
         self._stops: dict[int, asyncio.Event] = {}  # set to stop it and keep what it has
         self._shutting_down = asyncio.Event()  # set once: every answer stops, no new one starts
         # A model with a fixed number of places is shared fairly across servers; a remote server
@@ -118,12 +119,16 @@ class ChatService:
         """A message from a channel where the bot may answer (Discord): decide, answer and deliver,
         all in the channel's turn, so that answers are posted in the order their messages came."""
         async with self._channels.turn(message.channel_id):
+            if message.message_id in self._deleted_meanwhile:
+                return  # deleted before its turn came: not answered, nothing stored
             decision = await self._decide(message)
             if decision.action is Action.EXPLAIN_TEXT_ONLY:
                 delivered = await delivery.deliver(Reply(messages.ATTACHMENTS_ONLY, ok=False))
             elif decision.action is Action.ANSWER:
                 async with delivery.writing():
                     reply = await self._traced(message, delivery.progress)
+                if message.message_id in self._deleted_meanwhile:
+                    return  # deleted while answered: not posted; the delete, next in this channel, forgets it
                 delivered = await delivery.deliver(reply)
                 if reply.stored_as is not None and delivered.message_ids:  # still in the channel's turn:
                     # a delete of one of these messages waits for this, and then forgets the answer.
@@ -365,9 +370,16 @@ class ChatService:
         """Messages were deleted on Discord (one, or a bulk delete): a person's message is
         forgotten with the answer written to it; a message showing part of an answer forgets
         that answer. What people see stays as it is: only the bot's memory changes."""
-        async with self._channels.turn(channel_id):
-            for message_id in message_ids:
-                await self.store.forget_message(message_id)
+        deleted = set(message_ids)
+        # Known at once to the answers waiting in this channel (or being written): a question
+        # deleted before its answer is posted is not answered.
+        self._deleted_meanwhile |= deleted
+        try:
+            async with self._channels.turn(channel_id):
+                for message_id in deleted:
+                    await self.store.forget_message(message_id)
+        finally:
+            self._deleted_meanwhile -= deleted
 
     async def reset_channel(self, guild_id: int | None, channel_id: int, actor: Actor) -> str:
         """Forget a channel's history. An answer being written there is stopped (and not stored),

@@ -604,6 +604,35 @@ async def test_edits_and_deletes_reach_the_history(scene: Scene):
         "Alice: my favourite colour is green", "Alice: what do you know about me?"]
 
 
+async def test_a_question_deleted_before_its_answer_is_posted_is_not_answered(tmp_path):
+    """The first question is deleted while its answer is being written, the second while it waits
+    for that: neither is answered on Discord nor kept, and the channel goes on."""
+    gate = Gate()
+    async with running_bot(tmp_path) as scene:
+        fake = scene.fake
+        scene.model.reply = gate.wrap(lambda m: "echo: " + m[-1]["content"])
+        first = await scene.say(f"{fake.bot.mention} first")
+        await gate.wait_entered()
+        second = await scene.say(f"{fake.bot.mention} second")
+        await fake.delete_message(scene.general, int(second["id"]))
+        await fake.delete_message(scene.general, int(first["id"]))
+        # Gateway events are handled in order: once a later message elsewhere is seen, so are the deletes.
+        random = fake.add_text_channel(scene.world.guild, "random")
+        await until(lambda: scene.bot.get_channel(random.id))
+        await scene.say(f"{fake.bot.mention} meanwhile", channel=random)
+        await fake.wait_for_request("POST", f"/channels/{random.id}/typing")
+        gate.opened.set()
+
+        async def forgotten() -> bool:
+            return await scene.turns() == []
+        await until(forgotten)
+        await until(lambda: scene.posted(random))
+        assert scene.posted() == []
+        assert [p[-1]["content"] for p in scene.model.prompts] == ["Alice: first", "Alice: meanwhile"]
+        await scene.ask("still there?")
+        assert await scene.turns() == [("user", "still there?"), ("assistant", "echo: Alice: still there?")]
+
+
 async def test_deleting_the_bots_answer_forgets_that_answer_and_keeps_the_question(scene: Scene):
     secret = await scene.say(f"{scene.fake.bot.mention} my password is hunter2")
     answer = await scene.reply_to(secret)
