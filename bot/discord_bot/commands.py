@@ -58,7 +58,10 @@ def check_permitted(interaction: discord.Interaction, *permissions: str, server_
         if server_only:
             raise Refused(messages.SERVER_ONLY)
         return True
-    if permissions and not any(getattr(interaction.permissions, permission) for permission in permissions):
+    granted = interaction.permissions
+    # Discord's computed permissions give an administrator every bit, but Administrator alone
+    # is what Discord documents as implying them all: count it, whatever sent the bits.
+    if permissions and not granted.administrator and not any(getattr(granted, p) for p in permissions):
         raise Refused(messages.NEEDS_PERMISSION.format(
             permission=" or ".join(PERMISSION_NAMES[permission] for permission in permissions)))
     return True
