@@ -1,4 +1,4 @@
-"""The runtime permission guard of the slash commands (the fake Discord covers the rest)."""
+"""Slash commands' runtime guard and autocomplete, on their own (the fake Discord covers the rest)."""
 
 from types import SimpleNamespace
 
@@ -17,3 +17,12 @@ def test_administrator_alone_counts_as_every_permission():
     assert check_permitted(interaction(discord.Permissions(administrator=True)), "manage_guild", server_only=True)
     with pytest.raises(Refused, match="Manage Server"):
         check_permitted(interaction(discord.Permissions(manage_messages=True)), "manage_guild", server_only=True)
+
+
+def test_adapter_choices_leave_out_names_discord_would_refuse():
+    from bot.discord_bot.commands import adapter_choices
+
+    names = ["default", "base", "poet", "p" * 101]
+    service = SimpleNamespace(servers=SimpleNamespace(adapter_choices=lambda: names))
+    assert [choice.value for choice in adapter_choices(service, "")] == ["default", "base", "poet"]
+    assert [choice.value for choice in adapter_choices(service, "PO")] == ["poet"]

@@ -172,9 +172,15 @@ def persona_commands(service: ChatService) -> app_commands.Group:
     return group
 
 
+CHOICE_LIMIT = 100  # characters in an autocomplete choice's name and value
+
+
 def adapter_choices(service: ChatService, current: str) -> list[app_commands.Choice[str]]:
     """What /persona adapter offers as the admin types: the operator's adapters only."""
-    names = [n for n in service.servers.adapter_choices() if current.strip().lower() in n.lower()]
+    # Discord refuses the whole list if one choice is over 100 characters: such a folder name
+    # is left out here (it can still be typed in full).
+    names = [n for n in service.servers.adapter_choices()
+             if current.strip().lower() in n.lower() and len(n) <= CHOICE_LIMIT]
     return [app_commands.Choice(name=n, value=n) for n in names[:25]]  # Discord shows at most 25
 
 
