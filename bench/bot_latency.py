@@ -40,7 +40,7 @@ async def bot_round(fake, world, store, engine, round_number: int) -> tuple[floa
     channel = fake.add_text_channel(world.guild, f"bench-{round_number}")
     before = engine.counters.generated_tokens
     sent_at = time.monotonic()
-    message = await fake.send_message(channel, world.alice, f"{fake.bot.mention} {QUESTION}")
+    await fake.send_message(channel, world.alice, f"{fake.bot.mention} {QUESTION}")
     # Polled slowly: the time measured is the fake's own record of the final post, and a busy
     # poll would take CPU (and the GIL) from the bot being measured.
     while not [t for t in await store.recent_turns(channel.id, 2) if t.role == "assistant"]:

@@ -102,3 +102,19 @@ def tiny_smollm3_dir(tmp_path_factory) -> Path:
     from tests.support.tiny_smollm3 import build_tiny_smollm3
 
     return build_tiny_smollm3(tmp_path_factory.mktemp("tiny-smollm3"))
+
+
+@pytest.fixture
+async def make_engine():
+    """make(backend, **options): a batching engine (tests/support/engines.py SteeredEngine), closed after the test."""
+    from tests.support.engines import SteeredEngine
+
+    engines = []
+
+    def make(backend, **options) -> SteeredEngine:
+        engines.append(SteeredEngine(backend, **options))
+        return engines[-1]
+
+    yield make
+    for engine in engines:
+        engine.close()

@@ -12,21 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import threading
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bot.config import GenerationSettings
 from bot.core.cleaning import clean_reply
-from bot.llm.batch_runner import BatchRunner
 from bot.llm.engine import BatchingEngine
 from bot.core.tokens import common_prefix_length
 from bot.llm.kv_cache import PrefixCache
 from bot.llm.detokenize import IncrementalText
 from bot.llm.transformers_backend import TransformersBackend
 from bot.llm.port import GenerationFailed, GenerationTimeout, ModelBusy
+from tests.support.engines import chat, load_tiny
 from tests.support.models import generate, kept_bytes, stream
 from tests.support.recording import graphs_on_the_cpu
 from tests.support.waiting import until
@@ -34,30 +32,12 @@ from tests.support.waiting import until
 GREEDY = GenerationSettings(do_sample=False, max_new_tokens=12, repetition_penalty=1.0)
 PENALISED = dataclasses.replace(GREEDY, repetition_penalty=1.3)
 LONG = dataclasses.replace(GREEDY, max_new_tokens=4000)
-PERSONA = {"role": "system", "content": "You are a friendly bot in a Discord server."}
-
-
-def chat(*texts: str) -> list[dict[str, str]]:
-    """A conversation: the persona, then alternating user and assistant turns."""
-    roles = ["user", "assistant"]
-    return [PERSONA] + [{"role": roles[i % 2], "content": text} for i, text in enumerate(texts)]
-
-
 PROMPTS = [
     chat("Hi"),
     chat("Tell me a long story about a dragon who loves tea and lives far away in the cold mountains."),
     chat("What is two plus two?", "Four.", "And three plus three? Please explain your reasoning step by step."),
     chat("Write a poem about the sea."),
 ]
-
-
-def load_tiny(model_dir, weight_scale: float = 1.0) -> TransformersBackend:
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "norm" not in name:
-                parameter.mul_(weight_scale)
-    return TransformersBackend(model, AutoTokenizer.from_pretrained(model_dir), name="tiny-smollm3", thinking=False)
 
 
 @pytest.fixture(scope="module")
@@ -68,49 +48,6 @@ def tiny_backend(tiny_smollm3_dir) -> TransformersBackend:
 @pytest.fixture(scope="module")
 def varied_backend(tiny_smollm3_dir) -> TransformersBackend:
     return load_tiny(tiny_smollm3_dir, weight_scale=10.0)
-
-
-class SteeredRunner(BatchRunner):
-    """The engine thread's runner, with two test controls on one channel's row as it takes its
-    fourth token (three already sent): `failing_channel` raises there (a fault inside one row's
-    step); `held_channel` holds the engine thread there until `release` is set, so that an answer
-    is certainly still being written, whatever this machine's speed, until the test says so."""
-
-    def __init__(self, engine, *args, **options):
-        super().__init__(*args, **options)
-        self.engine = engine
-
-    def _take_token(self, row, token):
-        if row.generated == 3 and row.request.cache_key is not None:
-            if row.request.cache_key == self.engine.failing_channel:
-                raise RuntimeError("simulated fault")
-            if row.request.cache_key == self.engine.held_channel:
-                self.engine.release.wait(timeout=120)  # the limit only guards against a hung test
-        super()._take_token(row, token)
-
-
-class SteeredEngine(BatchingEngine):
-    failing_channel = held_channel = None
-
-    def __init__(self, *args, **options):
-        self.release = threading.Event()
-        super().__init__(*args, **options)
-
-    def _new_runner(self):
-        return SteeredRunner(self, self.backend, **self._runner_options())
-
-
-@pytest.fixture
-async def make_engine():
-    engines = []
-
-    def make(backend, **options) -> SteeredEngine:
-        engines.append(SteeredEngine(backend, **options))
-        return engines[-1]
-
-    yield make
-    for engine in engines:
-        engine.close()
 
 
 async def first_delta_then_park(engine: BatchingEngine, messages, params, started: asyncio.Event, **kwargs):

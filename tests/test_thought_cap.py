@@ -11,8 +11,7 @@ import pytest
 from bot.config import GenerationSettings
 from bot.core.cleaning import clean_reply
 from bot.llm.thought_cap import CLOSING_TEXT, ThoughtCap, ThoughtMarkers
-from tests.support.models import stream
-from tests.test_engine import chat, load_tiny, make_engine  # noqa: F401 (a fixture)
+from tests.support.engines import chat, load_tiny
 
 OPEN, CLOSE, NEWLINE = 900, 901, 10
 MARKERS = ThoughtMarkers(open_id=OPEN, close_id=CLOSE, closing=(NEWLINE, CLOSE, NEWLINE))
