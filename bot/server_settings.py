@@ -1,11 +1,13 @@
 """What each server sets for itself: its persona (and a channel's own, which overrides it there),
-its LoRA adapter, and auto-reply per channel.
+its LoRA adapter, and auto-reply per channel. A thread takes its channel's persona and auto-reply
+unless it has its own.
 Changes are checked here and written to the audit log."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Awaitable, Callable, TypeVar
 
 from . import messages
 from .config import Settings
@@ -32,6 +34,12 @@ class Actor:
 SERVER, CHANNEL = "server", "channel"  # a persona's scope
 SCOPES = (SERVER, CHANNEL)
 
+Setting = TypeVar("Setting")
+
+
+def no_parent(_guild_id: int | None, _channel_id: int) -> int | None:
+    return None
+
 
 class ServerSettings:
     def __init__(self, store: Store, settings: Settings, adapters: Adapters):
@@ -40,12 +48,23 @@ class ServerSettings:
         self.persona_limit = settings.history.max_persona_chars  # characters
         self.adapters = adapters  # what the model serves
         self._gone_adapters: set[tuple[int, str]] = set()  # (server, adapter) picks no longer served, logged
+        # The channel a thread of a server belongs to (None: not a thread, or not known). Only a
+        # front end with threads knows: the Discord client sets it to look in discord.py's cache.
+        self.parent_of: Callable[[int | None, int], int | None] = no_parent
+
+    async def _own_or_parent(self, read: Callable[[int], Awaitable[Setting | None]], guild_id: int | None,
+                             channel_id: int) -> Setting | None:
+        """A channel's own setting (`read` gives None where it has none), else, in a thread, its
+        channel's: people expect a thread opened in a channel to behave like the channel."""
+        own = await read(channel_id)
+        parent = self.parent_of(guild_id, channel_id) if own is None else None
+        return own if parent is None else await read(parent)
 
     # Persona ------------------------------------------------------------
 
     async def persona_for(self, guild_id: int | None, channel_id: int | None = None) -> str:
-        """The persona in force here: the channel's own, else the server's, else the configured
-        default (always the default in DMs)."""
+        """The persona in force here: the channel's own (in a thread: its own, else its channel's),
+        else the server's, else the configured default (always the default in DMs)."""
         return (await self._persona_here(guild_id, channel_id))[0]
 
     async def _persona_here(self, guild_id: int | None, channel_id: int | None) -> tuple[str, str | None]:
@@ -53,7 +72,7 @@ class ServerSettings:
         if guild_id is None:
             return self.default_persona, None
         if channel_id is not None:
-            own = await self.store.channel_persona(channel_id)
+            own = await self._own_or_parent(self.store.channel_persona, guild_id, channel_id)
             if own:
                 return own, CHANNEL
         custom = await self.store.persona(guild_id)
@@ -161,8 +180,9 @@ class ServerSettings:
 
     # Auto-reply ---------------------------------------------------------
 
-    async def auto_reply(self, channel_id: int) -> bool:
-        return await self.store.auto_reply(channel_id)
+    async def auto_reply(self, guild_id: int | None, channel_id: int) -> bool:
+        """Whether auto-reply is on here: the channel's own switch, else (a thread) its channel's."""
+        return bool(await self._own_or_parent(self.store.channel_auto_reply, guild_id, channel_id))
 
     async def set_auto_reply(self, guild_id: int | None, channel_id: int, actor: Actor, enabled: bool) -> str:
         await self.store.set_auto_reply(channel_id, guild_id, enabled, actor.id)

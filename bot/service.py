@@ -146,7 +146,8 @@ class ChatService:
 
     async def _decide(self, message: IncomingMessage) -> Decision:
         """The reply decision; the channel's auto-reply switch is read only when it matters."""
-        auto_reply = not is_addressed(message) and await self.servers.auto_reply(message.channel_id)
+        message = await self._with_reply_checked(message)
+        auto_reply = not is_addressed(message) and await self.servers.auto_reply(message.guild_id, message.channel_id)
         decision = should_answer(message, auto_reply)
         if decision.action is Action.ANSWER and self._cooldowns.silenced(message.author_id):
             decision = Decision(Action.IGNORE, "its author was told to slow down and still has to wait")
@@ -382,13 +383,8 @@ class ChatService:
             self._deleted_meanwhile -= deleted
 
     async def reset_channel(self, guild_id: int | None, channel_id: int, actor: Actor) -> str:
-        """Forget a channel's history. An answer being written there is stopped (and not stored),
-        and the wipe waits for it to end, so nothing lands in the history after it."""
-        if channel_id in self._resets:
-            self._resets[channel_id].set()
-        async with self._channels.turn(channel_id):
-            count = await self.store.clear_channel(channel_id)
-            self._forget_channels([channel_id])
+        """Forget a channel's history (its settings stay)."""
+        count = await self._stop_and_wipe(channel_id, self.store.clear_channel)
         await self.store.record_audit(action="history.reset", actor_id=actor.id, actor_name=actor.name,
                                       guild_id=guild_id, channel_id=channel_id, detail=f"{count} turns")
         return messages.HISTORY_RESET.format(count=count)
@@ -416,3 +412,31 @@ class ChatService:
         """What an admin wants at a glance (/status): model, backend, queue, uptime, totals.
         Front ends add lines of their own (Discord: the shard, the number of servers)."""
         return status_text(self.model, self.load(), self.observer, extra_lines)
+
+    # Channels that went away, replies to answers the front end could not see --------
+
+    async def forget_channel(self, channel_id: int) -> int:
+        """A channel or thread was deleted (Discord sends no delete for its messages): its history
+        and its own settings go. No audit entry: nobody asked for it. Returns how many stored
+        turns were deleted."""
+        return await self._stop_and_wipe(channel_id, self.store.delete_channel_data)
+
+    async def _stop_and_wipe(self, channel_id: int, wipe: Callable[[int], Awaitable[int]]) -> int:
+        """An answer being written in the channel is stopped (and not stored), and `wipe` waits
+        for it to end, so nothing lands in the history after it. Returns what `wipe` returns."""
+        if channel_id in self._resets:
+            self._resets[channel_id].set()
+        async with self._channels.turn(channel_id):
+            count = await wipe(channel_id)
+            self._forget_channels([channel_id])
+        return count
+
+    async def _with_reply_checked(self, message: IncomingMessage) -> IncomingMessage:
+        """A reply whose target the front end could not see (`replies_to_unknown`) is a reply to
+        the bot when that message shows one of its stored answers. For the decision, in the
+        channel's turn: an answer posted just before is recorded by then."""
+        if message.replies_to_bot or message.replies_to_unknown is None:
+            return message
+        if not await self.store.is_answer_part(message.replies_to_unknown):
+            return message
+        return dataclasses.replace(message, replies_to_bot=True)

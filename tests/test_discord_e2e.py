@@ -16,12 +16,14 @@ import os
 import re
 import subprocess
 import sys
+import threading
 
 import pytest
 
 from bot import messages
 from bot.core.cleaning import ZERO_WIDTH_SPACE
 from bot.core.split import split_message
+from bot.discord_bot import posting
 from bot.discord_bot.client import required_intents
 from bot.discord_bot.launch import DiscordSetupError, run_on_discord
 from bot.llm.worker import ModelWorker
@@ -66,7 +68,7 @@ async def test_a_mention_gets_typing_then_a_reply_that_pings_no_one(scene: Scene
 
 
 async def test_mentions_reach_the_model_as_names(scene: Scene):
-    fake, world = scene.fake, scene.world
+    world = scene.world
     await scene.ask(f"say hi to {world.mod.mention} in {world.general.mention}")
     assert last_prompt(scene)[-1] == {"role": "user", "content": "Alice: say hi to @mod in #general"}
 
@@ -879,3 +881,66 @@ async def test_a_quick_answer_is_posted_once_whole(tmp_path):
         assert reply.json["content"] == "echo: Alice: hi"
         await scene.ask("and again")
         assert scene.fake.requests_to("PATCH", f"/channels/{scene.general.id}/messages/{{id}}") == []
+
+
+async def test_typing_stops_once_the_answer_shows_and_is_not_sent_while_it_grows(tmp_path, monkeypatch):
+    # Discord shows typing for 10 s after each signal, or until the bot posts; an edit does not
+    # clear it. Sent while the answer grows by edits, it would linger after the answer is done.
+    monkeypatch.setattr(posting, "TYPING_REFRESH_S", 0.05)  # discord.py's 5 s pace, faster
+    held = threading.Event()
+    async with running_bot(tmp_path, stream_edit_interval=0.1) as scene:
+        scene.model.reply = lambda m: " ".join(f"word{i}" for i in range(20))
+        scene.model.gate, scene.model.gate_after_words = held, 5  # still writing once it shows
+        elsewhere = scene.fake.add_text_channel(scene.world.guild, "random")
+        await until(lambda: scene.bot.get_channel(elsewhere.id))
+        question = await scene.say(f"{scene.fake.bot.mention} tell me a story")
+        shown = await scene.reply_to(question)
+        # A clock: an indicator in another channel, refreshed at the same pace. Three of its
+        # refreshes after the answer showed span three periods of this answer's indicator.
+        async with posting.typing_in(scene.bot.get_channel(elsewhere.id)):
+            await scene.fake.wait_for_request("POST", f"/channels/{elsewhere.id}/typing", count=4, timeout=30)
+        held.set()
+        edit_path = f"/channels/{scene.general.id}/messages/{shown.response['id']}"
+        await scene.fake.wait_for_request("PATCH", edit_path, predicate=lambda r: "word19" in r.json["content"])
+        requests = scene.fake.requests
+        typing = [r for r in requests if r.matches("POST", f"/channels/{scene.general.id}/typing")]
+        assert typing and all(requests.index(r) < requests.index(shown) for r in typing)
+
+
+LONG_STORY = "\n\n".join(f"Paragraph {n}: " + "words " * 60 for n in range(8))  # two messages' worth
+
+
+async def test_an_answer_deleted_while_it_is_written_is_left_deleted_and_forgotten(tmp_path, caplog):
+    held = threading.Event()
+    async with running_bot(tmp_path, stream_edit_interval=0.05) as scene:
+        scene.model.reply = lambda m: LONG_STORY if m[-1]["content"].endswith("story") else "I am."
+        scene.model.gate, scene.model.gate_after_words = held, 5
+        scene.model.word_delay_s = 0.002  # about a second of writing after the delete: many edit turns
+        with caplog.at_level(logging.INFO, logger="bot"):
+            question = await scene.say(f"{scene.fake.bot.mention} tell me a story")
+            shown = await scene.reply_to(question)
+            deleted_at = len(scene.fake.requests)
+            await scene.fake.delete_message(scene.general, int(shown.response["id"]))
+            held.set()
+            await scene.ask("still there?")  # handled after that answer and the delete: the channel's order
+        edit_path = f"/channels/{scene.general.id}/messages/{shown.response['id']}"
+        edits = [r for r in scene.fake.requests[deleted_at:] if r.matches("PATCH", edit_path)]
+        assert [r.status for r in edits] == [404]  # found gone once, then left alone
+        assert len(scene.posted()) == 2  # the story's first message (deleted), and the next answer
+        assert scene.service.observer.errors["post_failed"] == 0
+        assert not [r for r in caplog.records if r.name.startswith("bot.discord") and r.levelno >= logging.WARNING]
+        assert await scene.turns() == [("user", "tell me a story"), ("user", "still there?"),
+                                       ("assistant", "I am.")]  # the deleted answer is forgotten
+
+
+async def test_a_preview_past_a_messages_length_is_not_sent_again_unchanged(tmp_path):
+    async with running_bot(tmp_path, stream_edit_interval=0.05) as scene:
+        scene.model.reply = lambda m: LONG_STORY
+        scene.model.word_delay_s = 0.002  # about a second of writing: many edit turns past the first part
+        question = await scene.say(f"{scene.fake.bot.mention} tell me a story")
+        shown = await scene.reply_to(question)
+        await scene.fake.wait_for_request("POST", MESSAGES, count=2)  # the second part: the answer is done
+        edit_path = f"/channels/{scene.general.id}/messages/{shown.response['id']}"
+        edits = [r.json["content"] for r in scene.fake.requests_to("PATCH", edit_path)]
+        assert edits and all(before != after for before, after in zip(edits, edits[1:]))
+        assert edits[-1] == split_message(LONG_STORY)[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from bot.core.types import Reply
 from bot.discord_bot.launch import read_dotenv
 from bot.discord_bot.mentions import MentionNames, readable_text
-from bot.discord_bot.posting import parts_to_post
+from bot.discord_bot.posting import parts_to_post, preview
 
 BOT, BOT_ROLE, MOD, ADMINS, GENERAL = 100, 101, 200, 300, 400
 NAMES = MentionNames(users={MOD: "Mod", BOT: "Bot"}, roles={ADMINS: "Admins"}, channels={GENERAL: "general"},
@@ -41,6 +41,13 @@ def test_notes_go_under_the_last_part_as_subtext():
 def test_a_note_that_does_not_fit_gets_its_own_part():
     reply = Reply("x" * 1995, notes=["a note"])
     assert parts_to_post(reply) == ["x" * 1995, "-# a note"]
+
+
+def test_notes_and_the_still_writing_mark_follow_a_code_block_cut_off_at_its_end():
+    cut_off = "Here:\n```python\nprint(i)"  # the model ran out of tokens inside the block
+    reply = Reply(cut_off, notes=["The answer was cut short."])
+    assert parts_to_post(reply) == ["Here:\n```python\nprint(i)\n```\n-# The answer was cut short."]
+    assert preview(cut_off) == "Here:\n```python\nprint(i)\n``` \u2026"
 
 
 def test_a_reply_without_notes_is_posted_as_is():

@@ -255,6 +255,63 @@ async def test_guild_removal(world: World):
             await client.http.send_message(world.general.id, params=_text_params("still here?"))
 
 
+async def test_webhook_messages_forwards_and_replies_without_their_target(world: World):
+    fake = world.fake
+    client = make_client()
+    inbox = collect(client, "message")
+    async with running_client(fake, client):
+        feed = fake.add_webhook(world.general, "News feed")
+        await fake.send_webhook_message(feed, "headline")
+        posted = await next_item(inbox)
+        assert (posted.webhook_id, posted.author.id, posted.author.name) == (feed.id, feed.id, "News feed")
+        assert not posted.author.bot  # Discord documents no bot flag on a webhook's author
+
+        source = await fake.send_message(world.general, world.mod, "the original")
+        await next_item(inbox)
+        await fake.forward_message(fake.dm_channel(world.alice), world.alice, source)
+        forward = await next_item(inbox)
+        assert forward.content == "" and forward.reference.type is discord.MessageReferenceType.forward
+        assert forward.reference.message_id == int(source["id"])
+        assert [snapshot.content for snapshot in forward.message_snapshots] == ["the original"]
+
+        await fake.send_message(world.general, world.alice, "re", referenced_message_id=int(source["id"]),
+                                with_referenced_message=False)
+        reply = await next_item(inbox)
+        assert reply.reference.message_id == int(source["id"]) and reply.reference.resolved is None
+
+
+async def test_threads_and_deleted_channels(world: World):
+    fake = world.fake
+    earlier = fake.add_thread(world.general, "earlier", owner=world.alice)  # in GUILD_CREATE's threads
+    client = make_client()
+    inbox, created = collect(client, "message"), collect(client, "thread_create")
+    threads_gone, channels_gone = collect(client, "raw_thread_delete"), collect(client, "guild_channel_delete")
+    async with running_client(fake, client):
+        guild = client.get_guild(world.guild.id)
+        assert [thread.id for thread in guild.threads] == [earlier.id] and guild.get_channel(earlier.id) is None
+        thread = fake.add_thread(world.general, "plans", owner=world.alice)
+        made = await next_item(created)
+        assert isinstance(made, discord.Thread) and (made.parent_id, made.owner_id) == (world.general.id, world.alice.id)
+
+        await fake.send_message(thread, world.alice, "in the thread")
+        message = await next_item(inbox)
+        assert message.channel.id == thread.id and isinstance(message.channel, discord.Thread)
+        await message.channel.send("answered in the thread")
+        # A thread takes its channel's overwrites, and needs Send Messages in Threads.
+        fake.set_channel_overwrite(world.general, fake.bot, deny=permissions.SEND_MESSAGES_IN_THREADS)
+        with pytest.raises(discord.Forbidden):
+            await client.http.send_message(thread.id, params=_text_params("and again?"))
+        await client.http.send_message(world.general.id, params=_text_params("the channel itself is fine"))
+
+        await fake.delete_channel(thread)
+        assert (await next_item(threads_gone)).thread_id == thread.id
+        await fake.delete_channel(world.general)
+        assert (await next_item(channels_gone)).id == world.general.id
+        assert (await next_item(threads_gone)).thread_id == earlier.id  # discord.py drops a channel's threads itself
+    assert fake.channel_messages(thread) == [] and fake.channel_messages(world.general) == []
+    assert fake.guilds[world.guild.id].channels == {}
+
+
 async def test_unknown_endpoint_and_errors_are_discord_shaped(world: World):
     client = make_client()
     async with running_client(world.fake, client):

@@ -46,3 +46,16 @@ def test_long_lines_are_cut_at_spaces():
     parts = split_message(text)
     assert all(len(p) <= 2000 for p in parts)
     assert " ".join(p.strip() for p in parts).split() == text.split()
+
+
+def test_a_code_block_left_open_at_the_end_is_closed():
+    # The model was cut off inside the block (max_new_tokens): whatever follows the part must not be code.
+    assert split_message("Here:\n```python\nprint(i)") == ["Here:\n```python\nprint(i)\n```"]
+    assert split_message("~~~\nx = 1\n") == ["~~~\nx = 1\n~~~"]
+    assert split_message("Done:\n```python\nprint(i)\n```") == ["Done:\n```python\nprint(i)\n```"]
+
+
+def test_closing_a_code_block_keeps_the_part_within_the_limit():
+    text = "y" * 1980 + "\n\n```\n" + "x" * 12  # 1999 characters: 2003 once closed
+    parts = split_message(text)
+    assert parts == ["y" * 1980, "```\n" + "x" * 12 + "\n```"]

@@ -113,6 +113,26 @@ async def test_edits_deletes_and_reset_change_only_their_targets(store):
     assert [t.content for t in await store.recent_turns(2, 10)] == ["other channel"]
 
 
+async def test_deleting_a_channels_data_leaves_other_channels_and_the_server_alone(store):
+    for channel in (1, 2):
+        question = await store.add_turn(channel_id=channel, guild_id=5, role="user", content="hi")
+        answer = await store.add_turn(channel_id=channel, guild_id=5, role="assistant", content="hello",
+                                      reply_to=question, persona=f"persona {channel}")
+        await store.record_answer_parts(answer, [100 + channel])
+        await store.set_auto_reply(channel, 5, False, actor_id=77)
+        await store.set_channel_persona(channel, 5, f"persona {channel}", actor_id=77)
+    await store.set_persona(5, "the server's", actor_id=77)
+
+    assert await store.delete_channel_data(1) == 2
+    assert await store.recent_turns(1, 10) == [] and not await store.is_answer_part(101)
+    assert await store.channel_auto_reply(1) is None and await store.channel_persona(1) is None
+    assert len(await store.recent_turns(2, 10)) == 2 and await store.is_answer_part(102)
+    assert await store.channel_auto_reply(2) is False and await store.channel_persona(2) == "persona 2"
+    assert await store.persona(5) == "the server's"
+    async with store.engine.connect() as connection:  # no answer was written under it any more
+        assert (await connection.execute(text("SELECT text FROM personas"))).scalars().all() == ["persona 2"]
+
+
 async def test_settings_survive_reopening_the_database(database_url):
     store = await Store.open(database_url)
     await store.set_persona(5, "Talk like a pirate.", actor_id=77)

@@ -2,7 +2,9 @@
 
 Cuts fall at paragraph breaks first, then line breaks, then spaces. A code block
 stays whole in one part when it fits; one longer than a whole part is cut at a
-line break, closed with a fence and reopened (same language) in the next part.
+line break, closed with a fence and reopened (same language) in the next part. A code block
+left open at the end (the model was cut off inside it) is closed, so that whatever follows the
+part (a note, a "still writing" mark) does not show as code.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ _FENCE = re.compile(r"^\s*(```|~~~)")
 
 def split_message(text: str, limit: int = DISCORD_MESSAGE_LIMIT) -> list[str]:
     """Parts of at most `limit` characters that read as the original when posted in order."""
-    text = text.strip("\n")
+    text = _with_code_block_closed(text.strip("\n"))
     if len(text) <= limit:
         return [text] if text.strip() else []
     parts: list[str] = []
@@ -69,6 +71,24 @@ def _blocks(text: str) -> list[tuple[str, str]]:
     return blocks
 
 
+def _with_code_block_closed(text: str) -> str:
+    """The text, with a code block left open at its very end closed (only the last block can be)."""
+    blocks = _blocks(text)
+    lines = blocks[-1][1].split("\n") if blocks else []
+    if lines and _FENCE.match(lines[0]) and not _is_closed(lines):
+        return f"{text}\n{_closer(lines[0])}"
+    return text
+
+
+def _closer(opener: str) -> str:
+    return "```" if opener.strip().startswith("```") else "~~~"
+
+
+def _is_closed(code_block: list[str]) -> bool:
+    """Whether a fenced code block's lines (its opening fence first) end with a closing fence."""
+    return len(code_block) > 1 and bool(_FENCE.match(code_block[-1]))
+
+
 def _split_block(block: str, limit: int) -> list[str]:
     """Cut one block that is longer than a part (or return it whole if it fits)."""
     if len(block) <= limit:
@@ -80,9 +100,8 @@ def _split_block(block: str, limit: int) -> list[str]:
 
 
 def _split_code_block(lines: list[str], limit: int) -> list[str]:
-    opener = lines[0].strip()
-    closer = "```" if opener.startswith("```") else "~~~"
-    body = lines[1:-1] if len(lines) > 1 and _FENCE.match(lines[-1]) else lines[1:]
+    opener, closer = lines[0].strip(), _closer(lines[0])
+    body = lines[1:-1] if _is_closed(lines) else lines[1:]
     room = limit - len(opener) - len(closer) - 2  # the two newlines around the body
     if room < 1:
         return _pack(_fit_lines(lines, limit), "\n", limit)

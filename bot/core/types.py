@@ -38,6 +38,10 @@ class IncomingMessage:
     is_system: bool = False
     mentions_bot: bool = False
     replies_to_bot: bool = False
+    # A reply whose target the front end could not see (Discord may leave it out, and it may be
+    # out of the cache, after a restart): that message's id. Whether it is one of the bot's
+    # answers is for the service to look up in what it stored.
+    replies_to_unknown: int | None = None
     has_attachments: bool = False
 
     @property

@@ -47,6 +47,8 @@ class ChatBot(discord.Client):
         self.events = DiscordEvents(service, settings)
         self.tree = app_commands.CommandTree(self)
         add_commands(self.tree, service)
+        # A thread takes its channel's persona and auto-reply: the settings ask which channel that is.
+        service.servers.parent_of = self.thread_parent
 
     async def setup_hook(self) -> None:
         await self.sync_commands()
@@ -76,6 +78,20 @@ class ChatBot(discord.Client):
     def invite_link(self) -> str:
         return discord.utils.oauth_url(self.application_id, permissions=INVITE_PERMISSIONS, scopes=INVITE_SCOPES)
 
+    def thread_parent(self, guild_id: int | None, channel_id: int) -> int | None:
+        """The channel a thread belongs to, from discord.py's cache (None: not a thread, or a
+        thread discord.py does not know). Two dictionary lookups: this runs for most messages."""
+        guild = self.get_guild(guild_id) if guild_id is not None else None
+        thread = guild.get_thread(channel_id) if guild is not None else None
+        return thread.parent_id if thread is not None else None
+
+    async def _channel_deleted(self, channel_id: int, guild_id: int) -> None:
+        """Discord sends no MESSAGE_DELETE for a deleted channel's messages: its history and its
+        settings are forgotten here, or they would stay (and be exported) for good."""
+        count = await self.service.forget_channel(channel_id)
+        log.info("channel %s of server %s was deleted: forgot its settings and %d stored message(s)",
+                 channel_id, guild_id, count)
+
     # discord.py calls these by name ----------------------------------------------------
 
     async def on_ready(self) -> None:
@@ -99,6 +115,13 @@ class ChatBot(discord.Client):
 
     async def on_guild_remove(self, guild: discord.Guild) -> None:
         await self.events.guild_removed(guild)
+
+    async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
+        await self._channel_deleted(channel.id, channel.guild.id)
+
+    async def on_raw_thread_delete(self, event: discord.RawThreadDeleteEvent) -> None:
+        # discord.py sends this for the threads it knows of a deleted channel, too.
+        await self._channel_deleted(event.thread_id, event.guild_id)
 
 
 class ShardedChatBot(ChatBot, discord.AutoShardedClient):

@@ -12,28 +12,68 @@ from ..core.text import without_lone_surrogates
 from ..core.types import IncomingMessage
 from .mentions import MentionNames, readable_text
 
+# Put before a forwarded message's text, so that the model reads it as quoted, not as the
+# words of whoever passed it on.
+FORWARDED = "(forwarded) "
+
 
 def to_incoming(message: discord.Message, bot_user_id: int) -> IncomingMessage:
     return IncomingMessage(
         channel_id=message.channel.id,
-        guild_id=message.guild.id if message.guild else None,
+        guild_id=guild_id_of(message),
         author_id=message.author.id,
         author_name=without_lone_surrogates(message.author.display_name),
         content=readable_content(message, bot_user_id),
         message_id=message.id,
-        author_is_bot=message.author.bot,
+        author_is_bot=is_automated(message),
         is_system=message.is_system(),
         mentions_bot=mentions_user(message, bot_user_id),
         replies_to_bot=replies_to_user(message, bot_user_id),
-        # Stickers are pictures too: the bot cannot read them either.
-        has_attachments=bool(message.attachments or message.stickers),
+        replies_to_unknown=unseen_reply_target(message),
+        has_attachments=has_attachments(message),
     )
+
+
+def guild_id_of(message: discord.Message) -> int | None:
+    """The server the message was posted in; None in a DM. message.guild is None for a server
+    discord.py has not cached too: the channel (then a PartialMessageable) still has its id."""
+    if message.guild is not None:
+        return message.guild.id
+    return getattr(message.channel, "guild_id", None)
+
+
+def is_automated(message: discord.Message) -> bool:
+    """Written by a bot, by a webhook (news feeds, bridges relaying other chats: Discord marks
+    them with webhook_id and does not promise `bot` on their author) or by Discord itself.
+    Answering any of them could start a loop."""
+    return message.author.bot or message.author.system or message.webhook_id is not None
 
 
 def readable_content(message: discord.Message, bot_user_id: int) -> str:
     """The text the model is given: mentions by name, the bot's own mention removed, and lone
-    surrogates (which the API can send) replaced before anything stores or tokenizes them."""
-    return without_lone_surrogates(readable_text(message.content, mention_names(message, bot_user_id)))
+    surrogates (which the API can send) replaced before anything stores or tokenizes them.
+    A forward has no text of its own: the text it passes on is given, marked as forwarded."""
+    names = mention_names(message, bot_user_id)
+    text = readable_text(message.content, names)
+    forwarded = forwarded_message(message)
+    if not text and forwarded is not None:
+        quoted = readable_text(forwarded.content, names)
+        text = FORWARDED + quoted if quoted else ""
+    return without_lone_surrogates(text)
+
+
+def forwarded_message(message: discord.Message) -> discord.MessageSnapshot | None:
+    """What a forward passes on: Discord sends it as the first of message_snapshots."""
+    reference = message.reference
+    if reference is None or reference.type is not discord.MessageReferenceType.forward:
+        return None
+    return next(iter(message.message_snapshots), None)
+
+
+def has_attachments(message: discord.Message) -> bool:
+    """Stickers are pictures too: the bot cannot read them either. A forward's are in what it passes on."""
+    forwarded = forwarded_message(message)
+    return any(shown.attachments or shown.stickers for shown in (message, forwarded) if shown is not None)
 
 
 def mention_names(message: discord.Message, bot_user_id: int) -> MentionNames:
@@ -58,8 +98,26 @@ def mentions_user(message: discord.Message, user_id: int) -> bool:
 
 
 def replies_to_user(message: discord.Message, user_id: int) -> bool:
+    reference = reply_reference(message)
+    target = replied_to(reference) if reference else None
+    return isinstance(target, discord.Message) and target.author.id == user_id
+
+
+def unseen_reply_target(message: discord.Message) -> int | None:
+    """The id of the message replied to, where discord.py cannot show it: Discord sent no
+    referenced_message ("the backend did not attempt to fetch") and it is not in the cache."""
+    reference = reply_reference(message)
+    if reference is None or replied_to(reference) is not None:
+        return None
+    return reference.message_id
+
+
+def reply_reference(message: discord.Message) -> discord.MessageReference | None:
     reference = message.reference
     if reference is None or reference.type is not discord.MessageReferenceType.reply:
-        return False  # a forwarded message points at another message without answering it
-    target = reference.resolved or reference.cached_message
-    return isinstance(target, discord.Message) and target.author.id == user_id
+        return None  # a forwarded message points at another message without answering it
+    return reference
+
+
+def replied_to(reference: discord.MessageReference) -> discord.Message | discord.DeletedReferencedMessage | None:
+    return reference.resolved or reference.cached_message

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 def missing_permission(channel) -> str | None:
     """The permission the bot lacks to answer in `channel` (None: it has what it needs). An answer
     is posted as a reply, which Discord allows only with Read Message History."""
+    if isinstance(channel, discord.PartialMessageable):
+        # A channel discord.py has not cached: it knows no overwrites, so its permissions_for
+        # says "none". Nothing to check here; a 403 when posting is handled like any other.
+        return None
     guild = getattr(channel, "guild", None)
     if guild is None or guild.me is None:  # a DM, or the bot's own member not known yet
         return None
@@ -48,7 +52,8 @@ def missing_permission(channel) -> str | None:
 
 class DiscordDelivery:
     """One answer on Discord: it grows by throttled edits, with the typing indicator on while
-    the model writes, and ends as replies of Discord's size (the service's Delivery)."""
+    the model writes until the answer's first message is posted, and ends as replies of
+    Discord's size (the service's Delivery)."""
 
     def __init__(self, trigger: discord.Message, stream_edit_interval: float):
         self.trigger = trigger
@@ -61,10 +66,11 @@ class DiscordDelivery:
 
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[None]:
-        # Made here, not on arrival: the edit throttle counts from when the model starts, after
-        # any wait behind the channel's earlier messages.
-        self.streamed = StreamedReply(self.trigger, self.stream_edit_interval)
-        async with typing_in(self.trigger.channel):
+        async with typing_in(self.trigger.channel) as typing:
+            # Made here, not on arrival: the edit throttle counts from when the model starts, after
+            # any wait behind the channel's earlier messages. Once the answer shows, typing would
+            # only linger (edits do not clear it): its first message stops it.
+            self.streamed = StreamedReply(self.trigger, self.stream_edit_interval, before_first_post=typing.stop)
             yield
 
     async def deliver(self, reply: Reply) -> Delivered:

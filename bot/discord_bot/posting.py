@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import discord
@@ -28,6 +28,10 @@ NO_PINGS = discord.AllowedMentions.none()
 # What a post can fail with: Discord refusing it (after discord.py's own retries on rate
 # limits and server errors), or the network failing under it.
 POSTING_ERRORS = (discord.HTTPException, aiohttp.ClientError, asyncio.TimeoutError)
+
+# How often "Bot is typing..." is sent again while an answer is written (discord.py's own period:
+# Discord shows each signal for about 10 s).
+TYPING_REFRESH_S = 5.0
 
 
 def parts_to_post(reply: Reply, limit: int = DISCORD_MESSAGE_LIMIT) -> list[str]:
@@ -85,13 +89,18 @@ class StreamedReply:
     Updates only record the newest text; one background task shows it when the throttle
     allows, so a slow or rate-limited edit never holds the model up, and the newest text
     (a "you are number 3 in line" notice, say) is shown even if nothing follows for a while.
+    A message someone deletes meanwhile is left deleted: neither edited nor posted again.
     """
 
-    def __init__(self, trigger: discord.Message, interval: float, limit: int = DISCORD_MESSAGE_LIMIT):
+    def __init__(self, trigger: discord.Message, interval: float, limit: int = DISCORD_MESSAGE_LIMIT,
+                 before_first_post: Callable[[], Awaitable[None]] | None = None):
         self.trigger = trigger
         self.interval = interval
         self.limit = limit
+        # Awaited just before the answer's first message is sent (the typing indicator stops there).
+        self.before_first_post = before_first_post
         self.message: discord.Message | None = None
+        self.gone = False  # the message was deleted (by a person) while the answer was written
         self._shown = ""
         self._pending = ""
         # Counting from now, an answer that is done within `interval` is posted once, whole.
@@ -126,26 +135,45 @@ class StreamedReply:
                 await self._shower
         if self.message is None:
             return await post_reply(self.trigger, parts)
-        if parts and parts[0] != self._shown and not await self._edit(parts[0]):
+        shown = await self._show(parts[0]) if parts else True
+        if self.gone:
+            # Someone deleted it: nothing is posted again. Its id is still handed back, so that the
+            # delete (handled once this answer is stored) forgets the answer, as for any deleted one.
+            return Delivered((self.message.id,))
+        if not shown:
             return Delivered((self.message.id,), complete=False)  # it shows the answer's start
         return await _post_rest(self.trigger, parts, [self.message.id])
 
-    async def _show(self, text: str) -> None:
+    async def _show(self, text: str) -> bool:
+        """False when Discord refused it (the message then shows an older text, or is gone)."""
         if self.message is None:
-            try:
-                self.message = await self.trigger.channel.send(
-                    text, reference=self.trigger.to_reference(fail_if_not_exists=False),
-                    mention_author=False, allowed_mentions=NO_PINGS)
-                self._shown = text
-            except POSTING_ERRORS as error:
-                log.info("could not post the start of an answer in channel %s: %s",
-                         self.trigger.channel.id, describe(error))
-        else:
-            await self._edit(text)
+            return await self._post_first(text)
+        if self.gone or text == self._shown:  # unchanged: a preview past a part's length, say
+            return True
+        return await self._edit(text)
+
+    async def _post_first(self, text: str) -> bool:
+        if self.before_first_post is not None:
+            await self.before_first_post()
+        try:
+            self.message = await self.trigger.channel.send(
+                text, reference=self.trigger.to_reference(fail_if_not_exists=False),
+                mention_author=False, allowed_mentions=NO_PINGS)
+        except POSTING_ERRORS as error:
+            log.info("could not post the start of an answer in channel %s: %s",
+                     self.trigger.channel.id, describe(error))
+            return False
+        self._shown = text
+        return True
 
     async def _edit(self, text: str) -> bool:
         try:
             await self.message.edit(content=text, allowed_mentions=NO_PINGS)
+        except discord.NotFound as error:  # deleted while the answer is written: no use editing it again
+            self.gone = True
+            log_event(log, "answer_deleted", guild=getattr(self.trigger.guild, "id", None),
+                      channel=self.trigger.channel.id, message_id=self.trigger.id, error=describe(error))
+            return False
         except POSTING_ERRORS as error:
             log_event(log, "edit_failed", logging.WARNING, guild=getattr(self.trigger.guild, "id", None),
                       channel=self.trigger.channel.id, message_id=self.trigger.id, error=describe(error))
@@ -161,20 +189,60 @@ def preview(text: str, limit: int = DISCORD_MESSAGE_LIMIT) -> str:
 
 
 @asynccontextmanager
-async def typing_in(channel: discord.abc.Messageable) -> AsyncIterator[None]:
-    """Show "Bot is typing..." for as long as the block runs. The indicator is a nicety:
-    if Discord refuses it, the answer still comes."""
-    indicator = channel.typing()
+async def typing_in(channel: discord.abc.Messageable) -> AsyncIterator[TypingIndicator]:
+    """Show "Bot is typing..." while the block runs, or until the indicator it gives is stopped."""
+    indicator = TypingIndicator(channel)
+    await indicator.start()
     try:
-        await indicator.__aenter__()
-    except POSTING_ERRORS as error:
-        log.info("no typing indicator in channel %s: %s", getattr(channel, "id", "?"), describe(error))
-        yield
-        return
-    try:
-        yield
+        yield indicator
     finally:
-        await indicator.__aexit__(None, None, None)
+        await indicator.stop()
+
+
+class TypingIndicator:
+    """The "Bot is typing..." indicator, sent again every TYPING_REFRESH_S until stopped. Discord shows it for
+    about 10 s after each signal, or until the bot posts; an edit does not clear it. So it is
+    stopped when the answer's first message is posted: after that it would only linger.
+
+    Not discord.py's channel.typing() block: that one can only cancel its refresh, which may
+    then still reach Discord after the answer. Once `stop` returns, nothing more is sent.
+    The indicator is a nicety: if Discord refuses it, the answer still comes.
+    """
+
+    def __init__(self, channel: discord.abc.Messageable):
+        self.channel = channel
+        self._stopped = asyncio.Event()
+        self._refreshing: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        if await self._send():
+            self._refreshing = asyncio.create_task(self._refresh())
+
+    async def stop(self) -> None:
+        self._stopped.set()
+        if self._refreshing is not None:
+            await self._refreshing  # a signal on its way arrives first, not after what is posted next
+
+    async def _refresh(self) -> None:
+        while not await _set_within(self._stopped, TYPING_REFRESH_S):
+            if not await self._send():
+                return  # refused (logged): the answer comes without it
+
+    async def _send(self) -> bool:
+        try:
+            await self.channel.typing()  # awaited, not entered: sent once
+        except POSTING_ERRORS as error:
+            log.info("no typing indicator in channel %s: %s", getattr(self.channel, "id", "?"), describe(error))
+            return False
+        return True
+
+
+async def _set_within(event: asyncio.Event, seconds: float) -> bool:
+    """Whether `event` is set within `seconds`."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    return event.is_set()
 
 
 async def answer_privately(interaction: discord.Interaction, text: str) -> None:

@@ -175,6 +175,11 @@ class Store:
         async with self._sessions.begin() as session:
             session.add_all(AnswerPart(discord_message_id=message_id, turn_id=turn_id) for message_id in message_ids)
 
+    async def is_answer_part(self, message_id: int) -> bool:
+        """Whether a Discord message shows (part of) one of the bot's stored answers."""
+        async with self._sessions() as session:
+            return await session.get(AnswerPart, message_id) is not None
+
     async def forget_turn(self, turn_id: int) -> None:
         """Remove one stored turn by its row id (a message the model could not take)."""
         async with self._sessions.begin() as session:
@@ -238,11 +243,20 @@ class Store:
     async def delete_guild_data(self, guild_id: int) -> int:
         """Forget a server: its turns, its settings, its channels' settings and personas, and
         the persona texts no stored answer was written under any more."""
+        return await self._delete_data("guild_id", guild_id, (ChannelSettings, ChannelPersona, GuildSettings))
+
+    async def delete_channel_data(self, channel_id: int) -> int:
+        """Forget a deleted channel (or thread): its turns, its settings and its own persona,
+        and the persona texts no stored answer was written under any more."""
+        return await self._delete_data("channel_id", channel_id, (ChannelSettings, ChannelPersona))
+
+    async def _delete_data(self, column: str, value: int, settings: tuple[type, ...]) -> int:
+        """Delete the turns and the rows of each `settings` table whose `column` is `value`, in one
+        transaction. Returns how many turns."""
         async with self._sessions.begin() as session:
-            result = await session.execute(delete(Message).where(Message.guild_id == guild_id))
-            await session.execute(delete(ChannelSettings).where(ChannelSettings.guild_id == guild_id))
-            await session.execute(delete(ChannelPersona).where(ChannelPersona.guild_id == guild_id))
-            await session.execute(delete(GuildSettings).where(GuildSettings.guild_id == guild_id))
+            result = await session.execute(delete(Message).where(getattr(Message, column) == value))
+            for table in settings:
+                await session.execute(delete(table).where(getattr(table, column) == value))
             await session.execute(delete(Persona).where(Persona.id.not_in(select(AnswerPersona.persona_id))))
         return result.rowcount
 
@@ -282,9 +296,14 @@ class Store:
         return True
 
     async def auto_reply(self, channel_id: int) -> bool:
+        return bool(await self.channel_auto_reply(channel_id))
+
+    async def channel_auto_reply(self, channel_id: int) -> bool | None:
+        """A channel's own auto-reply switch; None where it was never set (a thread then takes its
+        channel's)."""
         async with self._sessions() as session:
             row = await session.get(ChannelSettings, channel_id)
-        return bool(row and row.auto_reply)
+        return row.auto_reply if row else None
 
     async def set_auto_reply(self, channel_id: int, guild_id: int | None, enabled: bool, actor_id: int) -> None:
         async with self._sessions.begin() as session:

@@ -2,8 +2,9 @@
 
 The real, unmodified discord.py client talks to it over HTTP and a WebSocket
 on 127.0.0.1: login, Gateway (HELLO / IDENTIFY / READY / GUILD_CREATE,
-heartbeats, RESUME with event replay), messages, typing, DMs, slash-command
-interactions and their responses, app-command sync, rate limits and errors.
+heartbeats, RESUME with event replay), messages (replies, forwards, webhooks'),
+typing, DMs, public threads, channel deletion, slash-command interactions and
+their responses, app-command sync, rate limits and errors.
 
 Typical use::
 
@@ -50,7 +51,7 @@ from . import permissions
 from .harness import World, build_world, default_intents, make_client, running_client
 from .install import DiscordPyChanged, check_discord_py_hooks, point_discord_py_at
 from .interactions import CommandNotPermitted
-from .models import FakeChannel, FakeGuild, FakeInteraction, FakeMember, FakeRole, FakeUser
+from .models import FakeChannel, FakeGuild, FakeInteraction, FakeMember, FakeRole, FakeUser, FakeWebhook
 from .recorder import RecordedFile, RecordedRequest
 from .server import FakeDiscord
 
@@ -71,6 +72,7 @@ __all__ = [
     "FakeMember",
     "FakeRole",
     "FakeInteraction",
+    "FakeWebhook",
     "RecordedRequest",
     "RecordedFile",
     "permissions",

@@ -9,16 +9,20 @@
 from __future__ import annotations
 
 import re
-from typing import Iterable, List, Optional, Set
+from typing import Iterable, List, Optional, Set, Union
 
 from . import payloads
 from .ids import snowflake_time_iso
-from .models import FakeChannel, FakeUser
+from .models import FakeChannel, FakeUser, FakeWebhook
 from .state import FakeState, LookupFailed
 
 DEFAULT = 0
 REPLY = 19
 CHAT_INPUT_COMMAND = 20
+
+# message_reference types
+REFERENCE_REPLY = 0
+REFERENCE_FORWARD = 1
 
 EPHEMERAL = 1 << 6
 LOADING = 1 << 7
@@ -31,12 +35,14 @@ def build_message(
     state: FakeState,
     *,
     channel: FakeChannel,
-    author: FakeUser,
+    author: Union[FakeUser, FakeWebhook],
     content: str = "",
     mentions: Optional[Iterable[FakeUser]] = None,
     allowed_mentions: Optional[dict] = None,
     reference_id: Optional[int] = None,
     ping_reply: bool = True,
+    with_referenced_message: bool = True,
+    forward_of: Optional[dict] = None,
     attachments: Iterable[dict] = (),
     embeds: Iterable[dict] = (),
     components: Iterable[dict] = (),
@@ -51,6 +57,11 @@ def build_message(
     ``mentions=None`` means "parse them out of ``content``", filtered by
     ``allowed_mentions`` exactly like Discord filters what a message pings.
     Raises ``LookupFailed`` if ``reference_id`` names no message in ``channel``.
+    ``with_referenced_message=False`` leaves ``referenced_message`` out of a
+    reply, as Discord does when "the backend did not attempt to fetch" it.
+    ``forward_of`` (a stored message, from any channel) makes a forward: a
+    reference of type 1, no content, the message copied in ``message_snapshots``.
+    A ``FakeWebhook`` author makes a webhook's message (``webhook_id`` set).
     """
     message_id = state.new_id()
     referenced = state.get_message(channel.id, reference_id) if reference_id else None
@@ -66,7 +77,7 @@ def build_message(
     message = {
         "id": str(message_id),
         "channel_id": str(channel.id),
-        "author": payloads.user(author),
+        "author": payloads.webhook_author(author) if isinstance(author, FakeWebhook) else payloads.user(author),
         "content": content or "",
         "timestamp": snowflake_time_iso(message_id),
         "edited_timestamp": None,
@@ -85,15 +96,29 @@ def build_message(
         message["nonce"] = nonce
     if referenced is not None:
         message["message_reference"] = {
-            "type": 0,
+            "type": REFERENCE_REPLY,
             "message_id": referenced["id"],
             "channel_id": str(channel.id),
             **({"guild_id": str(channel.guild_id)} if channel.guild_id else {}),
         }
-        message["referenced_message"] = payloads.strip_reference(referenced)
+        if with_referenced_message:
+            message["referenced_message"] = payloads.strip_reference(referenced)
+    if forward_of is not None:
+        message.update(_forward(state, forward_of))
+    if isinstance(author, FakeWebhook):
+        message["webhook_id"] = str(author.id)
     if extra:
         message.update(extra)
     return message
+
+
+def _forward(state: FakeState, source: dict) -> dict:
+    """The fields that make a message a forward of ``source``."""
+    _, guild = state.find_channel(int(source["channel_id"]))
+    reference = {"type": REFERENCE_FORWARD, "message_id": source["id"], "channel_id": source["channel_id"]}
+    if guild is not None:
+        reference["guild_id"] = str(guild.id)
+    return {"content": "", "message_reference": reference, "message_snapshots": [payloads.snapshot(source)]}
 
 
 def gateway_form(state: FakeState, message: dict) -> dict:
@@ -178,6 +203,8 @@ __all__ = [
     "DEFAULT",
     "REPLY",
     "CHAT_INPUT_COMMAND",
+    "REFERENCE_REPLY",
+    "REFERENCE_FORWARD",
     "EPHEMERAL",
     "LOADING",
 ]

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional
 GUILD_TEXT = 0
 DM = 1
 GUILD_CATEGORY = 4
+PUBLIC_THREAD = 11
 
 
 @dataclass(eq=False)
@@ -23,6 +24,7 @@ class FakeUser:
     username: str
     global_name: Optional[str] = None
     bot: bool = False
+    system: bool = False  # Discord's own account (official notices)
     discriminator: str = "0"  # Discord's post-2023 "pomelo" usernames have "0"
     avatar: Optional[str] = None
 
@@ -75,7 +77,8 @@ class FakeChannel:
     position: int = 0
     topic: Optional[str] = None
     nsfw: bool = False
-    parent_id: Optional[int] = None
+    parent_id: Optional[int] = None  # a thread's channel (or a channel's category)
+    owner_id: Optional[int] = None  # threads: who started it
     # [{"id": int, "type": 0 (role) | 1 (member), "allow": int, "deny": int}]
     permission_overwrites: List[dict] = field(default_factory=list)
     recipients: List[FakeUser] = field(default_factory=list)  # DMs only
@@ -88,6 +91,10 @@ class FakeChannel:
     @property
     def is_dm(self) -> bool:
         return self.type == DM
+
+    @property
+    def is_thread(self) -> bool:
+        return self.type == PUBLIC_THREAD
 
 
 @dataclass(eq=False)
@@ -112,6 +119,21 @@ class FakeGuild:
     @property
     def text_channels(self) -> List[FakeChannel]:
         return [c for c in self.channels.values() if c.type == GUILD_TEXT]
+
+    @property
+    def threads(self) -> List[FakeChannel]:
+        """Threads are kept with the channels (messages find them alike), but Discord lists them apart."""
+        return [c for c in self.channels.values() if c.is_thread]
+
+
+@dataclass(eq=False)
+class FakeWebhook:
+    """A channel's incoming webhook (a feed, a bridge): it posts as itself, not as a user."""
+
+    id: int
+    channel_id: int
+    name: str
+    avatar: Optional[str] = None
 
 
 @dataclass(eq=False)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Iterable, List, Optional
 
-from .models import DM, FakeChannel, FakeGuild, FakeMember, FakeRole, FakeUser
+from .ids import snowflake_time_iso
+from .models import DM, FakeChannel, FakeGuild, FakeMember, FakeRole, FakeUser, FakeWebhook
 
 # GUILD_MEMBERS_LIMITED | GATEWAY_MESSAGE_CONTENT_LIMITED | APPLICATION_COMMAND_BADGE
 DEFAULT_APPLICATION_FLAGS = (1 << 15) | (1 << 19) | (1 << 23)
@@ -25,7 +26,7 @@ def user(u: FakeUser) -> dict:
         "global_name": u.global_name,
         "avatar": u.avatar,  # required by discord.py
         "bot": u.bot,
-        "system": False,
+        "system": u.system,
         "banner": None,
         "accent_color": None,
         "public_flags": 0,
@@ -33,6 +34,12 @@ def user(u: FakeUser) -> dict:
         "collectibles": None,
         "primary_guild": None,
     }
+
+
+def webhook_author(w: FakeWebhook) -> dict:
+    """A webhook message's ``author``: Discord documents only the webhook's id, username and
+    avatar there (no ``bot`` flag); discord.py also requires ``discriminator``."""
+    return {"id": str(w.id), "username": w.name, "avatar": w.avatar, "discriminator": "0000"}
 
 
 def current_user(u: FakeUser) -> dict:
@@ -87,7 +94,9 @@ def role(r: FakeRole) -> dict:
 
 def channel(c: FakeChannel, *, permissions: Optional[int] = None) -> dict:
     """Channel object; ``permissions`` is added in interaction payloads."""
-    if c.type == DM:
+    if c.is_thread:
+        data = thread(c)
+    elif c.type == DM:
         data = {
             "id": str(c.id),
             "type": DM,
@@ -115,6 +124,37 @@ def channel(c: FakeChannel, *, permissions: Optional[int] = None) -> dict:
     if permissions is not None:
         data["permissions"] = str(permissions)
     return data
+
+
+def thread(c: FakeChannel) -> dict:
+    """A thread: a channel object with a parent, an owner and ``thread_metadata`` (never archived
+    here), and no overwrites (its parent's apply)."""
+    return {
+        "id": str(c.id),
+        "type": c.type,
+        "guild_id": str(c.guild_id),
+        "parent_id": str(c.parent_id),
+        "owner_id": str(c.owner_id),
+        "name": c.name,
+        "last_message_id": _opt_id(c.last_message_id),
+        "rate_limit_per_user": 0,
+        "message_count": 0,  # required by discord.py
+        "member_count": 1,  # required by discord.py
+        "total_message_sent": 0,
+        "flags": 0,
+        "thread_metadata": {  # required by discord.py
+            "archived": False,
+            "auto_archive_duration": 1440,
+            "archive_timestamp": snowflake_time_iso(c.id),
+            "locked": False,
+            "create_timestamp": snowflake_time_iso(c.id),
+        },
+    }
+
+
+def thread_delete(c: FakeChannel) -> dict:
+    """THREAD_DELETE carries only these fields of the thread."""
+    return {"id": str(c.id), "guild_id": str(c.guild_id), "parent_id": str(c.parent_id), "type": c.type}
 
 
 def guild(g: FakeGuild) -> dict:
@@ -175,8 +215,8 @@ def guild_create(g: FakeGuild, *, bot_id: int, include_all_members: bool) -> dic
         "member_count": len(g.members),
         "voice_states": [],
         "members": [member(m) for m in members],
-        "channels": [channel(c) for c in g.channels.values()],
-        "threads": [],
+        "channels": [channel(c) for c in g.channels.values() if not c.is_thread],
+        "threads": [channel(c) for c in g.threads],  # the active ones: none is ever archived here
         "presences": [],
         "stage_instances": [],
         "guild_scheduled_events": [],
@@ -228,6 +268,14 @@ def mention_user(u: FakeUser, m: Optional[FakeMember]) -> dict:
     if m is not None:
         data["member"] = member(m, with_user=False)
     return data
+
+
+def snapshot(message: dict) -> dict:
+    """A forward's ``message_snapshots`` entry: the fields of the forwarded message that Discord
+    copies (no author, no ids)."""
+    copied = ("type", "content", "embeds", "attachments", "timestamp", "edited_timestamp", "flags",
+              "mentions", "mention_roles", "components")
+    return {"message": {key: message[key] for key in copied if key in message}}
 
 
 def strip_reference(message: dict) -> dict:

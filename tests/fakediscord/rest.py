@@ -137,7 +137,7 @@ class RestRoutes:
 
     async def trigger_typing(self, request: web.Request) -> web.Response:
         channel, _ = self._visible_channel(request)
-        self._require(channel, perms.SEND_MESSAGES)
+        self._require(channel, _send_permission(channel))
         return no_content()
 
     async def get_messages(self, request: web.Request) -> web.Response:
@@ -155,7 +155,7 @@ class RestRoutes:
 
     async def create_message(self, request: web.Request) -> web.Response:
         channel, _ = self._visible_channel(request)
-        self._require(channel, perms.SEND_MESSAGES)
+        self._require(channel, _send_permission(channel))
         rec = recorded(request)
         body = rec.json or {}
         duplicate = self._same_nonce(channel, body)
@@ -228,7 +228,8 @@ class RestRoutes:
 
     async def get_guild_channels(self, request: web.Request) -> web.Response:
         guild = self._bot_guild(snowflake_param(request, "guild_id"))
-        return json_response([payloads.channel(c) for c in guild.channels.values()])
+        # Discord leaves threads out of this list.
+        return json_response([payloads.channel(c) for c in guild.channels.values() if not c.is_thread])
 
     async def get_roles(self, request: web.Request) -> web.Response:
         guild = self._bot_guild(snowflake_param(request, "guild_id"))
@@ -357,6 +358,11 @@ class RestRoutes:
         if reference.get("fail_if_not_exists", True):
             raise form_error("message_reference", "MESSAGE_REFERENCE_UNKNOWN_MESSAGE", "Unknown message")
         return None
+
+
+def _send_permission(channel: FakeChannel) -> int:
+    """In a thread Discord checks Send Messages in Threads, not Send Messages."""
+    return perms.SEND_MESSAGES_IN_THREADS if channel.is_thread else perms.SEND_MESSAGES
 
 
 def _optional_str(value: object) -> Optional[str]:

@@ -27,7 +27,7 @@ from .gateway import RECONNECT, Gateway
 from .http_util import ApiError, error_response, json_response
 from .ids import new_token, now_iso
 from .interactions import Options, build_command_interaction
-from .models import FakeChannel, FakeGuild, FakeInteraction, FakeMember, FakeRole, FakeUser
+from .models import FakeChannel, FakeGuild, FakeInteraction, FakeMember, FakeRole, FakeUser, FakeWebhook
 from .recorder import RECORDED_KEY, FaultInjector, FaultRule, RecordedRequest, RequestLog, parse_body
 from .rest import RestRoutes
 from .state import FakeState, UserLike, as_user
@@ -200,6 +200,30 @@ class FakeDiscord:
         self._publish("CHANNEL_CREATE", payloads.channel(channel))
         return channel
 
+    def add_thread(self, channel: FakeChannel, name: str, *, owner: UserLike) -> FakeChannel:
+        """``owner`` starts a public thread in ``channel``: THREAD_CREATE with ``newly_created``."""
+        thread = self.state.create_thread(channel, name, owner=as_user(owner))
+        self._publish("THREAD_CREATE", {**payloads.channel(thread), "newly_created": True})
+        return thread
+
+    async def delete_channel(self, channel: FakeChannel) -> None:
+        """Delete a guild channel or thread, with its messages. Discord sends THREAD_DELETE (a few
+        fields) for a thread, else CHANNEL_DELETE (the channel object), and nothing for the
+        messages, nor for the threads of a deleted channel."""
+        if channel.is_thread:
+            event, data = "THREAD_DELETE", payloads.thread_delete(channel)
+        else:
+            event, data = "CHANNEL_DELETE", payloads.channel(channel)
+        self.state.remove_channel(channel)
+        await self._flush(self._publish(event, data))
+
+    def add_webhook(self, channel: FakeChannel, name: str) -> FakeWebhook:
+        """An incoming webhook in ``channel`` (a feed, a bridge), as a member with Manage Webhooks
+        makes one: WEBHOOKS_UPDATE, which only the GUILD_WEBHOOKS intent receives."""
+        webhook = self.state.create_webhook(channel, name)
+        self._publish("WEBHOOKS_UPDATE", {"guild_id": str(channel.guild_id), "channel_id": str(channel.id)})
+        return webhook
+
     def set_channel_overwrite(
         self,
         channel: FakeChannel,
@@ -250,26 +274,44 @@ class FakeDiscord:
         mentions: Optional[Iterable[UserLike]] = None,
         referenced_message_id: Optional[int] = None,
         ping_reply: bool = True,
+        with_referenced_message: bool = True,
         attachments: Iterable[AttachmentSpec] = (),
         embeds: Iterable[dict] = (),
     ) -> dict:
         """``author`` posts in ``channel``: stores the message and dispatches
         MESSAGE_CREATE. ``mentions=None`` derives them from ``<@id>`` in
         ``content``; replies (``referenced_message_id``) ping the replied-to
-        author unless ``ping_reply=False``. Returns the message (REST shape)."""
+        author unless ``ping_reply=False``, and carry the replied-to message
+        unless ``with_referenced_message=False`` (Discord may leave it out).
+        Returns the message (REST shape)."""
         user = as_user(author)
         self._check_can_post(channel, user)
-        message = messages.build_message(
-            self.state,
-            channel=channel,
+        return await self._post(
+            channel,
             author=user,
             content=content,
             mentions=None if mentions is None else [as_user(m) for m in mentions],
             reference_id=referenced_message_id,
             ping_reply=ping_reply,
+            with_referenced_message=with_referenced_message,
             attachments=[self._attachment_from_spec(channel, spec) for spec in attachments],
             embeds=embeds,
         )
+
+    async def forward_message(self, channel: FakeChannel, author: UserLike, message: dict) -> dict:
+        """``author`` forwards ``message`` (from any channel) to ``channel``: a message with no
+        content of its own, the forwarded one copied in its ``message_snapshots``."""
+        user = as_user(author)
+        self._check_can_post(channel, user)
+        return await self._post(channel, author=user, forward_of=message)
+
+    async def send_webhook_message(self, webhook: FakeWebhook, content: str) -> dict:
+        """``webhook`` is executed: its message, with ``webhook_id``, in its channel."""
+        channel, _ = self.state.find_channel(webhook.channel_id)
+        return await self._post(channel, author=webhook, content=content)
+
+    async def _post(self, channel: FakeChannel, **fields: Any) -> dict:
+        message = messages.build_message(self.state, channel=channel, **fields)
         self.state.store_message(message)
         await self._flush(self._publish_message("MESSAGE_CREATE", message))
         return message

@@ -11,7 +11,7 @@ from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 from . import permissions as perms
 from .ids import SnowflakeGenerator, now_iso
-from .models import DM, GUILD_TEXT, FakeChannel, FakeGuild, FakeMember, FakeRole, FakeUser
+from .models import DM, GUILD_TEXT, PUBLIC_THREAD, FakeChannel, FakeGuild, FakeMember, FakeRole, FakeUser, FakeWebhook
 
 UserLike = Union[FakeUser, FakeMember]
 
@@ -32,6 +32,7 @@ class FakeState:
         self.dm_channels: Dict[int, FakeChannel] = {}  # by channel id
         self.messages: Dict[int, dict] = {}  # message id -> REST-shaped message
         self.attachment_files: Dict[int, bytes] = {}  # attachment id -> content
+        self.webhooks: Dict[int, FakeWebhook] = {}
         self.global_commands: List[dict] = []
         self.guild_commands: Dict[int, List[dict]] = {}
         # IDs for commands invoked without ever being synced: stable per name.
@@ -134,6 +135,30 @@ class FakeState:
         guild.channels[c.id] = c
         return c
 
+    def create_thread(self, parent: FakeChannel, name: str, *, owner: FakeUser) -> FakeChannel:
+        """A public thread in ``parent``. Kept among the guild's channels, so messages and REST
+        routes find it like any channel; Discord lists it apart (GUILD_CREATE ``threads``)."""
+        guild = self.get_guild(parent.guild_id)
+        thread = FakeChannel(id=self.new_id(), type=PUBLIC_THREAD, name=name, guild_id=guild.id,
+                             parent_id=parent.id, owner_id=owner.id)
+        guild.channels[thread.id] = thread
+        return thread
+
+    def remove_channel(self, channel: FakeChannel) -> None:
+        """Delete a guild channel with its threads and every message in them (Discord deletes them
+        too, without a MESSAGE_DELETE for each)."""
+        guild = self.get_guild(channel.guild_id)
+        gone = {channel.id} | {c.id for c in guild.threads if c.parent_id == channel.id}
+        for channel_id in gone:
+            del guild.channels[channel_id]
+        for message_id in [m for m, message in self.messages.items() if int(message["channel_id"]) in gone]:
+            del self.messages[message_id]
+
+    def create_webhook(self, channel: FakeChannel, name: str) -> FakeWebhook:
+        webhook = FakeWebhook(id=self.new_id(), channel_id=channel.id, name=name)
+        self.webhooks[webhook.id] = webhook
+        return webhook
+
     def create_member(
         self,
         guild: FakeGuild,
@@ -183,7 +208,9 @@ class FakeState:
         guild = self.guild_of(channel)
         if guild is None:
             return perms.ALL
-        return perms.channel_permissions(guild, channel, user_id)
+        # A thread has no overwrites of its own: its channel's apply in it.
+        source = guild.channels[channel.parent_id] if channel.is_thread else channel
+        return perms.channel_permissions(guild, source, user_id)
 
     # -------------------------------------------------------------- messages
     def store_message(self, message: dict) -> dict:

@@ -1,0 +1,182 @@
+"""End to end, on the fake Discord: messages that are not a member's plain message (webhooks',
+Discord's own, forwards, replies Discord sent without the message they answer), threads,
+deleted channels and threads, and channels or servers discord.py has not cached.
+
+The scene is tests/support/discord_scene.py. A message that must not be answered is followed
+by one that must, in the same channel: the channel's events are handled in order, so once the
+second is answered the first was seen (and no answer to it can come later).
+"""
+
+from __future__ import annotations
+
+import logging
+
+
+from tests.fakediscord import FakeChannel, permissions
+from tests.fakediscord import messages as fake_messages
+from tests.support.discord_scene import Scene
+from tests.support.waiting import until
+
+
+def last_prompt(scene: Scene) -> list[dict]:
+    return scene.model.prompts[-1]
+
+
+async def answered_once(scene: Scene, channel: FakeChannel, text: str) -> None:
+    """A member's plain message to `channel` is answered, and it is the only answer there."""
+    await scene.reply_to(await scene.say(text, channel=channel))
+    assert await scene.turns(channel) == [("user", text), ("assistant", f"echo: Alice: {text}")]
+    assert len(scene.posted(channel)) == 1
+
+
+async def channel_manager(scene: Scene):
+    manager = scene.fake.add_user("chanmod")
+    scene.fake.add_member(scene.world.guild, manager, permissions=permissions.MANAGE_CHANNELS)
+    return manager
+
+
+# --------------------------------------------------------------------------- who wrote it
+
+
+async def test_a_webhooks_messages_are_never_answered_even_with_auto_reply_on(scene: Scene):
+    fake, world = scene.fake, scene.world
+    await scene.store.set_auto_reply(world.general.id, world.guild.id, True, world.mod.id)
+    feed = fake.add_webhook(world.general, "News feed")  # or a bridge relaying another bot's chat
+    await fake.send_webhook_message(feed, "Markets are up today")
+    await fake.send_webhook_message(feed, f"{fake.bot.mention} relayed: what do you think?")
+    await answered_once(scene, world.general, "hello everyone")
+
+
+async def test_discords_own_system_account_is_not_answered(scene: Scene):
+    fake, world = scene.fake, scene.world
+    notices = fake.add_user("Discord")
+    notices.system = True
+    await scene.say("Your account was flagged", channel=fake.dm_channel(notices), author=notices)
+    await scene.reply_to(await scene.say("hi", channel=fake.dm_channel(world.alice)))
+    assert scene.posted(fake.dm_channel(notices)) == [] and await scene.turns(fake.dm_channel(notices)) == []
+
+
+async def test_a_forwarded_message_is_read_as_quoted_text(scene: Scene):
+    fake, world = scene.fake, scene.world
+    source = await scene.say("The meeting moved to Friday.")  # in #general, not for the bot
+    forward = await fake.forward_message(fake.dm_channel(world.alice), world.alice, source)
+    assert forward["content"] == "" and forward["message_snapshots"]
+    await scene.reply_to(forward)
+    assert last_prompt(scene)[-1] == {"role": "user", "content": "Alice: (forwarded) The meeting moved to Friday."}
+
+
+async def test_a_reply_to_an_answer_discord_left_out_and_the_cache_lacks_is_answered(scene: Scene):
+    fake, world, store = scene.fake, scene.world, scene.store
+    # Posted before a restart: Discord has them, the database knows the answer, discord.py's
+    # cache has neither (they are stored on the fake without a MESSAGE_CREATE).
+    answer = fake_messages.build_message(fake.state, channel=world.general, author=fake.bot, content="Noted.")
+    someones = fake_messages.build_message(fake.state, channel=world.general, author=world.mod, content="hi all")
+    for message in (answer, someones):
+        fake.state.store_message(message)
+    turn = await store.add_turn(channel_id=world.general.id, guild_id=world.guild.id, role="assistant",
+                                content="Noted.")
+    await store.record_answer_parts(turn, [int(answer["id"])])
+
+    # Replies without a ping, and without referenced_message ("the backend did not attempt to fetch").
+    await scene.say("not for the bot", referenced_message_id=int(someones["id"]), ping_reply=False,
+                    with_referenced_message=False)
+    follow_up = await scene.say("and another thing", referenced_message_id=int(answer["id"]), ping_reply=False,
+                                with_referenced_message=False)
+    await scene.reply_to(follow_up)
+    assert len(scene.posted()) == 1
+    assert last_prompt(scene)[-1] == {"role": "user", "content": "Alice: and another thing"}
+
+
+# --------------------------------------------------------------------------- threads
+
+
+async def test_a_thread_takes_its_channels_auto_reply_and_persona_until_it_has_its_own(scene: Scene):
+    fake, world = scene.fake, scene.world
+    manager = await channel_manager(scene)
+    await scene.command(manager, "autoreply on")
+    await scene.command(manager, "persona set", options={"text": "You are a pirate.", "scope": "channel"})
+    thread = fake.add_thread(world.general, "Weekend plans", owner=world.alice)
+
+    await scene.reply_to(await scene.say("no mention needed here either", channel=thread))
+    assert last_prompt(scene)[0] == {"role": "system", "content": "You are a pirate."}
+    # A thread is a conversation of its own.
+    assert [role for role, _ in await scene.turns(thread)] == ["user", "assistant"]
+    assert await scene.turns() == []
+
+    # Set inside the thread, the thread's own settings win there.
+    await scene.command(manager, "autoreply off", channel=thread)
+    await scene.command(manager, "persona set", options={"text": "You are a cat.", "scope": "channel"},
+                        channel=thread)
+    await scene.say("not answered now", channel=thread)
+    await scene.ask("but a mention is", channel=thread)
+    assert last_prompt(scene)[0] == {"role": "system", "content": "You are a cat."}
+    assert len(scene.posted(thread)) == 2
+    assert await scene.store.channel_auto_reply(world.general.id) is True  # the channel's stay as they were
+
+
+# --------------------------------------------------------------------------- deleted channels
+
+
+async def test_deleting_a_channel_forgets_its_history_its_threads_and_its_settings(scene: Scene, caplog):
+    fake, world, store = scene.fake, scene.world, scene.store
+    doomed = fake.add_text_channel(world.guild, "doomed")
+    thread = fake.add_thread(doomed, "side talk", owner=world.alice)
+    manager = await channel_manager(scene)
+    await scene.command(manager, "autoreply on", channel=doomed)
+    await scene.command(manager, "persona set", options={"text": "You are a cat.", "scope": "channel"},
+                        channel=doomed)
+    for channel in (doomed, thread, world.general):
+        await scene.ask("remember this", channel=channel)
+
+    with caplog.at_level(logging.INFO, logger="bot.discord_bot"):
+        await fake.delete_channel(doomed)  # CHANNEL_DELETE only: no MESSAGE_DELETE, no THREAD_DELETE
+
+        async def forgotten() -> bool:
+            return (await scene.turns(doomed) == [] and await scene.turns(thread) == []
+                    and await store.channel_auto_reply(doomed.id) is None
+                    and await store.channel_persona(doomed.id) is None)
+        await until(forgotten)
+        await until(lambda: any(f"channel {thread.id} of server" in r.getMessage() for r in caplog.records))
+    assert any(f"channel {doomed.id} of server {world.guild.id} was deleted" in r.getMessage()
+               and "2 stored message(s)" in r.getMessage() for r in caplog.records)
+    assert len(await scene.turns()) == 2  # other channels keep theirs
+
+
+async def test_deleting_a_thread_forgets_its_history_and_settings_only(scene: Scene):
+    fake, world, store = scene.fake, scene.world, scene.store
+    thread = fake.add_thread(world.general, "side talk", owner=world.alice)
+    await scene.command(await channel_manager(scene), "autoreply on", channel=thread)
+    await scene.ask("remember this", channel=thread)
+    await scene.ask("and this")
+
+    await fake.delete_channel(thread)  # THREAD_DELETE
+
+    async def forgotten() -> bool:
+        return await scene.turns(thread) == [] and await store.channel_auto_reply(thread.id) is None
+    await until(forgotten)
+    assert len(await scene.turns()) == 2
+
+
+# --------------------------------------------------------------------------- what discord.py has not cached
+
+
+async def test_a_channel_discord_py_does_not_know_is_answered(scene: Scene):
+    fake, world = scene.fake, scene.world
+    missed = fake.state.create_text_channel(world.guild, "missed")  # its CHANNEL_CREATE never reached the bot
+    reply = await scene.ask("hello?", channel=missed)
+    assert reply.json["content"] == "echo: Alice: hello?"
+
+
+async def test_a_server_discord_py_does_not_know_is_not_taken_for_a_dm(scene: Scene):
+    fake, world, store = scene.fake, scene.world, scene.store
+    # The bot is in it, but its GUILD_CREATE never reached the bot.
+    unseen = fake.state.create_guild("Unseen", owner=None, everyone_permissions=permissions.DEFAULT_EVERYONE,
+                                     bot_permissions=permissions.DEFAULT_BOT)
+    lobby = fake.state.create_text_channel(unseen, "lobby")
+    fake.state.create_member(unseen, world.alice)
+
+    await scene.say("just chatting among ourselves", channel=lobby)  # a DM would be answered
+    await scene.ask("hello?", channel=lobby)
+    assert len(scene.posted(lobby)) == 1
+    stored = [(guild_id, turn.content) async for guild_id, _, turn in store.turns_in_order(channel_id=lobby.id)]
+    assert stored == [(unseen.id, "hello?"), (unseen.id, "echo: Alice: hello?")]
