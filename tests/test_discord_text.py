@@ -66,3 +66,41 @@ def test_dotenv(tmp_path):
     path.write_text("# secrets\n\nexport DISCORD_TOKEN='abc.def'\nOTHER = \"x y\"\nnot a pair\n")
     assert read_dotenv(path) == {"DISCORD_TOKEN": "abc.def", "OTHER": "x y"}
     assert read_dotenv(tmp_path / "missing") == {}
+
+
+async def test_text_that_comes_while_an_edit_is_on_its_way_is_shown_after_it():
+    """The newest text is shown even when nothing follows it: say a queue notice, and then the
+    model is silent for a while. Here it arrives while the previous edit waits for Discord."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from bot.discord_bot.posting import StreamedReply
+    from tests.support.waiting import until
+
+    class HeldMessage:
+        id = 1
+
+        def __init__(self) -> None:
+            self.edits: list[str] = []
+            self.editing, self.release = asyncio.Event(), asyncio.Event()
+
+        async def edit(self, content: str, **_options) -> None:
+            self.editing.set()
+            await self.release.wait()
+            self.edits.append(content)
+
+    message = HeldMessage()
+
+    async def send(text: str, **_options) -> HeldMessage:
+        return message
+
+    trigger = SimpleNamespace(channel=SimpleNamespace(id=5, send=send), guild=None, id=9,
+                              to_reference=lambda **_options: None)
+    streamed = StreamedReply(trigger, interval=0.001)
+    await streamed.update("Writing")
+    await until(lambda: streamed.message is not None)  # posted
+    await streamed.update("Writing an")
+    await message.editing.wait()  # that edit is on its way ...
+    await streamed.update("You are number 2 in line.")  # ... when this comes, and then nothing
+    message.release.set()
+    await until(lambda: message.edits[-1:] == ["You are number 2 in line. …"])

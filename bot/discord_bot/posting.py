@@ -117,14 +117,19 @@ class StreamedReply:
             self._shower = asyncio.create_task(self._show_when_allowed())
 
     async def _show_when_allowed(self) -> None:
+        """Show the newest text when the throttle allows; again while updates came during the
+        post or edit (a queue notice followed by a long silence must still show)."""
         loop = asyncio.get_running_loop()
-        await asyncio.sleep(max(0.0, self._next_show - loop.time()))
-        self._next_show = loop.time() + self.interval
-        self._posting = True
-        try:
-            await self._show(preview(self._pending, self.limit))
-        finally:
-            self._posting = False
+        shown = None
+        while shown != self._pending:
+            await asyncio.sleep(max(0.0, self._next_show - loop.time()))
+            self._next_show = loop.time() + self.interval
+            shown = self._pending
+            self._posting = True
+            try:
+                await self._show(preview(shown, self.limit))
+            finally:
+                self._posting = False
 
     async def finish(self, parts: list[str]) -> Delivered:
         """The final text: the streamed message becomes the first part, the others follow."""
