@@ -59,3 +59,8 @@ def test_closing_a_code_block_keeps_the_part_within_the_limit():
     text = "y" * 1980 + "\n\n```\n" + "x" * 12  # 1999 characters: 2003 once closed
     parts = split_message(text)
     assert parts == ["y" * 1980, "```\n" + "x" * 12 + "\n```"]
+
+
+def test_a_one_line_code_span_in_triple_backticks_opens_no_block():
+    text = "Run it with\n```make demo```"
+    assert split_message(text) == [text]

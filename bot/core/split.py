@@ -12,7 +12,9 @@ from __future__ import annotations
 import re
 
 DISCORD_MESSAGE_LIMIT = 2000
-_FENCE = re.compile(r"^\s*(```|~~~)")
+# A fence line (CommonMark): ``` or ~~~ starting the line; a backtick fence's info string has no
+# backtick, so a one-line ```code``` span is text, not a block opened and never closed.
+_FENCE = re.compile(r"^\s*(```(?!.*`)|~~~)")
 
 
 def split_message(text: str, limit: int = DISCORD_MESSAGE_LIMIT) -> list[str]:
