@@ -91,7 +91,7 @@ def tokens_per_slot(memory: int, slots: int, context: int, config, dtype: torch.
     """Tokens each of `slots` slots holds in `memory` bytes, at most the model's context (one
     column of each slot is scratch). Too few to chat ends start-up with a sentence."""
     tokens = min(memory // (slots * column_bytes(config, dtype)) - 1, context)
-    if tokens < FEWEST_SLOT_TOKENS:
+    if tokens < min(FEWEST_SLOT_TOKENS, context):  # (a model whose own context is shorter is what it is)
         raise ModelLoadError(
             f"The key/value slots get {memory >> 20} MiB: {max(tokens, 0)} tokens for each of the {slots} replies "
             f"written at once, too few to chat (at least {FEWEST_SLOT_TOKENS}). Lower [engine] max_batch or "
