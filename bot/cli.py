@@ -99,7 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", parents=[model_option],
                               help="connect to Discord and chat there (needs DISCORD_TOKEN)",
                               description="Connect to Discord with the token in DISCORD_TOKEN and answer there: "
-                              "when mentioned, in direct messages, and through the slash commands.")
+                              "when mentioned, replied to, in direct messages and in channels with auto-reply on, and "
+                              "through the slash commands.")
     run.set_defaults(handler=_run)
 
     chat = commands.add_parser("chat", parents=[model_option], help="chat with the bot in this terminal",

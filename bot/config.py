@@ -236,6 +236,9 @@ def _check_env_names(environ: dict[str, str]) -> None:
     settings = {_env_name(section, f.name) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
     for name in sorted(environ):
         if name.startswith(ENV_PREFIX) and name not in settings and name not in OTHER_ENV_VARIABLES:
+            if name.endswith("TOKEN"):  # BOT_DISCORD_TOKEN, BOT_TOKEN: the token has a name of its own
+                raise ConfigError(f"The environment variable {name} names no setting: the Discord token is read "
+                                  "from DISCORD_TOKEN (or a .env file line DISCORD_TOKEN=...).")
             raise ConfigError(f"The environment variable {name} names no setting{_did_you_mean(name, sorted(settings))}"
                               " (settings are BOT_<SECTION>_<KEY>, as in config.toml)")
 
@@ -272,7 +275,8 @@ def _read_toml(path: Path) -> dict:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path} is not valid TOML: {error}") from None
+        raise ConfigError(f"{path} is not valid TOML: {error} (text values need quotes, as in "
+                          'name = "embedded")') from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path} cannot be read: {error}") from None
 

@@ -219,7 +219,7 @@ class LivePrinter:
 
 async def _spin(out: TextIO) -> None:
     for frame in itertools.cycle("|/-\\"):
-        out.write(f"\r{frame} thinking...")
+        out.write(f"\r{frame} writing...")
         out.flush()
         await asyncio.sleep(0.1)
 

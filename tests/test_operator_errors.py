@@ -59,6 +59,25 @@ def test_a_misspelt_environment_variable_suggests_the_setting(tmp_path):
     assert "BOT_GENERATION_TOPP" in line and "did you mean BOT_GENERATION_TOP_P?" in line
 
 
+@pytest.mark.parametrize("name", ["BOT_DISCORD_TOKEN", "BOT_TOKEN"])
+def test_the_discord_token_under_a_settings_name_points_to_discord_token(tmp_path, name):
+    line = refused(tmp_path, "migrate", env=database_env(tmp_path, **{name: "abc"}))
+    assert f"{name} names no setting: the Discord token is read from DISCORD_TOKEN" in line
+
+
+def test_a_text_value_without_quotes_gets_a_hint(tmp_path):
+    (tmp_path / "config.toml").write_text("[model]\nname = embedded\n")
+    line = refused(tmp_path, "migrate", env=database_env(tmp_path))
+    assert "is not valid TOML" in line and 'text values need quotes, as in name = "embedded"' in line
+
+
+def test_a_database_that_cannot_be_opened_says_what_to_check(tmp_path):
+    (tmp_path / "data").write_text("a file where the database's folder should be")
+    url = f"sqlite+aiosqlite:///{tmp_path / 'data' / 'bot.db'}"
+    line = refused(tmp_path, "migrate", env=clean_env(tmp_path, BOT_DATABASE_URL=url))
+    assert "could not be opened" in line and "check that its folder exists and this user may write there" in line
+
+
 def test_a_config_file_key_gets_the_same_suggestion(tmp_path):
     (tmp_path / "config.toml").write_text("[generation]\ntopp = 0.5\n")
     line = refused(tmp_path, "migrate", env=database_env(tmp_path))

@@ -86,7 +86,7 @@ def api_key_from_environment(environ: dict[str, str] | None = None) -> str | Non
 
 
 def _local_model_source(name: str) -> str | Path:
-    if name == embedded.EMBEDDED_NAME:
+    if embedded.is_embedded(name):
         try:
             return embedded.converted_model_dir()
         except embedded.EmbeddedModelMissing:

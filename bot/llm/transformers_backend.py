@@ -231,7 +231,7 @@ def load_transformers_backend(settings: ModelSettings) -> TransformersBackend:
         raise ModelLoadError(str(error)) from None
     source, label, local_only = settings.name, settings.name, True
     try:
-        if settings.name == embedded.EMBEDDED_NAME:
+        if embedded.is_embedded(settings.name):
             source = embedded.converted_model_dir()
             label = "embedded SmolLM2-135M-Instruct"
         else:  # fails in a second or two where the model cannot be had, saying what to do

@@ -68,7 +68,10 @@ class Store:
     @classmethod
     async def open(cls, url: str, migrate: bool = True) -> "Store":
         """Connect and (by default) upgrade the schema to the newest migration."""
-        engine = create_engine(url)
+        try:  # a SQLite file's folder is made here: it may be a file, or not ours to write in
+            engine = create_engine(url)
+        except OSError as error:
+            raise StoreError(_explain_open_error(url, error)) from error
         try:
             if migrate:
                 await upgrade(engine)
@@ -417,4 +420,8 @@ def _explain_open_error(url: str, error: SQLAlchemyError | OSError) -> str:
     if "not a database" in text or "malformed" in text:
         return (f"The database at {url} is not a valid SQLite database (or is damaged). "
                 "Move the file aside to start afresh, or point [database] url at another file.")
-    return f"The database at {url} could not be opened: {text}"
+    if make_url(url).get_backend_name() == "sqlite":
+        advice = "check that its folder exists and this user may write there"
+    else:
+        advice = "check that the server is running and the URL's host, port, database, user and password"
+    return f"The database at {url} could not be opened: {text}. To fix it, {advice} ([database] url)."
