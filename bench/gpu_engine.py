@@ -168,13 +168,14 @@ def new_engine(backend, plan: Plan, graphs: bool = True):
     """The engine as the bot makes it: decode steps replayed as CUDA graphs on a GPU (on a CPU,
     a smoke run, the same buckets replayed eagerly). graphs=False: every step eager."""
     from bot.llm.decode_graphs import DecodeGraphs, EagerRecorder, decode_graphs_for
-    from bot.llm.engine import BatchingEngine
+    from bot.llm.engine import BatchingEngine, default_prefill_tokens
 
     device = backend.model.device
     recorded = None
     if graphs and os.environ.get("CUDA_GRAPHS", "1") != "0":
         recorded = decode_graphs_for(device, True) if device.type == "cuda" else DecodeGraphs(EagerRecorder())
     return BatchingEngine(backend, max_batch=plan.max_batch, timeout_s=600,
+                          prefill_chunk_tokens=default_prefill_tokens(device.type),
                           attention=os.environ.get("ATTENTION", "auto"), graphs=recorded)
 
 

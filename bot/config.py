@@ -84,8 +84,9 @@ class EngineSettings:
                                   "slots grow as replies need, up to the model's context)", low=0, high=10_000_000)
     cache_budget_mb: int = setting(1024, "memory for the channels' kept prompt caches (on the model's device), in MiB",
                                    low=0, high=1_000_000)
-    prefill_chunk_tokens: int = setting(256, "prompt tokens run per engine round, so long prompts do not stall others",
-                                        low=16, high=65_536)
+    prefill_chunk_tokens: int = setting(0, "prompt tokens run per engine round (several requests' together), so long "
+                                        "prompts do not stall others (0: from the device, 2048 on a GPU, 256 on a CPU)",
+                                        low=0, high=65_536)
     torch_threads: int = setting(0, "CPU threads for torch (0 = torch's default)", low=0, high=1024)
     attention: str = setting("auto", 'attention kernels the engine runs the model with: "auto" (eager on a GPU, '
                              "where PyTorch's SDPA with the padding mask of a batch is slow; the model's own "

@@ -233,7 +233,7 @@ def test_slots_hold_rows_in_place_and_a_step_masks_by_their_lengths():
     a, b, c = slots.take(), slots.take(), slots.take()
     assert (a, b, c) == (0, 1, 2) and slots.take() is None
     for slot, length, fill in ((a, 3, 1.0), (b, 5, 2.0)):  # prefill: the new tokens' keys land in place
-        positions, mask = slots.prefill_inputs(slot, length)
+        positions, mask = slots.prefill_inputs([slot], [length])
         assert positions.tolist() == [list(range(length))] and mask.shape == (1, 1, length, length + 1)
         slots.update(torch.full((1, 1, length, 4), fill), torch.full((1, 1, length, 4), fill), 0)
     slots.start_decoding(a)
@@ -524,3 +524,33 @@ def test_slots_that_cannot_hold_a_conversation_end_start_up_with_a_sentence(vari
     with pytest.raises(ModelLoadError, match=r"too few to chat.*Lower \[engine\] max_batch or raise "
                                              r"\[engine\] slot_memory_mb"):
         BatchingEngine(varied_backend, max_batch=8, slot_memory_bytes=1 << 20)
+
+
+# Prefill ---------------------------------------------------------------------------------------
+
+
+async def test_prompts_waiting_together_are_prefilled_in_one_forward_and_answer_as_alone(
+        varied_backend, make_engine):
+    """Requests admitted in one round share prefill forwards, left-padded to the longest: two new
+    prompts in one, then two channels' next turns in another (each started from its channel's
+    cached turn, at its own place in its slot). Each answer is still transformers' own
+    generate() for that prompt alone."""
+    engine = make_engine(varied_backend, max_batch=6)
+    earlier = [chat("Tell me about one."), chat("Tell me about the number one in a long sentence with many words.")]
+    answers = [await generate(engine, prompt, GREEDY, channel=n) for n, prompt in enumerate(earlier)]
+    cases = [(chat(f"Tell me about the number {word} in a short sentence, please."), GREEDY) for word in ("two", "six")]
+    cases += [(chat(prompt[1]["content"], answer, "And two?"), GREEDY) for prompt, answer in zip(earlier, answers)]
+    engine.held_channel = 99  # the engine thread waits while the requests queue: one round admits them all
+    started = asyncio.Event()
+    holder = asyncio.create_task(first_delta_then_park(engine, PROMPTS[1], LONG, started, channel=99))
+    await asyncio.to_thread(engine.holding.wait, 60)
+    forwards, reused = engine.counters.prefill_forwards, engine.counters.reused_tokens
+    tasks = [asyncio.create_task(generate(engine, prompt, params, channel=None if i < 2 else i - 2))
+             for i, (prompt, params) in enumerate(cases)]
+    await until(lambda: engine.load().waiting == len(cases))
+    engine.release.set()
+    together = await asyncio.gather(*tasks)
+    holder.cancel()
+    assert together == await generated_alone(varied_backend, cases)
+    assert engine.counters.reused_tokens > reused  # the next turns started from their channels' caches
+    assert engine.counters.prefill_forwards - forwards == 2

@@ -37,6 +37,9 @@ from .transformers_backend import TransformersBackend
 
 log = logging.getLogger(__name__)
 
+# A batched prefill pads its chunks to the longest: at most this many times their own tokens.
+PADDING_WASTE = 1.25
+
 # What the engine thread sends to a waiting caller.
 DELTA, DONE, ERROR = "delta", "done", "error"
 
@@ -50,6 +53,7 @@ class EngineCounters:
     generated_tokens: int = 0
     largest_batch: int = 0
     decode_steps: int = 0
+    prefill_forwards: int = 0  # forwards that ran prompt tokens (several requests' chunks may share one)
     host_reads: int = 0  # device-to-host copies of chosen tokens (one per decode step)
 
 
@@ -173,32 +177,54 @@ class BatchRunner:
             self._leave(row, keep=True)
 
     def _prefill_some(self) -> None:
-        """Run up to prefill_chunk_tokens prompt tokens, oldest request first."""
-        budget = self.prefill_chunk_tokens
-        while self._prefills and budget > 0:
-            row = self._prefills[0]
-            chunk = row.prompt_ids[row.done:row.done + budget]
-            try:
-                logits = self._forward_prefill(row, chunk)
-            except Exception as error:
-                self._prefills.popleft()
+        """One prefill forward a round, of at most prefill_chunk_tokens prompt tokens: the oldest
+        requests' chunks together, so that a long prompt (or a crowd of new ones) does not stall
+        the rows already answering for long."""
+        if not self._prefills:
+            return
+        batch = self._next_prefill_batch(self.prefill_chunk_tokens)
+        try:
+            logits = self._forward_prefill(batch)
+        except Exception as error:  # one forward served them all
+            for row, _chunk in batch:
+                self._prefills.remove(row)
                 self._leave(row, error=error)
-                continue
+            return
+        self.counters.prefill_forwards += 1
+        for index, (row, chunk) in enumerate(batch):
             row.done += len(chunk)
             row.cache_ids.extend(chunk)
-            budget -= len(chunk)
             self.counters.prefilled_tokens += len(chunk)
             if row.done == len(row.prompt_ids):
-                self._prefills.popleft()
-                self._start_decoding(row, logits)
+                self._prefills.remove(row)
+                self._start_decoding(row, logits[index:index + 1])
 
-    def _forward_prefill(self, row: _Row, chunk: list[int]) -> torch.Tensor:
-        device = self.model.device
-        positions, mask = self.slots.prefill_inputs(row.slot, len(chunk))
-        with self.backend.adapters_for([row.request.lora]) as lora_arguments:
-            output = self.model(input_ids=torch.tensor([chunk], device=device), position_ids=positions,
-                                attention_mask=mask, cache=self.slots, use_cache=True, logits_to_keep=1,
-                                **lora_arguments)
+    def _next_prefill_batch(self, budget: int) -> list[tuple[_Row, list[int]]]:
+        """The oldest request's next chunk (cut to the budget), then the next requests' whole rest
+        of prompt while they fit the budget and, padded to the longest, cost at most PADDING_WASTE
+        times their own tokens (on a GPU each forward costs about as much as a launch-bound
+        step; on a CPU padding is real work)."""
+        first = self._prefills[0]
+        batch = [(first, first.prompt_ids[first.done:first.done + budget])]
+        budget -= len(batch[0][1])
+        for row in list(self._prefills)[1:]:
+            chunk = row.prompt_ids[row.done:]
+            lengths = [len(c) for _, c in batch] + [len(chunk)]
+            if len(chunk) > budget or len(lengths) * max(lengths) > PADDING_WASTE * sum(lengths):
+                break
+            batch.append((row, chunk))
+            budget -= len(chunk)
+        return batch
+
+    def _forward_prefill(self, batch: list[tuple[_Row, list[int]]]) -> torch.Tensor:
+        """One forward for the batch's chunks; the logits at each row's last token, [rows, vocab]."""
+        longest = max(len(chunk) for _, chunk in batch)
+        positions, mask = self.slots.prefill_inputs([row.slot for row, _ in batch],
+                                                    [len(chunk) for _, chunk in batch])
+        input_ids = torch.tensor([[0] * (longest - len(chunk)) + chunk for _, chunk in batch], device=self.model.device)
+        with self.backend.adapters_for([row.request.lora for row, _ in batch]) as lora_arguments:
+            output = self.model(input_ids=input_ids, position_ids=positions, attention_mask=mask, cache=self.slots,
+                                use_cache=True, logits_to_keep=1, **lora_arguments)
         return output.logits[:, -1]
 
     def _start_decoding(self, row: _Row, logits: torch.Tensor) -> None:

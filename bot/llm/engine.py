@@ -99,6 +99,14 @@ def tokens_per_slot(memory: int, slots: int, context: int, config, dtype: torch.
     return tokens
 
 
+def default_prefill_tokens(device_type: str) -> int:
+    """Prompt tokens a round when [engine] prefill_chunk_tokens is 0. On a GPU a forward of a few
+    hundred tokens is bound by launching its kernels, not by the work: batching the prompts of
+    many new requests into one forward is what costs little there. On a CPU every token is work,
+    and 256 keep the stall of the replies being written short."""
+    return 2048 if device_type == "cuda" else 256
+
+
 def default_max_batch(device_type: str) -> int:
     """Rows decoded together when [engine] max_batch is 0. A GPU's decode step costs about the
     same for 1 row as for 64 (it is bound by reading the weights), so it serves many; a CPU's

@@ -130,18 +130,28 @@ class SlotCache:
 
     # Steps ---------------------------------------------------------------------------
 
-    def prefill_inputs(self, slot: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Make the next forward write `tokens` new tokens after the slot's stored ones; returns
-        (position_ids [1, tokens], mask [1, 1, tokens, columns]): each new token attends to the
-        slot's stored tokens and to the new ones up to itself."""
-        start = self.lengths[slot]
-        self.ensure_columns(start + tokens + 1)
-        positions = torch.arange(start, start + tokens, device=self.device)
-        self._set_step(slice(slot, slot + 1), (positions + 1)[None], start + tokens + 1)
-        columns = torch.arange(self._kv_columns, device=self.device)
-        allowed = (columns[None, :] >= 1) & (columns[None, :] <= positions[:, None] + 1)
-        self._set_length(slot, start + tokens)
-        return positions[None], self._additive(allowed[None, None])
+    def prefill_inputs(self, slots: Sequence[int], tokens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Make the next forward write tokens[i] new tokens after slots[i]'s stored ones, the rows
+        left-padded to the longest (so that every row's last token is the forward's last:
+        logits_to_keep=1 serves them all). Padding writes to the scratch column and attends to it
+        alone. Returns (position_ids [rows, longest], mask [rows, 1, longest, columns]): each new
+        token attends to its slot's stored tokens and to the new ones up to itself."""
+        longest = max(tokens)
+        starts = [self.lengths[slot] for slot in slots]
+        kv_columns = max(start + count for start, count in zip(starts, tokens)) + 1
+        self.ensure_columns(kv_columns)
+        step = torch.arange(longest, device=self.device)[None, :]
+        padding = torch.tensor([longest - count for count in tokens], device=self.device)[:, None]
+        real = step >= padding
+        positions = torch.where(real, torch.tensor(starts, device=self.device)[:, None] + step - padding, 0)
+        write_at = torch.where(real, positions + 1, 0)
+        rows = slice(slots[0], slots[0] + 1) if len(slots) == 1 else torch.tensor(slots, device=self.device)
+        self._set_step(rows, write_at, kv_columns)
+        columns = torch.arange(kv_columns, device=self.device)
+        allowed = torch.where(real[..., None], (columns >= 1) & (columns <= write_at[..., None]), columns == 0)
+        for slot, start, count in zip(slots, starts, tokens):
+            self._set_length(slot, start + count)
+        return positions, self._additive(allowed[:, None])
 
     def decode_columns(self) -> int:
         """The key/value columns the next decode step must read (one past the longest decoding
@@ -170,9 +180,12 @@ class SlotCache:
         for slot in self._decoding_slots:
             self.lengths[slot] += 1
 
-    def _set_step(self, rows: slice, write_at: torch.Tensor, kv_columns: int) -> None:
+    def _set_step(self, rows: slice | torch.Tensor, write_at: torch.Tensor, kv_columns: int) -> None:
+        """`rows`: the forward's slots, a range (decode, one row's prefill: read through views)
+        or an index of slots (several rows' prefill)."""
         self._rows, self._write_at, self._kv_columns = rows, write_at, kv_columns
-        self._row_index = torch.arange(rows.stop - rows.start, device=self.device)[:, None]
+        count = rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+        self._row_index = torch.arange(count, device=self.device)[:, None]
 
     def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
         """A mask every attention implementation reads alike: 0 where allowed, the dtype's lowest
@@ -183,10 +196,16 @@ class SlotCache:
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Called by each attention layer: store the new tokens' keys/values in their columns and
         return the rows' keys/values up to the step's last column."""
-        keys = self.keys[layer_idx][self._rows]
+        new_keys, new_values = key_states.transpose(1, 2).to(self.dtype), value_states.transpose(1, 2).to(self.dtype)
+        if not isinstance(self._rows, slice):  # slots by index: written in place, then gathered (a copy)
+            slots = self._rows
+            self.keys[layer_idx][slots[:, None], :, self._write_at] = new_keys
+            self.values[layer_idx][slots[:, None], :, self._write_at] = new_values
+            return self.keys[layer_idx][slots, :, :self._kv_columns], self.values[layer_idx][slots, :, :self._kv_columns]
+        keys = self.keys[layer_idx][self._rows]  # a view of the range: written through, read without a copy
         values = self.values[layer_idx][self._rows]
-        keys[self._row_index, :, self._write_at] = key_states.transpose(1, 2).to(self.dtype)
-        values[self._row_index, :, self._write_at] = value_states.transpose(1, 2).to(self.dtype)
+        keys[self._row_index, :, self._write_at] = new_keys
+        values[self._row_index, :, self._write_at] = new_values
         return keys[:, :, :self._kv_columns], values[:, :, :self._kv_columns]
 
     # Memory ----------------------------------------------------------------------------

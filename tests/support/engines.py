@@ -33,8 +33,9 @@ def load_tiny(model_dir, weight_scale: float = 1.0) -> TransformersBackend:
 class SteeredRunner(BatchRunner):
     """The engine thread's runner, with two test controls on one channel's row as it takes its
     fourth token (three already sent): `failing_channel` raises there (a fault inside one row's
-    step); `held_channel` holds the engine thread there until `release` is set, so that an answer
-    is certainly still being written, whatever this machine's speed, until the test says so."""
+    step); `held_channel` holds the engine thread there (and sets `holding`) until `release` is
+    set, so that an answer is certainly still being written, whatever this machine's speed,
+    until the test says so."""
 
     def __init__(self, engine, *args, **options):
         super().__init__(*args, **options)
@@ -45,6 +46,7 @@ class SteeredRunner(BatchRunner):
             if row.request.cache_key == self.engine.failing_channel:
                 raise RuntimeError("simulated fault")
             if row.request.cache_key == self.engine.held_channel:
+                self.engine.holding.set()  # the engine thread is held now: nothing else moves
                 self.engine.release.wait(timeout=120)  # the limit only guards against a hung test
         super()._take_token(row, token)
 
@@ -54,6 +56,7 @@ class SteeredEngine(BatchingEngine):
 
     def __init__(self, *args, **options):
         self.release = threading.Event()
+        self.holding = threading.Event()
         super().__init__(*args, **options)
 
     def _new_runner(self):
