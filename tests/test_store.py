@@ -140,8 +140,8 @@ async def test_settings_survive_reopening_the_database(database_url):
     await store.close()
     store = await Store.open(database_url)
     assert await store.persona(5) == "Talk like a pirate."
-    assert await store.auto_reply(6) is True
-    assert await store.auto_reply(7) is False
+    assert await store.channel_auto_reply(6) is True
+    assert await store.channel_auto_reply(7) is None  # never set: off (a thread would follow its channel)
     await store.close()
 
 

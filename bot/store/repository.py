@@ -298,9 +298,6 @@ class Store:
             session.add(row)
         return True
 
-    async def auto_reply(self, channel_id: int) -> bool:
-        return bool(await self.channel_auto_reply(channel_id))
-
     async def channel_auto_reply(self, channel_id: int) -> bool | None:
         """A channel's own auto-reply switch; None where it was never set (a thread then takes its
         channel's)."""
