@@ -216,7 +216,7 @@ async def _finetune(settings: Settings, args: argparse.Namespace) -> int:
 async def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
     store = await Store.open(settings.database.url)
     await store.close()
-    print(f"The database at {mask_url_password(settings.database.url)} is up to date.")
+    print(f"The database at {mask_url_password(settings.database.url)} {store.schema_change.describe()}.")
     return 0
 
 

@@ -6,10 +6,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from bot.store import Store, StoreError
-from bot.store.database import create_engine, downgrade, upgrade
+from bot.store.database import MIGRATIONS_DIR, create_engine, downgrade, upgrade
 from bot.store.models import Base, compared_with_models
 from tests.support.store_queries import count_turns, open_store_after
 
@@ -38,12 +39,17 @@ async def table_names(engine):
 
 async def test_upgrade_downgrade_upgrade_and_models_match_migrations(database_url):
     engine = create_engine(database_url)
-    await upgrade(engine)
+    head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    created = await upgrade(engine)
+    assert (created.before, created.after) == (None, head)
     assert await schema_differences(engine) == []
     assert {"messages", "guild_settings", "channel_settings", "audit_log"} <= await table_names(engine)
+    assert (await upgrade(engine)).describe() == f"is up to date (schema revision {head})"
+    await downgrade(engine, "0006")
+    assert (await upgrade(engine)).describe() == f"was upgraded from schema revision 0006 to {head}"
     await downgrade(engine, "base")
     assert await table_names(engine) <= {"alembic_version"}
-    await upgrade(engine)
+    assert (await upgrade(engine)).describe() == f"was new: its tables were created (schema revision {head})"
     assert await schema_differences(engine) == []
     await engine.dispose()
 

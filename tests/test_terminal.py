@@ -17,6 +17,7 @@ def test_two_turns_with_memory_commands_and_history_kept_across_runs(tmp_path):
     assert "[bot] " in first.stdout and "My favourite fruit is mango." in first.stdout
     assert "This server's persona:\nYou are a grumpy pirate." in first.stdout
     assert first.stdout.rstrip().endswith("Bye.")
+    assert "Model ready in" in first.stderr and "\r" not in first.stderr  # no progress bars redrawn in a pipe
 
     # A new process on the same database: history and persona are still there; end of input ends cleanly.
     second = chat(database, "/history\n/persona show\n/reset\n/history\n")

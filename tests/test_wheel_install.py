@@ -123,11 +123,13 @@ def test_the_installed_package_migrates_a_new_database(installed_python, tmp_pat
     workdir.mkdir()
     database = tmp_path / "data" / "bot.db"
     env = {**_clean_environment(), "BOT_DATABASE_URL": f"sqlite+aiosqlite:///{database}"}
-    result = _run([installed_python, "-m", "bot", "migrate"], cwd=workdir, env=env)
-    assert "up to date" in result.stdout
-    assert list(workdir.iterdir()) == []
-
     head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    result = _run([installed_python, "-m", "bot", "migrate"], cwd=workdir, env=env)
+    assert f"was new: its tables were created (schema revision {head})" in result.stdout
+    assert list(workdir.iterdir()) == []
+    again = _run([installed_python, "-m", "bot", "migrate"], cwd=workdir, env=env)
+    assert f"is up to date (schema revision {head})" in again.stdout
+
     with sqlite3.connect(database) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         search = {name for name in tables if name.startswith(SEARCH_TABLE_PREFIX)}  # FTS5's, not models

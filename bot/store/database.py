@@ -7,10 +7,12 @@ import logging
 import sqlite3
 import time
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -91,11 +93,31 @@ def _one_alembic_at_a_time() -> asyncio.Lock:
     return _alembic_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
 
 
-async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    """Bring the schema to `revision` on this engine's database."""
+@dataclass(frozen=True)
+class SchemaChange:
+    """The schema's revision before and after an upgrade (None: no schema, a new database)."""
+    before: str | None
+    after: str | None
+
+    def describe(self) -> str:
+        if self.before == self.after:
+            return f"is up to date (schema revision {self.after})"
+        if self.before is None:
+            return f"was new: its tables were created (schema revision {self.after})"
+        return f"was upgraded from schema revision {self.before} to {self.after}"
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> SchemaChange:
+    """Bring the schema to `revision` on this engine's database; say what it was and is."""
     async with _one_alembic_at_a_time(), engine.begin() as connection:
         await _one_migration_at_a_time(connection)
+        before = await connection.run_sync(_current_revision)
         await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
+        return SchemaChange(before, await connection.run_sync(_current_revision))
+
+
+def _current_revision(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
 
 
 # Any fixed number: the key of PostgreSQL's advisory lock for migrations.

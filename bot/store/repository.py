@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from ..core.types import Turn
-from .database import create_engine, upgrade
+from .database import SchemaChange, create_engine, upgrade
 from .search import channel_match, search_terms
 from .models import (AnswerPart, AnswerPersona, AuditEntry, ChannelPersona, ChannelSettings, ExportOptOut,
                      GuildSettings, Message, Persona, utc_now)
@@ -64,6 +64,7 @@ class Store:
         # PostgreSQL takes concurrent writers itself (row locks); only SQLite needs them queued.
         self._sessions = OneWriterAtATime(sessions) if engine.dialect.name == "sqlite" else sessions
         self._searchable: bool | None = None  # full-text search (recall) works here; None: not asked yet
+        self.schema_change: SchemaChange | None = None  # what opening did to the schema (None: not migrated)
 
     @classmethod
     async def open(cls, url: str, migrate: bool = True) -> "Store":
@@ -73,12 +74,13 @@ class Store:
         except OSError as error:
             raise StoreError(_explain_open_error(url, error)) from error
         try:
-            if migrate:
-                await upgrade(engine)
+            schema_change = await upgrade(engine) if migrate else None
         except (DBAPIError, OSError) as error:  # OSError: a database server that cannot be reached
             await engine.dispose()
             raise StoreError(_explain_open_error(url, error)) from error
-        return cls(engine)
+        store = cls(engine)
+        store.schema_change = schema_change
+        return store
 
     async def close(self) -> None:
         await self.engine.dispose()
