@@ -65,6 +65,17 @@ async def test_a_forwarded_message_is_read_as_quoted_text(scene: Scene):
     assert last_prompt(scene)[-1] == {"role": "user", "content": "Alice: (forwarded) The meeting moved to Friday."}
 
 
+async def test_a_forwards_mentions_are_read_by_name(scene: Scene):
+    """A forward's snapshot carries only ids in its text: names come from the server's members."""
+    fake, world = scene.fake, scene.world
+    await scene.store.set_auto_reply(world.general.id, world.guild.id, True, world.mod.id)
+    source = await scene.say(f"Ask <@{world.mod.id}> in <#{world.general.id}>.", author=world.mod)
+    await scene.reply_to(source)
+    forward = await fake.forward_message(world.general, world.alice, source)
+    await scene.reply_to(forward)
+    assert last_prompt(scene)[-1] == {"role": "user", "content": "Alice: (forwarded) Ask @mod in #general."}
+
+
 async def test_a_reply_to_an_answer_discord_left_out_and_the_cache_lacks_is_answered(scene: Scene):
     fake, world, store = scene.fake, scene.world, scene.store
     # Posted before a restart: Discord has them, the database knows the answer, discord.py's

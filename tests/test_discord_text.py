@@ -25,7 +25,7 @@ def test_other_mentions_become_names():
 
 def test_unknown_mentions_and_custom_emoji_read_plainly():
     assert readable_text("<@999> <@&998> <#997> nice <:pepe:123> <a:dance:456>", NAMES) == (
-        "@deleted-user @deleted-role #deleted-channel nice :pepe: :dance:")
+        "@unknown-user @deleted-role #deleted-channel nice :pepe: :dance:")
 
 
 def test_lines_and_indentation_are_kept():

@@ -6,6 +6,8 @@ conversation flow work with the plain IncomingMessage.
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import discord
 
 from ..core.text import without_lone_surrogates
@@ -77,15 +79,38 @@ def has_attachments(message: discord.Message) -> bool:
 
 
 def mention_names(message: discord.Message, bot_user_id: int) -> MentionNames:
+    """Names for what the message, and what it forwards, mentions."""
     guild = message.guild
+    forwarded = forwarded_message(message)
     users = {user.id: user.display_name for user in message.mentions}
+    users.update(_forwarded_user_names(forwarded, guild, users.keys()))
     if guild is None:
         return MentionNames(users=users, own=frozenset({bot_user_id}))
-    roles = {role.id: role.name for role in map(guild.get_role, message.raw_role_mentions) if role}
+    shown = [part for part in (message, forwarded) if part is not None]
+    roles = {role.id: role.name for role in map(guild.get_role, _ids(shown, "raw_role_mentions")) if role}
     channels = {channel.id: channel.name
-                for channel in map(guild.get_channel_or_thread, message.raw_channel_mentions) if channel}
+                for channel in map(guild.get_channel_or_thread, _ids(shown, "raw_channel_mentions")) if channel}
     own = {bot_user_id} | ({guild.self_role.id} if guild.self_role else set())
     return MentionNames(users=users, roles=roles, channels=channels, own=frozenset(own))
+
+
+def _forwarded_user_names(forwarded: discord.MessageSnapshot | None, guild: discord.Guild | None,
+                          known: Iterable[int]) -> dict[int, str]:
+    """discord.py keeps no user objects for a forward's snapshot, only the ids in its text. The
+    original message, if the bot saw it, has them; otherwise the server's cached members may."""
+    if forwarded is None:
+        return {}
+    original = forwarded.cached_message
+    names = {user.id: user.display_name for user in original.mentions} if original is not None else {}
+    for user_id in set(forwarded.raw_mentions) - names.keys() - set(known):
+        member = guild.get_member(user_id) if guild is not None else None
+        if member is not None:
+            names[user_id] = member.display_name
+    return names
+
+
+def _ids(parts: list, kind: str) -> set[int]:
+    return {mentioned for part in parts for mentioned in getattr(part, kind)}
 
 
 def mentions_user(message: discord.Message, user_id: int) -> bool:

@@ -37,7 +37,8 @@ def readable_text(content: str, names: MentionNames) -> str:
             return ""
         if kind == "@&":
             return f"{space}@{names.roles.get(target, 'deleted-role')}"
-        return f"{space}@{names.users.get(target, 'deleted-user')}"
+        # Discord's own client shows a user it cannot resolve as "@unknown-user".
+        return f"{space}@{names.users.get(target, 'unknown-user')}"
 
     text = _MENTION.sub(replace, content)
     return _CUSTOM_EMOJI.sub(r":\1:", text).strip()
