@@ -134,9 +134,11 @@ class TerminalChat:
     async def _command(self, line: str) -> None:
         name, _, argument = line.partition(" ")
         try:
-            self.say(await self._run_command(name, argument.strip()))
+            answer = await self._run_command(name, argument.strip())
         except UserError as error:
-            self.say(str(error))
+            answer = str(error)
+        # Settings answers speak Discord's words; /history's and /status's carry other text.
+        self.say(in_terminal_words(answer) if name in ("/persona", "/reset") else answer)
 
     async def _run_command(self, name: str, argument: str) -> str:
         service = self.service
@@ -165,6 +167,30 @@ class TerminalChat:
                 return await service.servers.set_thinking(TERMINAL_GUILD_ID, self.actor, text.strip() == "on")
         return f"Unknown command {line_head(name, argument)}. " + HELP
 
+
+
+# The settings' answers are written for Discord, where a persona belongs to a server or a
+# channel. Here the terminal is the "server" and each --channel number a conversation. The
+# scope words people type ("set channel ...", "server") stay as they are: they are commands.
+TERMINAL_WORDS = (
+    ("every channel of this server", "every terminal conversation"),
+    ("in this server", "in the terminal"),
+    ("This server's", "The terminal's"), ("this server's", "the terminal's"),
+    ("This server uses", "The terminal uses"),
+    ("the server's", "the terminal's"),
+    ("This channel", "This conversation"), ("this channel", "this conversation"),
+    ("the channel's", "the conversation's"),
+    ("Channels with", "Conversations with"),
+)
+
+
+def in_terminal_words(text: str) -> str:
+    """A settings answer in the terminal's words. Only its first line: what follows a line
+    break is shown text (a persona) that must stay exactly as written."""
+    first_line, line_break, shown = text.partition("\n")
+    for discord_words, terminal_words in TERMINAL_WORDS:
+        first_line = first_line.replace(discord_words, terminal_words)
+    return first_line + line_break + shown
 
 
 def persona_scope(text: str) -> tuple[str, str]:
@@ -228,7 +254,7 @@ def format_history(turns: list[Turn]) -> str:
     """A person's lines read "[user: NAME] ...", the bot's "[bot] ...": never mistaken for one
     another, whatever the person is called (in a container the login name is often "bot")."""
     if not turns:
-        return messages.HISTORY_EMPTY
+        return in_terminal_words(messages.HISTORY_EMPTY)
     lines = []
     for turn in turns:
         who = f"user: {turn.author_name or 'someone'}" if turn.role == "user" else "bot"

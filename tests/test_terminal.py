@@ -15,7 +15,7 @@ def test_two_turns_with_memory_commands_and_history_kept_across_runs(tmp_path):
     assert len(replies) == 2
     assert "mango" in replies[1]  # the second answer uses the first turn
     assert "[bot] " in first.stdout and "My favourite fruit is mango." in first.stdout
-    assert "This server's persona:\nYou are a grumpy pirate." in first.stdout
+    assert "The terminal's persona:\nYou are a grumpy pirate." in first.stdout
     assert first.stdout.rstrip().endswith("Bye.")
     assert "Model ready in" in first.stderr and "\r" not in first.stderr  # no progress bars redrawn in a pipe
 
@@ -25,7 +25,7 @@ def test_two_turns_with_memory_commands_and_history_kept_across_runs(tmp_path):
     assert "My favourite fruit is mango." in second.stdout
     assert "You are a grumpy pirate." in second.stdout
     assert "History cleared: 4 message(s) forgotten" in second.stdout
-    assert second.stdout.rstrip().endswith("This channel has no history yet.\nBye.")
+    assert second.stdout.rstrip().endswith("This conversation has no history yet.\nBye.")
 
 
 def test_bad_input_in_the_terminal_gets_clear_answers(tmp_path):
@@ -36,7 +36,7 @@ def test_bad_input_in_the_terminal_gets_clear_answers(tmp_path):
     assert "That persona is 100,000 characters; the limit is 4,000. The persona was not changed." in result.stdout
     assert "Your message is 20,000 characters; the limit is 4,000. Nothing was saved." in result.stdout
     assert "Unknown command /frobnicate." in result.stdout
-    assert "This channel has no history yet." in result.stdout
+    assert "This conversation has no history yet." in result.stdout
 
 
 def test_a_database_that_is_not_a_database_is_one_clear_line(tmp_path):
@@ -165,14 +165,15 @@ def test_at_a_terminal_a_revised_answer_is_rewritten_in_place_not_printed_again(
     assert out.getvalue() == "bot> Hi there <" + "\r\x1b[J" + "bot> Hi there.\n"  # back to its start, cleared
 
 
-def test_the_terminal_chat_has_a_persona_of_its_own_over_the_servers(tmp_path):
-    from bot import messages
-
-    result = chat(tmp_path / "chat.db", "/persona set You are a pirate.\n/persona set channel You are a cat.\n"
+def test_the_terminal_chat_has_a_persona_of_its_own_over_the_servers_in_its_own_words(tmp_path):
+    persona = "You are the bot of this server's channel."  # shown as written, not in terminal words
+    result = chat(tmp_path / "chat.db", f"/persona set {persona}\n/persona set channel You are a cat.\n"
                                         "/persona show\n/persona reset channel\n/persona show\n")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert messages.PERSONA_SET_CHANNEL.format(length=14) in out
-    assert messages.PERSONA_SHOW_CHANNEL.format(persona="You are a cat.") in out
-    assert messages.PERSONA_RESET_CHANNEL in out
-    assert out.index(messages.PERSONA_RESET_CHANNEL) < out.index("This server's persona:\nYou are a pirate.")
+    assert "Persona set (41 characters). It applies to every terminal conversation without a persona" in out
+    assert "This conversation's persona set (14 characters). It overrides the terminal's persona" in out
+    assert "This conversation's own persona (it overrides the terminal's here):\nYou are a cat." in out
+    assert "This conversation's own persona is removed: the terminal's persona applies here again." in out
+    assert out.index("is removed") < out.index(f"The terminal's persona:\n{persona}")
+    assert "server" not in out.replace(persona, "")  # Discord's words stay in Discord
