@@ -549,3 +549,21 @@ async def test_slash_command_in_dm(world: World):
     assert fake.original_response(interaction)["content"] == "Hello again alice!"
     assert edit.json["content"] == "Hello again alice!"
     assert "flags" not in callback["data"] or not callback["data"]["flags"] & 64
+
+
+def test_commands_breaking_discords_limits_are_refused_as_discord_refuses_them():
+    from tests.fakediscord.command_limits import command_problems
+
+    fine = {"name": "persona", "description": "The persona", "options": [
+        {"type": 1, "name": "set", "description": "d" * 100, "options": [
+            {"type": 3, "name": "text", "description": "Text", "required": True,
+             "choices": [{"name": "n" * 100, "value": "v" * 100}]}]}]}
+    assert command_problems(fine) == []
+    long_description = {**fine, "options": [{**fine["options"][0], "description": "d" * 101}]}
+    assert command_problems(long_description) == ["persona set: description is 101 characters (1-100)"]
+    assert command_problems({"name": "Persona", "description": "x"})  # slash command names are lowercase
+    assert command_problems({"name": "p", "description": "x", "options": [
+        {"type": 3, "name": "a", "description": "x"}, {"type": 3, "name": "b", "description": "x", "required": True}]})
+    assert command_problems({"name": "p", "description": "x" * 100, "options": [
+        {"type": 3, "name": f"o{i}", "description": "x" * 100,
+         "choices": [{"name": "c" * 100, "value": "v" * 100}] * 2} for i in range(10)]})  # over 4,000 in all

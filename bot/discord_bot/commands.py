@@ -161,7 +161,7 @@ def persona_commands(service: ChatService) -> app_commands.Group:
         return adapter_choices(service, current)
 
     @group.command(name="thinking", description="Let the bot think before it answers in this server "
-                                                "(SmolLM3's reasoning; its thoughts are never posted)")
+                                                "(its thoughts are never posted)")
     @app_commands.describe(mode="on: think first (slower, sometimes better); off: answer at once")
     @app_commands.choices(mode=[app_commands.Choice(name="on", value="on"), app_commands.Choice(name="off", value="off")])
     async def persona_thinking(interaction: discord.Interaction, mode: str) -> None:

@@ -30,6 +30,7 @@ from .http_util import (
     no_content,
     not_found,
 )
+from .command_limits import command_problems
 from .ids import now_iso
 from .models import FakeChannel, FakeGuild
 from .recorder import RECORDED_KEY, RecordedRequest
@@ -252,13 +253,17 @@ class RestRoutes:
         commands that keep their name and type, like on Discord."""
         scope = self._command_scope(request)
         guild_id = request.match_info.get("guild_id")
-        new = [self._command_object(body, scope, guild_id) for body in (recorded(request).json or [])]
+        bodies = recorded(request).json or []
+        for index, body in enumerate(bodies):
+            _refuse_breaches(body, str(index))
+        new = [self._command_object(body, scope, guild_id) for body in bodies]
         scope[:] = new
         return json_response(new)
 
     async def upsert_command(self, request: web.Request) -> web.Response:
         scope = self._command_scope(request)
         body = recorded(request).json or {}
+        _refuse_breaches(body, "name")
         command = self._command_object(body, scope, request.match_info.get("guild_id"))
         existed = [c for c in scope if c["id"] == command["id"]]
         scope[:] = [c for c in scope if c["id"] != command["id"]] + [command]
@@ -392,3 +397,10 @@ def _set_own_reaction(message: dict, emoji: str, *, present: bool) -> None:
         reactions.append({"emoji": {"id": None, "name": emoji}, "count": 1, "me": True, "burst_count": 0})
     elif not present and entry is not None:
         reactions.remove(entry)
+
+
+def _refuse_breaches(body: dict, field: str) -> None:
+    """Discord refuses a registration (the whole bulk overwrite) if one command breaks a limit."""
+    problems = command_problems(body)
+    if problems:
+        raise form_error(field, "BASE_TYPE_BAD_LENGTH", "; ".join(problems))
