@@ -38,6 +38,8 @@ HISTORY_RESET = "History cleared: {count} message(s) forgotten in this channel."
 HISTORY_EMPTY = "This channel has no history yet."
 AUTOREPLY_ON = "Auto-reply is on: I will answer every message in this channel."
 AUTOREPLY_OFF = "Auto-reply is off: mention me or reply to me to talk."
+CANNOT_ANSWER_HERE = ("But I cannot answer here yet: I lack the {permission} permission in this channel. A "
+                      "server admin can give it to my role (channel settings > Permissions).")
 
 # Discord ----------------------------------------------------------------
 

@@ -944,3 +944,14 @@ async def test_a_preview_past_a_messages_length_is_not_sent_again_unchanged(tmp_
         edits = [r.json["content"] for r in scene.fake.requests_to("PATCH", edit_path)]
         assert edits and all(before != after for before, after in zip(edits, edits[1:]))
         assert edits[-1] == split_message(LONG_STORY)[0]
+
+
+async def test_auto_reply_switched_on_where_the_bot_cannot_post_says_so(scene: Scene):
+    """The command's own answer needs no channel permission; the answers it promises do."""
+    quiet = scene.fake.add_text_channel(scene.world.guild, "announcements")
+    scene.fake.set_channel_overwrite(quiet, scene.fake.bot, deny=permissions.SEND_MESSAGES)
+    answer = await scene.command(scene.world.mod, "autoreply on", channel=quiet, permissions=permissions.MANAGE_CHANNELS)
+    assert answer["content"] == messages.AUTOREPLY_ON + " " + messages.CANNOT_ANSWER_HERE.format(
+        permission="Send Messages")
+    assert (await scene.command(scene.world.mod, "autoreply on", permissions=permissions.MANAGE_CHANNELS)
+            )["content"] == messages.AUTOREPLY_ON  # where it can post, nothing more

@@ -29,6 +29,7 @@ from ..export import parse_day
 from ..server_settings import CHANNEL, SERVER
 from ..service import Actor, ChatService, UserError
 from ..telemetry import log_event
+from .events import lacking_to_answer
 from .posting import NO_PINGS, answer_privately
 
 log = logging.getLogger(__name__)
@@ -199,13 +200,23 @@ def autoreply_commands(service: ChatService) -> app_commands.Group:
 
     def switch(enabled: bool) -> Callable[[discord.Interaction], Awaitable[None]]:
         async def callback(interaction: discord.Interaction) -> None:
-            await answer(interaction, lambda: service.servers.set_auto_reply(
-                interaction.guild_id, interaction.channel_id, actor(interaction), enabled))
+            async def set_it() -> str:
+                done = await service.servers.set_auto_reply(interaction.guild_id, interaction.channel_id,
+                                                            actor(interaction), enabled)
+                return done + (cannot_answer_here(interaction) if enabled else "")
+            await answer(interaction, set_it)
         return callback
 
     group.command(name="on", description="Answer every message in this channel")(switch(True))
     group.command(name="off", description="Answer only mentions and replies in this channel")(switch(False))
     return group
+
+
+def cannot_answer_here(interaction: discord.Interaction) -> str:
+    """A command's answer needs no channel permission, but the bot's answers in the channel do:
+    switching auto-reply on where the bot cannot post would otherwise be met with silence."""
+    lacking = lacking_to_answer(interaction.app_permissions, isinstance(interaction.channel, discord.Thread))
+    return "" if lacking is None else " " + messages.CANNOT_ANSWER_HERE.format(permission=lacking)
 
 
 def forget_me_command(service: ChatService) -> app_commands.Command:

@@ -39,8 +39,11 @@ def missing_permission(channel) -> str | None:
     guild = getattr(channel, "guild", None)
     if guild is None or guild.me is None:  # a DM, or the bot's own member not known yet
         return None
-    granted = channel.permissions_for(guild.me)
-    in_thread = isinstance(channel, discord.Thread)
+    return lacking_to_answer(channel.permissions_for(guild.me), isinstance(channel, discord.Thread))
+
+
+def lacking_to_answer(granted: discord.Permissions, in_thread: bool) -> str | None:
+    """The first permission, of those answering needs, that `granted` lacks (None: none)."""
     for name, label in (("view_channel", "View Channel"),
                         ("send_messages_in_threads" if in_thread else "send_messages",
                          "Send Messages in Threads" if in_thread else "Send Messages"),
