@@ -4,6 +4,7 @@ prompt began."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import OrderedDict, defaultdict
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
@@ -61,3 +62,41 @@ class PromptStarts:
 
     def forget(self, channel_id: int) -> None:
         self._starts.pop(channel_id, None)
+
+
+class Wipes:
+    """When each channel's history was last wiped (/reset, the channel deleted) and each person
+    last asked to be forgotten (/forget-me), on one clock that also stamps messages as they
+    arrive. A message that came before such a wipe, still waiting for its channel's turn, is then
+    dropped: answering and storing it after the wipe would undo what was asked."""
+
+    def __init__(self, people_kept: int = 50_000):
+        self._clock = itertools.count()
+        self._channels: dict[int, int] = {}
+        self._people: OrderedDict[int, int] = OrderedDict()  # bounded: every earlier message has gone by then
+        self._people_kept = people_kept
+
+    def arrived(self) -> int:
+        """A message's stamp, taken as it arrives (before it waits for its turn)."""
+        return next(self._clock)
+
+    def channel_wiped(self, channel_id: int) -> int:
+        self._channels[channel_id] = stamp = next(self._clock)
+        return stamp
+
+    def channel_wipe_done(self, channel_id: int, stamp: int) -> None:
+        """Called in the channel's turn: the messages that came before the wipe have gone by."""
+        if self._channels.get(channel_id) == stamp:
+            del self._channels[channel_id]
+
+    def person_forgotten(self, author_id: int) -> None:
+        self._people[author_id] = next(self._clock)
+        self._people.move_to_end(author_id)
+        while len(self._people) > self._people_kept:
+            self._people.popitem(last=False)
+
+    def channel_wiped_since(self, channel_id: int, arrived: int) -> bool:
+        return self._channels.get(channel_id, -1) > arrived
+
+    def forgotten_since(self, author_id: int, arrived: int) -> bool:
+        return self._people.get(author_id, -1) > arrived

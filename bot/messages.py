@@ -70,7 +70,10 @@ CUT_SHORT_RESTART = "I'm restarting; this answer was cut short."
 # Privacy -----------------------------------------------------------------
 
 FORGOT_YOU = ("Done: I erased {count} stored message(s) of yours: everything you wrote to me in every "
-              "server and channel, and our direct-message conversations. My answers in server channels stay.")
+              "server and channel, and our direct-message conversations. My answers in server channels stay. "
+              "What you write from now on stays out of training-data exports (/optin undoes that).")
+WIPED_BEFORE_ANSWER = ("That message was not answered: before its turn came, this conversation was reset or its "
+                       "author asked to be forgotten.")
 QUEUED = "(Many people are talking to me at once: you are number {place} in line. Your answer is coming.)"
 
 # Training-data export ------------------------------------------------------

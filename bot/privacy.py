@@ -25,16 +25,19 @@ class ServerExport:
 
 class Privacy:
     def __init__(self, store: Store, servers: ServerSettings,
-                 channels_erased: Callable[[Iterable[int]], None]):
+                 channels_erased: Callable[[Iterable[int]], None], forgetting: Callable[[int], None]):
         self.store = store
         self.servers = servers
         # Told which channels lost turns, so that what the conversation keeps of them goes too.
         self._channels_erased = channels_erased
+        # Told first who is being forgotten, so that their messages still waiting are dropped.
+        self._forgetting = forgetting
 
     async def forget_user(self, user_id: int, guild_id: int | None = None, channel_id: int | None = None) -> str:
         """Erase everything a person wrote (and their DM conversations); see Store.forget_author.
         The model's cached prompts of those channels go too, since they hold the person's words.
         The audit entry keeps the id and the count only: no name, no content."""
+        self._forgetting(user_id)
         erased = await self.store.forget_author(user_id)
         # Whatever they write from now on stays out of training-data exports too.
         await self.store.opt_out(user_id, reason="forget-me")
@@ -42,6 +45,12 @@ class Privacy:
         await self.store.record_audit(action="user.forget", actor_id=user_id, guild_id=guild_id,
                                       channel_id=channel_id, detail=f"{erased.count} turns")
         return messages.FORGOT_YOU.format(count=erased.count)
+
+    async def erase_what_is_left(self, user_id: int) -> None:
+        """What was stored of a person after /forget-me erased them, from a message of theirs
+        that was being answered at that moment."""
+        erased = await self.store.forget_author(user_id)
+        self._channels_erased(erased.channel_ids)
 
     async def opt_out_of_export(self, user_id: int) -> str:
         await self.store.opt_out(user_id, reason="optout")

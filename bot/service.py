@@ -23,7 +23,7 @@ from typing import Awaitable, Callable, Iterable, Protocol
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import messages
-from .channels import ChannelSequence, PromptStarts
+from .channels import ChannelSequence, PromptStarts, Wipes
 from .config import GenerationSettings, Settings
 from .core.cleaning import clean_reply, visible_so_far
 from .core.cooldown import UserCooldowns, whole_seconds
@@ -84,7 +84,9 @@ class ChatService:
         self.model = model
         self.settings = settings
         self.servers = ServerSettings(store, settings, model.abilities.adapters)
-        self.privacy = Privacy(store, self.servers, channels_erased=self._forget_channels)
+        self._wipes = Wipes()
+        self.privacy = Privacy(store, self.servers, channels_erased=self._forget_channels,
+                               forgetting=self._wipes.person_forgotten)
         # Told how every reply went: a log line each, and metrics when they are on (bot/metrics.py).
         self.observer = observer or Observer()
         self._traces: set[ReplyTrace] = set()  # the replies in progress
@@ -118,9 +120,10 @@ class ChatService:
     async def respond(self, message: IncomingMessage, delivery: Delivery) -> None:
         """A message from a channel where the bot may answer (Discord): decide, answer and deliver,
         all in the channel's turn, so that answers are posted in the order their messages came."""
+        arrived = self._wipes.arrived()
         async with self._channels.turn(message.channel_id):
-            if message.message_id in self._deleted_meanwhile:
-                return  # deleted before its turn came: not answered, nothing stored
+            if message.message_id in self._deleted_meanwhile or self._wiped_since(message, arrived):
+                return  # deleted, or its channel reset or its author forgotten, before its turn came
             decision = await self._decide(message)
             if decision.action is Action.EXPLAIN_TEXT_ONLY:
                 delivered = await delivery.deliver(Reply(messages.ATTACHMENTS_ONLY, ok=False))
@@ -133,6 +136,7 @@ class ChatService:
                 if reply.stored_as is not None and delivered.message_ids:  # still in the channel's turn:
                     # a delete of one of these messages waits for this, and then forgets the answer.
                     await self.store.record_answer_parts(reply.stored_as, delivered.message_ids)
+                await self._forget_again_if_asked(message, arrived)
             else:
                 return
         if not delivered.complete:  # the front end logged why
@@ -141,8 +145,23 @@ class ChatService:
     async def reply(self, message: IncomingMessage, on_progress: ProgressCallback | None = None) -> Reply:
         """Answer one message addressed to the bot: store it, ask the model, store and return the answer.
         `on_progress`, if given, is awaited with the visible text so far as the model writes."""
+        arrived = self._wipes.arrived()
         async with self._channels.turn(message.channel_id):
-            return await self._traced(message, on_progress)
+            if self._wiped_since(message, arrived):
+                return Reply(messages.WIPED_BEFORE_ANSWER, ok=False)
+            reply = await self._traced(message, on_progress)
+            await self._forget_again_if_asked(message, arrived)
+            return reply
+
+    def _wiped_since(self, message: IncomingMessage, arrived: int) -> bool:
+        return (self._wipes.channel_wiped_since(message.channel_id, arrived)
+                or self._wipes.forgotten_since(message.author_id, arrived))
+
+    async def _forget_again_if_asked(self, message: IncomingMessage, arrived: int) -> None:
+        """Its author asked to be forgotten while this was being answered: what was stored of it
+        after the erasure goes too (the answer stays, as /forget-me promises, except in a DM)."""
+        if self._wipes.forgotten_since(message.author_id, arrived):
+            await self.privacy.erase_what_is_left(message.author_id)
 
     async def _decide(self, message: IncomingMessage) -> Decision:
         """The reply decision; the channel's auto-reply switch is read only when it matters."""
@@ -422,13 +441,16 @@ class ChatService:
         return await self._stop_and_wipe(channel_id, self.store.delete_channel_data)
 
     async def _stop_and_wipe(self, channel_id: int, wipe: Callable[[int], Awaitable[int]]) -> int:
-        """An answer being written in the channel is stopped (and not stored), and `wipe` waits
-        for it to end, so nothing lands in the history after it. Returns what `wipe` returns."""
+        """An answer being written in the channel is stopped (and not stored), the messages waiting
+        for their turn there are dropped, and `wipe` waits for them to go by, so nothing lands in
+        the history after it. Returns what `wipe` returns."""
         if channel_id in self._resets:
             self._resets[channel_id].set()
+        stamp = self._wipes.channel_wiped(channel_id)  # the messages waiting for their turn are dropped
         async with self._channels.turn(channel_id):
             count = await wipe(channel_id)
             self._forget_channels([channel_id])
+            self._wipes.channel_wipe_done(channel_id, stamp)
         return count
 
     async def _with_reply_checked(self, message: IncomingMessage) -> IncomingMessage:

@@ -504,12 +504,15 @@ async def test_a_moderator_resets_the_channel_and_it_is_audited(scene: Scene):
     assert len(last_prompt(scene)) == 2  # the persona and this message: nothing older
 
 
-async def test_reset_stops_the_answer_being_written_and_keeps_none_of_it(tmp_path):
+async def test_reset_stops_the_answer_being_written_drops_those_waiting_and_keeps_none_of_it(tmp_path):
     gate = Gate()
     async with running_bot(tmp_path) as scene:
         scene.model.reply = gate.wrap(lambda m: "an answer")
         message = await scene.say(f"{scene.fake.bot.mention} a question")
         await gate.wait_entered()
+        # Two more wait for their turn behind it: asked before the reset, they are not answered after it.
+        waiting = [await scene.say(f"{scene.fake.bot.mention} and {n}") for n in ("this", "that")]
+        await until(lambda: scene.service.load().waiting_turn == 2)
         interaction = await scene.fake.send_interaction(scene.general, scene.world.mod, "reset")
         # Acknowledged at once (Discord allows three seconds), answered once the turn is done.
         callback = await scene.fake.wait_for_interaction_response(interaction)
@@ -521,6 +524,11 @@ async def test_reset_stops_the_answer_being_written_and_keeps_none_of_it(tmp_pat
         # Only the question was there to forget: the interrupted answer was never stored.
         assert scene.fake.original_response(interaction)["content"] == messages.HISTORY_RESET.format(count=1)
         assert await scene.turns() == []
+        assert [prompt[-1]["content"] for prompt in scene.model.prompts] == ["Alice: a question"]
+        after = await scene.ask("after the reset")  # what comes after the reset is answered as ever
+        assert [r for r in scene.posted() if r.json.get("message_reference", {}).get("message_id")
+                in {m["id"] for m in waiting}] == []
+        assert after.json["content"] == "an answer"
 
 
 async def test_forget_me_erases_a_members_words_and_dms_and_answers_privately(scene: Scene):

@@ -46,3 +46,43 @@ async def test_forget_me_erases_their_words_everywhere_and_their_dms_whole(scrip
 
 async def test_forget_me_with_nothing_stored_says_zero(scripted_service):
     assert await scripted_service.privacy.forget_user(BOB) == messages.FORGOT_YOU.format(count=0)
+
+
+async def test_forget_me_drops_their_waiting_messages_and_what_was_being_answered(store, settings):
+    """Asked while one of hers is being answered and another waits behind it: the waiting one is
+    not answered, and nothing of either is stored; the answer already being written is still
+    given, and stays like her other answers in the server. Bob, waiting too, is answered."""
+    import asyncio
+    import threading
+
+    from bot.llm.worker import ModelWorker
+    from bot.service import ChatService
+    from tests.support.scripted import ScriptedBackend
+    from tests.support.waiting import until
+
+    opened = threading.Event()
+    backend = ScriptedBackend(gate=opened, gate_after_words=1)
+    worker = ModelWorker(backend, timeout_s=30)
+    service = ChatService(store, worker, settings)
+    started = asyncio.Event()
+
+    async def progress(_text):
+        started.set()
+
+    try:
+        being_answered = asyncio.create_task(
+            service.reply(said("ann asks", channel=1, author_id=ANN), on_progress=progress))
+        await started.wait()
+        waiting = [asyncio.create_task(service.reply(said(text, channel=1, author_id=author)))
+                   for text, author in (("ann again", ANN), ("bob asks", BOB))]
+        await until(lambda: service.load().waiting_turn == 2)
+        assert await service.privacy.forget_user(ANN) == messages.FORGOT_YOU.format(count=1)
+        opened.set()
+        first, ann_again, bob = await asyncio.gather(being_answered, *waiting)
+    finally:
+        worker.close()
+    assert first.ok and first.text == "echo: Ann: ann asks"
+    assert not ann_again.ok and ann_again.text == messages.WIPED_BEFORE_ANSWER
+    assert bob.ok and bob.text == "echo: Bob: bob asks"
+    assert await contents(store, 1) == ["echo: Ann: ann asks", "bob asks", "echo: Bob: bob asks"]
+    assert [m["content"] for m in backend.prompts[-1][1:]] == ["echo: Ann: ann asks", "Bob: bob asks"]
