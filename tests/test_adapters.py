@@ -303,6 +303,13 @@ async def test_persona_adapter_on_discord(tmp_path):
             assert [c.value for c in adapter_choices(scene.service, "p")] == ["pirate", "poet"]
             assert [c.value for c in adapter_choices(scene.service, "OE")] == ["poet"]
 
+            # Typing the name: the operator's adapters are offered to an admin, to no one else.
+            for who, offered in ((world.mod, ["pirate", "poet"]), (world.alice, [])):
+                typing = await scene.fake.send_interaction(world.general, who, "persona adapter",
+                                                           options={"name": "p"}, focused="name")
+                suggestions = await scene.fake.wait_for_interaction_response(typing)
+                assert suggestions["type"] == 8 and [c["value"] for c in suggestions["data"]["choices"]] == offered
+
             refused = await scene.command(world.alice, "persona adapter", options={"name": "pirate"},
                                           enforce_default_permissions=False)
             assert refused["content"] == messages.NEEDS_PERMISSION.format(permission="Manage Server")
@@ -351,7 +358,7 @@ async def test_the_terminal_picks_an_adapter(scripted_service):
     finally:
         worker.close()
     text = out.getvalue()
-    assert messages.ADAPTER_SET.format(adapter='the fine-tuned adapter "poet"') in text
+    assert 'Done: from the next message, the terminal\'s replies are written by the fine-tuned adapter "poet".' in text
     assert "bot> [poet] echo: Ann: hi" in text
     assert "Pick one of: pirate, poet, default, base" in text
 

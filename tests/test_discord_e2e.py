@@ -335,6 +335,10 @@ async def test_commands_are_registered_with_both_guards(scene: Scene):
     assert registered["autoreply"]["default_member_permissions"] == str(permissions.MANAGE_CHANNELS)
     assert registered["persona"]["dm_permission"] is False and registered["autoreply"]["dm_permission"] is False
     assert registered["persona"]["contexts"] == [0] and registered["autoreply"]["contexts"] == [0]
+    assert all(command["integration_types"] == [0] for command in registered.values())  # server installs only
+    [channel] = [o for o in registered["export"]["options"] if o["name"] == "channel"]
+    # Channels that hold messages, threads included (10-12); not categories (4) or forums (15).
+    assert sorted(channel["channel_types"]) == [0, 2, 5, 10, 11, 12, 13]
     # /forget-me is for everyone, in servers and DMs: no permission asked for.
     assert registered["forget-me"]["default_member_permissions"] is None
     assert sorted(registered["forget-me"]["contexts"]) == [0, 1]

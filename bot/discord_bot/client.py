@@ -45,7 +45,10 @@ class ChatBot(discord.Client):
         self.settings = settings
         self.service = service
         self.events = DiscordEvents(service, settings)
-        self.tree = app_commands.CommandTree(self)
+        # Installed to servers only: were an operator to allow user installs, the admin commands
+        # would otherwise be offered in servers the bot is not in, where it can do nothing.
+        self.tree = app_commands.CommandTree(
+            self, allowed_installs=app_commands.AppInstallationType(guild=True, user=False))
         add_commands(self.tree, service)
         # A thread takes its channel's persona and auto-reply: the settings ask which channel that is.
         service.servers.parent_of = self.thread_parent

@@ -118,9 +118,10 @@ SCOPE_CHOICES = [app_commands.Choice(name="this server", value=SERVER),
 def persona_commands(service: ChatService) -> app_commands.Group:
     """The server scope needs Manage Server, the channel scope Manage Channels (in that channel),
     /persona show either one, /persona adapter Manage Server."""
-    limit = service.servers.persona_limit
+    # Discord takes at most 6,000 characters in a text option, whatever max_persona_chars says.
+    limit = min(service.servers.persona_limit, DISCORD_OPTION_MAX_LENGTH)
     group = GuardedGroup("persona", "The bot's persona (its instructions) in this server or channel", None)
-    persona_text = app_commands.Range[str, 1, min(limit, DISCORD_OPTION_MAX_LENGTH)]
+    persona_text = app_commands.Range[str, 1, limit]
 
     def check_scope(interaction: discord.Interaction, scope: str) -> str:
         scope = scope if scope in SCOPE_PERMISSIONS else SERVER
@@ -158,7 +159,13 @@ def persona_commands(service: ChatService) -> app_commands.Group:
         await answer(interaction, lambda: service.servers.set_adapter(interaction.guild_id, actor(interaction), name))
 
     @persona_adapter.autocomplete("name")
-    async def adapter_names(_interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    async def adapter_names(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        # discord.py runs no command checks for autocomplete, and /persona is shown to every
+        # member: the operator's adapter names are listed only to those who may pick one.
+        try:
+            check_permitted(interaction, "manage_guild", server_only=True)
+        except Refused:
+            return []
         return adapter_choices(service, current)
 
     @group.command(name="thinking", description="Let the bot think before it answers in this server "
@@ -187,6 +194,7 @@ def adapter_choices(service: ChatService, current: str) -> list[app_commands.Cho
 
 def reset_command(service: ChatService) -> app_commands.Command:
     @app_commands.command(name="reset", description="Make the bot forget this channel's conversation")
+    @app_commands.allowed_contexts(guilds=True, dms=True)  # in a DM, anyone resets their own conversation
     @guarded("manage_messages")
     async def reset(interaction: discord.Interaction) -> None:
         await answer(interaction, lambda: service.reset_channel(
@@ -231,13 +239,18 @@ def forget_me_command(service: ChatService) -> app_commands.Command:
     return forget_me
 
 
+# Where people chat with the bot (announcement channels are TextChannels; forum posts are
+# threads): Discord's picker then offers these, not categories or forums, which hold no messages.
+ChatChannel = discord.TextChannel | discord.VoiceChannel | discord.StageChannel | discord.Thread
+
+
 def export_command(service: ChatService) -> app_commands.Command:
     @app_commands.command(name="export", description="Download this server's conversations with the bot "
                                                      "as a training set (JSONL, pseudonymised)")
     @app_commands.describe(channel="Only this channel (default: every channel)",
                            since="First day, YYYY-MM-DD (UTC)", until="Last day, YYYY-MM-DD (UTC)")
     @guarded("manage_guild", server_only=True)
-    async def export(interaction: discord.Interaction, channel: discord.abc.GuildChannel | None = None,
+    async def export(interaction: discord.Interaction, channel: ChatChannel | None = None,
                      since: str | None = None, until: str | None = None) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:

@@ -18,6 +18,7 @@ from .models import FakeChannel, FakeGuild, FakeMember, FakeRole, FakeUser
 from .state import FakeState, LookupFailed
 
 APPLICATION_COMMAND = 2
+APPLICATION_COMMAND_AUTOCOMPLETE = 4
 
 SUB_COMMAND, SUB_COMMAND_GROUP = 1, 2
 STRING, INTEGER, BOOLEAN, USER, CHANNEL, ROLE, MENTIONABLE, NUMBER = 3, 4, 5, 6, 7, 8, 9, 10
@@ -46,9 +47,12 @@ def build_command_interaction(
     permissions: Optional[int] = None,
     app_permissions: Optional[int] = None,
     enforce_default_permissions: bool = True,
+    focused: Optional[str] = None,
 ) -> dict:
     """``command`` is the full invocation path: ``"ping"``, ``"config set"``
-    (subcommand) or ``"admin user ban"`` (group + subcommand)."""
+    (subcommand) or ``"admin user ban"`` (group + subcommand). With ``focused`` (an option's
+    name), the user is typing that option: an autocomplete interaction (type 4), in which the
+    focused option is marked and its partial value is always a string."""
     path = command.split()
     guild = state.guild_of(channel)
     registered = state.find_command(path[0], guild.id if guild else None)
@@ -58,7 +62,7 @@ def build_command_interaction(
         "id": str(registered["id"]) if registered else str(_unsynced_id(state, path[0])),
         "name": path[0],
         "type": 1,
-        "options": _nest(path[1:], _build_options(options, declared, resolved)),
+        "options": _nest(path[1:], _focus(_build_options(options, declared, resolved), focused)),
     }
     if registered and registered.get("guild_id"):
         data["guild_id"] = registered["guild_id"]
@@ -73,7 +77,7 @@ def build_command_interaction(
     payload = {
         "id": str(interaction_id),
         "application_id": str(state.application_id),
-        "type": APPLICATION_COMMAND,
+        "type": APPLICATION_COMMAND if focused is None else APPLICATION_COMMAND_AUTOCOMPLETE,
         "data": data,
         "channel_id": str(channel.id),
         "channel": payloads.channel(channel, permissions=member_perms),
@@ -102,6 +106,13 @@ def build_command_interaction(
             context=CONTEXT_BOT_DM,
         )
     return payload
+
+
+def _focus(options: List[dict], focused: Optional[str]) -> List[dict]:
+    for option in options:
+        if option["name"] == focused:
+            option.update(focused=True, value=str(option["value"]))
+    return options
 
 
 def _unsynced_id(state: FakeState, name: str) -> int:

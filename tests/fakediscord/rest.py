@@ -296,7 +296,8 @@ class RestRoutes:
             "dm_permission": body.get("dm_permission", True),
             "nsfw": body.get("nsfw", False),
             "contexts": body.get("contexts"),
-            "integration_types": body.get("integration_types") or [0],
+            # Absent: the app's own installation contexts (a server install here).
+            "integration_types": body.get("integration_types"),
         }
         if guild_id is not None:
             command["guild_id"] = str(guild_id)

@@ -357,6 +357,7 @@ class FakeDiscord:
         permissions: Optional[int] = None,
         app_permissions: Optional[int] = None,
         enforce_default_permissions: bool = True,
+        focused: Optional[str] = None,
     ) -> FakeInteraction:
         """``user`` runs slash command ``command`` (``"name"``, ``"name sub"`` or
         ``"name group sub"``) in ``channel``; dispatches INTERACTION_CREATE.
@@ -366,6 +367,8 @@ class FakeDiscord:
         list of raw option objects. ``permissions`` overrides the member's
         computed channel permissions. Raises ``CommandNotPermitted`` when a
         synced command's ``default_member_permissions`` exclude the member.
+        ``focused`` names the option being typed: an autocomplete interaction, answered by a
+        callback of type 8 with its ``choices``.
         """
         interaction_id, token = self.state.new_id(), new_token("aW50ZXJhY3Rpb24")
         payload = build_command_interaction(
@@ -380,6 +383,7 @@ class FakeDiscord:
             permissions=permissions,
             app_permissions=app_permissions,
             enforce_default_permissions=enforce_default_permissions,
+            focused=focused,
         )
         interaction = FakeInteraction(id=interaction_id, token=token, payload=payload)
         self.interactions[interaction_id] = interaction
