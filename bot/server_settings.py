@@ -32,6 +32,7 @@ class Actor:
 
 
 SERVER, CHANNEL = "server", "channel"  # a persona's scope
+MOST_THREADS_NOTED = 100_000
 SCOPES = (SERVER, CHANNEL)
 
 Setting = TypeVar("Setting")
@@ -51,6 +52,20 @@ class ServerSettings:
         # The channel a thread of a server belongs to (None: not a thread, or not known). Only a
         # front end with threads knows: the Discord client sets it to look in discord.py's cache.
         self.parent_of: Callable[[int | None, int], int | None] = no_parent
+        self._threads_noted: set[int] = set()  # threads whose channel the store knows (this process)
+
+    async def note_thread(self, guild_id: int | None, channel_id: int) -> None:
+        """Something is about to be kept of this channel: if it is a thread, the store learns its
+        channel once, so that deleting the channel forgets the thread too (see ThreadParent)."""
+        if channel_id in self._threads_noted:
+            return
+        parent = self.parent_of(guild_id, channel_id)
+        if parent is None:
+            return
+        await self.store.remember_thread(channel_id, parent, guild_id)
+        if len(self._threads_noted) >= MOST_THREADS_NOTED:  # noting again is harmless: a bound, not a cache
+            self._threads_noted.clear()
+        self._threads_noted.add(channel_id)
 
     async def _own_or_parent(self, read: Callable[[int], Awaitable[Setting | None]], guild_id: int | None,
                              channel_id: int) -> Setting | None:
@@ -89,6 +104,7 @@ class ServerSettings:
         if channel_id is None:
             await self.store.set_persona(guild_id, text, actor.id)
         else:
+            await self.note_thread(guild_id, channel_id)
             await self.store.set_channel_persona(channel_id, guild_id, text, actor.id)
         await self.store.record_audit(action="persona.set", actor_id=actor.id, actor_name=actor.name,
                                       guild_id=guild_id, channel_id=channel_id,
@@ -185,6 +201,7 @@ class ServerSettings:
         return bool(await self._own_or_parent(self.store.channel_auto_reply, guild_id, channel_id))
 
     async def set_auto_reply(self, guild_id: int | None, channel_id: int, actor: Actor, enabled: bool) -> str:
+        await self.note_thread(guild_id, channel_id)
         await self.store.set_auto_reply(channel_id, guild_id, enabled, actor.id)
         await self.store.record_audit(action="autoreply.on" if enabled else "autoreply.off", actor_id=actor.id,
                                       actor_name=actor.name, guild_id=guild_id, channel_id=channel_id)

@@ -306,6 +306,7 @@ class ChatService:
                                        history.recall_tokens)
 
     async def _store_user_turn(self, message: IncomingMessage, first_turn_id: int | None) -> int:
+        await self.servers.note_thread(message.guild_id, message.channel_id)
         user_turn_id = await self.store.add_turn(
             channel_id=message.channel_id, guild_id=message.guild_id, role="user", content=message.content,
             author_id=message.author_id, author_name=message.author_name, message_id=message.message_id)
@@ -436,9 +437,14 @@ class ChatService:
 
     async def forget_channel(self, channel_id: int) -> int:
         """A channel or thread was deleted (Discord sends no delete for its messages): its history
-        and its own settings go. No audit entry: nobody asked for it. Returns how many stored
-        turns were deleted."""
-        return await self._stop_and_wipe(channel_id, self.store.delete_channel_data)
+        and its own settings go, and its threads' (archived ones too: Discord deleted them with it).
+        No audit entry: nobody asked for it. Returns how many stored turns were deleted."""
+        async def delete_with_threads(channel_id: int) -> int:
+            erased = await self.store.delete_channel_data(channel_id)
+            self._forget_channels(erased.channel_ids - {channel_id})  # the channel's own: by _stop_and_wipe
+            return erased.count
+
+        return await self._stop_and_wipe(channel_id, delete_with_threads)
 
     async def _stop_and_wipe(self, channel_id: int, wipe: Callable[[int], Awaitable[int]]) -> int:
         """An answer being written in the channel is stopped (and not stored), the messages waiting

@@ -132,24 +132,29 @@ async def test_deleting_a_channel_forgets_its_history_its_threads_and_its_settin
     fake, world, store = scene.fake, scene.world, scene.store
     doomed = fake.add_text_channel(world.guild, "doomed")
     thread = fake.add_thread(doomed, "side talk", owner=world.alice)
+    archived = fake.add_thread(doomed, "old talk", owner=world.alice)
     manager = await channel_manager(scene)
     await scene.command(manager, "autoreply on", channel=doomed)
     await scene.command(manager, "persona set", options={"text": "You are a cat.", "scope": "channel"},
                         channel=doomed)
-    for channel in (doomed, thread, world.general):
+    await scene.command(manager, "autoreply on", channel=archived)
+    for channel in (doomed, thread, archived, world.general):
         await scene.ask("remember this", channel=channel)
+    await fake.archive_thread(archived)  # out of discord.py's cache: no event will name it again
+    await until(lambda: scene.bot.get_channel(archived.id) is None)
 
     with caplog.at_level(logging.INFO, logger="bot.discord_bot"):
         await fake.delete_channel(doomed)  # CHANNEL_DELETE only: no MESSAGE_DELETE, no THREAD_DELETE
 
         async def forgotten() -> bool:
             return (await scene.turns(doomed) == [] and await scene.turns(thread) == []
+                    and await scene.turns(archived) == [] and await store.channel_auto_reply(archived.id) is None
                     and await store.channel_auto_reply(doomed.id) is None
                     and await store.channel_persona(doomed.id) is None)
         await until(forgotten)
         await until(lambda: any(f"channel {thread.id} of server" in r.getMessage() for r in caplog.records))
     assert any(f"channel {doomed.id} of server {world.guild.id} was deleted" in r.getMessage()
-               and "2 stored message(s)" in r.getMessage() for r in caplog.records)
+               and "6 stored message(s)" in r.getMessage() for r in caplog.records)  # its own and its threads'
     assert len(await scene.turns()) == 2  # other channels keep theirs
 
 

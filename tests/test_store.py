@@ -10,6 +10,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from bot.store import Store, StoreError
+from bot.store.repository import Erased
 from bot.store.database import MIGRATIONS_DIR, create_engine, downgrade, upgrade
 from bot.store.models import Base, compared_with_models
 from tests.support.store_queries import count_turns, open_store_after
@@ -129,7 +130,7 @@ async def test_deleting_a_channels_data_leaves_other_channels_and_the_server_alo
         await store.set_channel_persona(channel, 5, f"persona {channel}", actor_id=77)
     await store.set_persona(5, "the server's", actor_id=77)
 
-    assert await store.delete_channel_data(1) == 2
+    assert await store.delete_channel_data(1) == Erased(2, frozenset({1}))
     assert await store.recent_turns(1, 10) == [] and not await store.is_answer_part(101)
     assert await store.channel_auto_reply(1) is None and await store.channel_persona(1) is None
     assert len(await store.recent_turns(2, 10)) == 2 and await store.is_answer_part(102)
@@ -191,3 +192,22 @@ async def test_an_unreachable_database_server_gets_a_clear_error_without_the_pas
         await Store.open("postgresql+asyncpg://bot:s3cret@127.0.0.1:1/bot")  # nothing listens on port 1
     assert "could not be opened" in str(caught.value)
     assert "s3cret" not in str(caught.value)
+
+
+async def test_deleting_a_channel_deletes_the_threads_noted_in_it(store):
+    """Its threads, archived or not, go with it; another channel's thread stays."""
+    for thread, parent in ((11, 1), (12, 1), (21, 2)):
+        await store.remember_thread(thread, parent, 5)
+        await store.add_turn(channel_id=thread, guild_id=5, role="user", content=f"in thread {thread}")
+        await store.set_auto_reply(thread, 5, True, actor_id=77)
+    await store.remember_thread(11, 1, 5)  # noted twice: still one thread
+    await store.add_turn(channel_id=1, guild_id=5, role="user", content="in the channel")
+
+    assert await store.delete_channel_data(1) == Erased(3, frozenset({1, 11, 12}))
+    assert [await store.recent_turns(c, 10) for c in (1, 11, 12)] == [[], [], []]
+    assert await store.channel_auto_reply(11) is None and await store.channel_auto_reply(21) is True
+    assert [t.content for t in await store.recent_turns(21, 10)] == ["in thread 21"]
+    assert await store.delete_channel_data(1) == Erased(0, frozenset({1}))  # the threads' notes went too
+    assert await store.delete_guild_data(5) == 1
+    async with store.engine.connect() as connection:
+        assert (await connection.execute(text("SELECT count(*) FROM thread_parents"))).scalar() == 0

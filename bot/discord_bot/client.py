@@ -92,8 +92,8 @@ class ChatBot(discord.Client):
         """Discord sends no MESSAGE_DELETE for a deleted channel's messages: its history and its
         settings are forgotten here, or they would stay (and be exported) for good."""
         count = await self.service.forget_channel(channel_id)
-        log.info("channel %s of server %s was deleted: forgot its settings and %d stored message(s)",
-                 channel_id, guild_id, count)
+        log.info("channel %s of server %s was deleted: forgot its settings and %d stored message(s), "
+                 "its threads' included", channel_id, guild_id, count)
 
     # discord.py calls these by name ----------------------------------------------------
 

@@ -111,6 +111,18 @@ class ChannelPersona(Base):
     set_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class ThreadParent(Base):
+    """A thread the bot keeps something of, and the channel it was opened in. Deleting a channel
+    deletes its threads, archived ones too, and Discord sends no event for those (nor does any
+    cache hold them), so this is how their history is found and forgotten with the channel."""
+
+    __tablename__ = "thread_parents"
+
+    thread_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    parent_id: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
+    guild_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+
+
 class Persona(Base):
     """Each persona text an answer was written under, stored once (found by its SHA-256)."""
 

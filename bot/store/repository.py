@@ -19,7 +19,7 @@ from ..core.types import Turn
 from .database import SchemaChange, create_engine, upgrade
 from .search import channel_match, search_terms
 from .models import (AnswerPart, AnswerPersona, AuditEntry, ChannelPersona, ChannelSettings, ExportOptOut,
-                     GuildSettings, Message, Persona, utc_now)
+                     GuildSettings, Message, Persona, ThreadParent, utc_now)
 
 log = logging.getLogger(__name__)
 
@@ -248,22 +248,40 @@ class Store:
     async def delete_guild_data(self, guild_id: int) -> int:
         """Forget a server: its turns, its settings, its channels' settings and personas, and
         the persona texts no stored answer was written under any more."""
-        return await self._delete_data("guild_id", guild_id, (ChannelSettings, ChannelPersona, GuildSettings))
-
-    async def delete_channel_data(self, channel_id: int) -> int:
-        """Forget a deleted channel (or thread): its turns, its settings and its own persona,
-        and the persona texts no stored answer was written under any more."""
-        return await self._delete_data("channel_id", channel_id, (ChannelSettings, ChannelPersona))
-
-    async def _delete_data(self, column: str, value: int, settings: tuple[type, ...]) -> int:
-        """Delete the turns and the rows of each `settings` table whose `column` is `value`, in one
-        transaction. Returns how many turns."""
         async with self._sessions.begin() as session:
-            result = await session.execute(delete(Message).where(getattr(Message, column) == value))
-            for table in settings:
-                await session.execute(delete(table).where(getattr(table, column) == value))
-            await session.execute(delete(Persona).where(Persona.id.not_in(select(AnswerPersona.persona_id))))
+            count = await self._delete_where(session, Message.guild_id == guild_id,
+                                             (ChannelSettings, ChannelPersona, GuildSettings, ThreadParent),
+                                             lambda table: table.guild_id == guild_id)
+        return count
+
+    async def delete_channel_data(self, channel_id: int) -> Erased:
+        """Forget a deleted channel (or thread) and the threads opened in it, archived ones too:
+        their turns, their settings and own personas, and the persona texts no stored answer was
+        written under any more. Returns how many turns, and the channels and threads they were in."""
+        async with self._sessions.begin() as session:
+            threads = (await session.scalars(
+                select(ThreadParent.thread_id).where(ThreadParent.parent_id == channel_id))).all()
+            gone = frozenset({channel_id, *threads})
+            count = await self._delete_where(session, Message.channel_id.in_(gone), (ChannelSettings, ChannelPersona),
+                                             lambda table: table.channel_id.in_(gone))
+            await session.execute(delete(ThreadParent).where(ThreadParent.thread_id.in_(gone)
+                                                             | (ThreadParent.parent_id == channel_id)))
+        return Erased(count, gone)
+
+    @staticmethod
+    async def _delete_where(session, turns, settings: tuple[type, ...], where) -> int:
+        """Delete the `turns` and the rows of each `settings` table that `where(table)` picks, and
+        the personas no answer is left under. Returns how many turns."""
+        result = await session.execute(delete(Message).where(turns))
+        for table in settings:
+            await session.execute(delete(table).where(where(table)))
+        await session.execute(delete(Persona).where(Persona.id.not_in(select(AnswerPersona.persona_id))))
         return result.rowcount
+
+    async def remember_thread(self, thread_id: int, parent_id: int, guild_id: int | None) -> None:
+        """Note the channel a thread was opened in (see ThreadParent); noting it again changes nothing."""
+        async with self._sessions.begin() as session:
+            await session.merge(ThreadParent(thread_id=thread_id, parent_id=parent_id, guild_id=guild_id))
 
     # Settings -----------------------------------------------------------
 

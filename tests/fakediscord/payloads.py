@@ -127,8 +127,8 @@ def channel(c: FakeChannel, *, permissions: Optional[int] = None) -> dict:
 
 
 def thread(c: FakeChannel) -> dict:
-    """A thread: a channel object with a parent, an owner and ``thread_metadata`` (never archived
-    here), and no overwrites (its parent's apply)."""
+    """A thread: a channel object with a parent, an owner and ``thread_metadata``, and no
+    overwrites (its parent's apply)."""
     return {
         "id": str(c.id),
         "type": c.type,
@@ -143,7 +143,7 @@ def thread(c: FakeChannel) -> dict:
         "total_message_sent": 0,
         "flags": 0,
         "thread_metadata": {  # required by discord.py
-            "archived": False,
+            "archived": c.archived,
             "auto_archive_duration": 1440,
             "archive_timestamp": snowflake_time_iso(c.id),
             "locked": False,
@@ -216,7 +216,7 @@ def guild_create(g: FakeGuild, *, bot_id: int, include_all_members: bool) -> dic
         "voice_states": [],
         "members": [member(m) for m in members],
         "channels": [channel(c) for c in g.channels.values() if not c.is_thread],
-        "threads": [channel(c) for c in g.threads],  # the active ones: none is ever archived here
+        "threads": [channel(c) for c in g.threads if not c.archived],  # the active ones only
         "presences": [],
         "stage_instances": [],
         "guild_scheduled_events": [],

@@ -206,6 +206,12 @@ class FakeDiscord:
         self._publish("THREAD_CREATE", {**payloads.channel(thread), "newly_created": True})
         return thread
 
+    async def archive_thread(self, thread: FakeChannel) -> None:
+        """The thread is archived (by hand or after its inactivity duration): THREAD_UPDATE. It
+        leaves the server's active threads, and so discord.py's cache and GUILD_CREATE."""
+        thread.archived = True
+        await self._flush(self._publish("THREAD_UPDATE", payloads.channel(thread)))
+
     async def delete_channel(self, channel: FakeChannel) -> None:
         """Delete a guild channel or thread, with its messages. Discord sends THREAD_DELETE (a few
         fields) for a thread, else CHANNEL_DELETE (the channel object), and nothing for the
