@@ -11,8 +11,10 @@ as the bot does (load_transformers_backend: device_map "cuda", dtype "auto", ada
 measures, in this order:
 
 1. the batching engine's throughput at 1, 8, 32 and 64 channels at once (max_batch 64, 128 new
-   tokens a reply, greedy, stop tokens off, short chat prompts), after a warm-up, with decode
-   steps replayed as CUDA graphs as the bot runs them; then at 1 and 8 without graphs;
+   tokens a reply, greedy, stop tokens off, short chat prompts), each after an unmeasured run of
+   the same shape (so that no decode graph is recorded in a measured run), with decode steps
+   replayed as CUDA graphs as the bot runs them; then at 1 and 8 without graphs; then with SDPA
+   attention (not the "auto" eager) and graphs at 8 and 64, to choose what "auto" picks;
 2. a new request's time to first token while 32 channels are decoding (and with none);
 3. adapters: 8 rows all on one LoRA adapter, and 8 rows on a mix, over 8 plain rows;
 4. the anchor: transformers' `generate` with a static cache (compiled, CUDA graphs) on the same
@@ -164,7 +166,7 @@ def chat(channel: int) -> list[dict]:
 
 # The engine ---------------------------------------------------------------------------------
 
-def new_engine(backend, plan: Plan, graphs: bool = True):
+def new_engine(backend, plan: Plan, graphs: bool = True, attention: str | None = None):
     """The engine as the bot makes it: decode steps replayed as CUDA graphs on a GPU (on a CPU,
     a smoke run, the same buckets replayed eagerly). graphs=False: every step eager."""
     from bot.llm.decode_graphs import DecodeGraphs, EagerRecorder, decode_graphs_for
@@ -176,7 +178,7 @@ def new_engine(backend, plan: Plan, graphs: bool = True):
         recorded = decode_graphs_for(device, True) if device.type == "cuda" else DecodeGraphs(EagerRecorder())
     return BatchingEngine(backend, max_batch=plan.max_batch, timeout_s=600,
                           prefill_chunk_tokens=default_prefill_tokens(device.type),
-                          attention=os.environ.get("ATTENTION", "auto"), graphs=recorded)
+                          attention=attention or os.environ.get("ATTENTION", "auto"), graphs=recorded)
 
 
 def graph_figures(engine) -> dict:
@@ -216,6 +218,14 @@ async def throughput(engine, label: str, adapters: list[str | None], params) -> 
         f"{steps} decode steps, {1000 * seconds / max(steps, 1):6.1f} ms of wall a step | largest batch so far "
         f"{counters.largest_batch}")
     return tokens / seconds
+
+
+async def warm_throughput(engine, label: str, adapters: list[str | None], params) -> float:
+    """throughput() after an unmeasured run of the same shape. A reply's last steps pass 256
+    key/value columns, so they need graphs (rows, 512) that start-up does not record: recorded in
+    the warm-up, never in the measured run (recording costs a few eager forwards and a capture)."""
+    await throughput(engine, f"(warm-up) {label}", adapters, params)
+    return await throughput(engine, label, adapters, params)
 
 
 async def first_piece_ms(engine, channel: int, params) -> float:
@@ -258,10 +268,9 @@ async def engine_part(backend, plan: Plan, report: dict, save) -> None:
     engine = new_engine(backend, plan)
     try:
         params = greedy(plan.new_tokens)
-        await throughput(engine, f"warm-up, {max(plan.channels)} channels", [None] * max(plan.channels), params)
         for channels in plan.channels:
             report["engine_tok_s"][str(channels)] = round(
-                await throughput(engine, f"engine, {channels} at once", [None] * channels, params), 1)
+                await warm_throughput(engine, f"engine, {channels} at once", [None] * channels, params), 1)
             report["peak_gpu_memory_engine"] = peak_gib()
             save()
         await guarded("time to first token", report, ttft_part(engine, plan, report))
@@ -282,6 +291,22 @@ async def eager_part(backend, plan: Plan, report: dict, save) -> None:
                 await throughput(engine, f"engine without graphs, {channels} at once", [None] * channels, params), 1)
             save()
     finally:
+        engine.close()
+
+
+async def sdpa_part(backend, plan: Plan, report: dict, save) -> None:
+    """The engine with SDPA attention and graphs at 8 and at the most channels. "auto" picks eager
+    on a GPU from runs without graphs; with graphs, SDPA's grouped-query path (no copy of every
+    row's keys per head group) may be the faster: measured side by side here."""
+    engine = new_engine(backend, plan, attention="sdpa")
+    try:
+        params = greedy(plan.new_tokens)
+        for channels in (plan.channels[1], plan.channels[-1]):
+            report["engine_sdpa_tok_s"][str(channels)] = round(
+                await warm_throughput(engine, f"engine with SDPA, {channels} at once", [None] * channels, params), 1)
+            save()
+    finally:
+        report["decode_graphs_sdpa"] = graph_figures(engine)
         engine.close()
 
 
@@ -313,11 +338,10 @@ async def adapter_part(work: Path, plan: Plan, report: dict) -> None:
     rows = plan.adapter_rows
     try:
         params = greedy(plan.new_tokens)
-        await throughput(engine, "warm-up, adapters", ["pirate"] * rows, params)
-        one = await throughput(engine, f"{rows} channels, one adapter", ["pirate"] * rows, params)
-        mixed = await throughput(engine, f"{rows} channels, 2 adapters + base",
-                                 (["pirate", "poet", "base", None] * rows)[:rows], params)
-        wrapped = await throughput(engine, f"{rows} channels, base (peft-wrapped)", [None] * rows, params)
+        one = await warm_throughput(engine, f"{rows} channels, one adapter", ["pirate"] * rows, params)
+        mixed = await warm_throughput(engine, f"{rows} channels, 2 adapters + base",
+                                      (["pirate", "poet", "base", None] * rows)[:rows], params)
+        wrapped = await warm_throughput(engine, f"{rows} channels, base (peft-wrapped)", [None] * rows, params)
     finally:
         engine.close()
         del engine, backend
@@ -410,6 +434,7 @@ def new_report(plan: Plan, smoke: bool) -> dict:
         "anchor_attention": os.environ.get("ANCHOR_ATTENTION", "sdpa"),
         "engine_tok_s": {},
         "engine_eager_tok_s": {},  # the engine without decode graphs, at the first two channel counts
+        "engine_sdpa_tok_s": {},  # the engine with SDPA attention and graphs, at 8 and the most channels
         "static_generate_tok_s": {},
         "static_generate_skipped": [],
         "engine_over_static": {},
@@ -430,14 +455,14 @@ def cell(figures: dict, key: str, width: int, spec: str = ".1f", suffix: str = "
 
 def print_table(report: dict, plan: Plan) -> None:
     engine, anchor, ratio = report["engine_tok_s"], report["static_generate_tok_s"], report["engine_over_static"]
-    eager = report["engine_eager_tok_s"]
-    print(f"\n{'channels':>8s} | {'engine tok/s':>12s} | {'without graphs':>14s} | {'static generate tok/s':>21s} | "
-          f"{'engine / static':>15s}")
-    print(f"{'-' * 8}-+-{'-' * 12}-+-{'-' * 14}-+-{'-' * 21}-+-{'-' * 15}")
+    eager, sdpa = report["engine_eager_tok_s"], report["engine_sdpa_tok_s"]
+    print(f"\n{'channels':>8s} | {'engine tok/s':>12s} | {'without graphs':>14s} | {'with SDPA':>9s} | "
+          f"{'static generate tok/s':>21s} | {'engine / static':>15s}")
+    print(f"{'-' * 8}-+-{'-' * 12}-+-{'-' * 14}-+-{'-' * 9}-+-{'-' * 21}-+-{'-' * 15}")
     for count in sorted({*plan.channels, *plan.anchor_batches}):
         key = str(count)
-        print(f"{count:8d} | {cell(engine, key, 12)} | {cell(eager, key, 14)} | {cell(anchor, key, 21)} | "
-              f"{cell(ratio, key, 15, '.2f', 'x')}")
+        print(f"{count:8d} | {cell(engine, key, 12)} | {cell(eager, key, 14)} | {cell(sdpa, key, 9)} | "
+              f"{cell(anchor, key, 21)} | {cell(ratio, key, 15, '.2f', 'x')}")
     print(f"decode graphs: {report.get('decode_graphs')}")
     for batch in plan.anchor_batches[:plan.anchor_required]:
         if str(batch) in ratio:
@@ -527,6 +552,9 @@ def main() -> None:
     save()
     free_memory()  # each engine takes most of the free memory for its slots: the last one's must go first
     asyncio.run(guarded("engine without graphs", report, eager_part(backend, plan, report, save)))
+    save()
+    free_memory()
+    asyncio.run(guarded("engine with SDPA", report, sdpa_part(backend, plan, report, save)))
     save()
     free_memory()
     if not args.skip_adapters:

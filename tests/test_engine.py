@@ -454,7 +454,8 @@ async def test_recorded_decode_steps_answer_as_model_generate_alone(varied_backe
     assert {columns for _, columns, _ in engine.graphs.shapes} == {512}  # the slots grew: older graphs dropped
 
 
-@pytest.mark.parametrize("fault", ["recording fails", "replay differs", "replay keeps the recorded step"])
+@pytest.mark.parametrize("fault", ["recording fails", "replay differs", "replay keeps the recorded step",
+                                   "replay writes a column early"])
 async def test_a_graph_that_fails_its_check_turns_graphs_off_and_answers_stay_right(
         fault, varied_backend, make_engine, caplog):
     class FaultyRecorder:
@@ -463,8 +464,23 @@ async def test_a_graph_that_fails_its_check_turns_graphs_off_and_answers_stay_ri
                 raise RuntimeError("operation not permitted when stream is capturing")
             if fault == "replay differs":
                 return lambda: forward() * 2
+            if fault == "replay writes a column early":
+                return column_early(forward)
             recorded = forward().clone()  # as a graph that read a host value once would be
             return lambda: recorded
+
+    def column_early(forward):
+        """As a graph that baked a length would: each decoding row's new keys/values overwrite
+        its previous token's, so its slot is wrong from then on unless written again."""
+        slots = forward.func.__self__.slots  # the runner whose decode step this is
+
+        def replay():
+            slots.length_tensor -= slots.decoding.long()
+            try:
+                return forward()
+            finally:
+                slots.length_tensor += slots.decoding.long()
+        return replay
 
     expected = [await generate(make_engine(varied_backend), p, PENALISED) for p in PROMPTS]
     engine = graphs_engine(make_engine, varied_backend, recorder=FaultyRecorder())
@@ -472,6 +488,8 @@ async def test_a_graph_that_fails_its_check_turns_graphs_off_and_answers_stay_ri
     assert not engine.graphs.enabled and engine.graphs.shapes == []
     warning = next(r.getMessage() for r in caplog.records if "Decode graphs are off" in r.getMessage())
     assert ("operation not permitted" if fault == "recording fails" else "did not match") in warning
+    rewrote = [r.getMessage() for r in caplog.records if "Rewrote the key/value slots" in r.getMessage()]
+    assert len(rewrote) == (0 if fault == "recording fails" else 1)
 
 
 async def test_recorded_steps_answer_alike_on_the_real_model_and_with_eager_attention(

@@ -265,7 +265,21 @@ class BatchRunner:
         self.counters.host_reads += 1
         for row in rows:
             row.cache_ids.append(row.text.token_ids[-1])  # the token this step ran is in the slot now
+        if self.graphs is not None and self.graphs.take_suspect_writes():
+            self._rewrite_slots()
         self._take_tokens(rows, chosen)
+
+    def _rewrite_slots(self) -> None:
+        """A recorded step failed its check after it had run (graphs are off now). The step's
+        logits came from the eager forward, but the replay wrote keys/values for every slot in its
+        range, maybe into wrong columns: every row's slot is written again from its tokens, as a
+        prefill whose logits are thrown away, so the answers go on as if graphs had never run."""
+        rows = [*self._decoding.values(), *self._prefills]
+        for row in rows:
+            self.slots.rewind(row.slot)
+            for start in range(0, len(row.cache_ids), self.prefill_chunk_tokens):
+                self._forward_prefill([(row, row.cache_ids[start:start + self.prefill_chunk_tokens])])
+        log.warning("Rewrote the key/value slots of %d answer(s) in progress after the failed graph.", len(rows))
 
     def _decode_logits(self, rows: list[_Row]) -> torch.Tensor:
         """The step's last-position logits, one row per slot of the step's range: from a recorded

@@ -100,6 +100,10 @@ class DecodeGraphs:
         self._graphs: dict[Hashable, Forward] = {}
         self._unchecked: set[Hashable] = set()  # not yet compared with the eager forward
         self._allocation = -1  # the slots' allocation the graphs were recorded against
+        self._told_full = False  # the log has said that new shapes run eagerly
+        # A replay that failed its check had run: it may have written keys/values into the wrong
+        # columns. The runner rewrites its rows' slots (take_suspect_writes) before the next step.
+        self._suspect_writes = False
 
     @property
     def shapes(self) -> list[Hashable]:
@@ -133,6 +137,7 @@ class DecodeGraphs:
         replay = self._graphs.get(key)
         if replay is None:
             if len(self._graphs) >= MOST_GRAPHS:
+                self._tell_full()
                 return None
             logits = forward()
             self._record(key, forward)
@@ -142,6 +147,11 @@ class DecodeGraphs:
             return self._checked_replay(key, replay, forward)
         self.replays += 1
         return replay()
+
+    def _tell_full(self) -> None:
+        if not self._told_full:
+            self._told_full = True
+            log.info("%d decode graphs are held, the most kept: steps of other shapes run eagerly.", MOST_GRAPHS)
 
     def _usable(self, allocation: int) -> bool:
         """Graphs are on; those of an older allocation of the slots are dropped."""
@@ -171,15 +181,22 @@ class DecodeGraphs:
             replayed = replay()
             difference = float((replayed.float() - expected.float()).abs().max())
         except Exception as error:
+            self._suspect_writes = True
             self._turn_off(f"replaying the decode step for {_described(key)} failed ({type(error).__name__}: {error})")
             return expected
         # Within bfloat16's rounding of the largest logit (the same kernels give the same bits).
         if difference > 0.02 * float(expected.float().abs().max()) + 1e-3:
+            self._suspect_writes = True
             self._turn_off(f"the recorded decode step for {_described(key)} did not match the eager one "
                            f"(largest difference {difference:.3g})")
         else:
             self._unchecked.discard(key)
         return expected
+
+    def take_suspect_writes(self) -> bool:
+        """Whether a replay that failed its check ran since the last call."""
+        suspect, self._suspect_writes = self._suspect_writes, False
+        return suspect
 
     def _turn_off(self, why: str) -> None:
         self.enabled = False

@@ -108,6 +108,10 @@ class SlotCache:
         self.lengths[slot] = tokens
         self.length_tensor[slot] = tokens
 
+    def rewind(self, slot: int) -> None:
+        """Forget what the slot holds (its columns are written again from the start)."""
+        self._set_length(slot, 0)
+
     def top(self) -> int:
         """One past the highest decoding slot (the range a decode step runs)."""
         return max(self._decoding_slots) + 1 if self._decoding_slots else 0
