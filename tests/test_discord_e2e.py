@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -840,6 +841,30 @@ async def test_a_slow_answer_appears_early_and_grows_by_throttled_edits(tmp_path
         assert all(r.json["allowed_mentions"]["parse"] == [] for r in scene.fake.requests_to("PATCH", edit_path))
         assert len(scene.posted()) == 1  # one message, edited, not a new one per step
         assert (await scene.turns())[-1] == ("assistant", long_answer)
+
+
+async def test_previews_of_answers_in_all_channels_together_keep_to_the_edit_budget(tmp_path):
+    """Discord allows a bot 50 requests a second in all: previews share [discord]
+    stream_edits_per_second, however many channels are answered. Finished answers do not wait."""
+    long_answer = " ".join(f"word{i}" for i in range(40))
+    async with running_bot(tmp_path, stream_edit_interval=0.05, stream_edits_per_second=5) as scene:
+        scene.model.reply = lambda m: long_answer
+        scene.model.word_delay_s = 0.02  # about 0.8 s of writing each: 16 previews a second wanted
+        channels = [scene.general] + [scene.fake.add_text_channel(scene.world.guild, f"room-{n}") for n in (1, 2)]
+        await scene.ask("warm-up")  # the new channels have reached the bot
+        started = time.monotonic()
+        for channel in channels:
+            await scene.say(f"{scene.fake.bot.mention} tell me a story", channel=channel)
+        for channel in channels:
+            await scene.fake.wait_for_request(
+                "PATCH", f"/channels/{channel.id}/messages/{{id}}", predicate=lambda r: r.json["content"] == long_answer,
+                timeout=60)
+        elapsed = time.monotonic() - started
+    previews = [r for r in scene.fake.requests_to("POST", MESSAGES) + scene.fake.requests_to("PATCH", f"{MESSAGES}/{{id}}")
+                if r.json and r.json.get("content", "").endswith(" \u2026")]
+    # Every answer showed early (its first post), and never more than 5 previews a second in all:
+    # a bound a slow machine only makes easier to keep.
+    assert 3 <= len(previews) <= 5 * elapsed + 1
 
 
 async def test_the_echoes_of_the_bots_own_edits_touch_neither_the_queue_nor_the_database(tmp_path, monkeypatch):

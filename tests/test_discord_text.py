@@ -104,3 +104,20 @@ async def test_text_that_comes_while_an_edit_is_on_its_way_is_shown_after_it():
     await streamed.update("You are number 2 in line.")  # ... when this comes, and then nothing
     message.release.set()
     await until(lambda: message.edits[-1:] == ["You are number 2 in line. …"])
+
+
+async def test_previews_take_turns_spaced_by_the_edit_budget_first_come_first_served():
+    from bot.discord_bot.posting import EditBudget
+
+    clock, waits = [100.0], []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(round(seconds, 6))
+
+    budget = EditBudget(4, now=lambda: clock[0], sleep=sleep)  # a turn every 0.25 s
+    for _ in range(3):  # three answers ask at once: the first goes now, then 0.25 s apart
+        await budget.turn()
+    assert waits == [0.25, 0.5]
+    clock[0] = 101.0  # later than every turn given: the next goes at once
+    await budget.turn()
+    assert waits == [0.25, 0.5]

@@ -24,7 +24,7 @@ from ..core.types import Delivered, Reply
 from ..service import ChatService
 from ..telemetry import log_event
 from .convert import readable_content, to_incoming
-from .posting import StreamedReply, parts_to_post, post_reply, typing_in
+from .posting import EditBudget, StreamedReply, parts_to_post, post_reply, typing_in
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,10 @@ class DiscordDelivery:
     the model writes until the answer's first message is posted, and ends as replies of
     Discord's size (the service's Delivery)."""
 
-    def __init__(self, trigger: discord.Message, stream_edit_interval: float):
+    def __init__(self, trigger: discord.Message, stream_edit_interval: float, budget: EditBudget | None = None):
         self.trigger = trigger
         self.stream_edit_interval = stream_edit_interval
+        self.budget = budget
         self.streamed: StreamedReply | None = None
 
     async def progress(self, text: str) -> None:
@@ -73,7 +74,8 @@ class DiscordDelivery:
             # Made here, not on arrival: the edit throttle counts from when the model starts, after
             # any wait behind the channel's earlier messages. Once the answer shows, typing would
             # only linger (edits do not clear it): its first message stops it.
-            self.streamed = StreamedReply(self.trigger, self.stream_edit_interval, before_first_post=typing.stop)
+            self.streamed = StreamedReply(self.trigger, self.stream_edit_interval, before_first_post=typing.stop,
+                                          budget=self.budget)
             yield
 
     async def deliver(self, reply: Reply) -> Delivered:
@@ -86,6 +88,7 @@ class DiscordEvents:
         self.service = service
         self.delete_data_on_guild_remove = settings.delete_data_on_guild_remove
         self.stream_edit_interval = settings.stream_edit_interval
+        self.edit_budget = EditBudget(settings.stream_edits_per_second)  # this connection's answers together
         self._cannot_post: set[int] = set()  # channels where a missing permission was logged
         self._handling = 0  # messages being answered (or waiting their turn to be)
         self._idle = asyncio.Event()
@@ -98,7 +101,7 @@ class DiscordEvents:
         if not self._can_answer_in(message.channel):
             return  # no model time, nothing stored: the answer could not be posted
         with self._counted():
-            await self.service.respond(incoming, DiscordDelivery(message, self.stream_edit_interval))
+            await self.service.respond(incoming, DiscordDelivery(message, self.stream_edit_interval, self.edit_budget))
 
     def _can_answer_in(self, channel) -> bool:
         """Whether the bot may post its answer here (Discord would refuse it: 403). Logged once a

@@ -82,6 +82,31 @@ async def _post(trigger: discord.Message, text: str, number: int, total: int, **
         return None
 
 
+class EditBudget:
+    """How often answers being written may be shown, all channels together. Discord allows a bot
+    50 requests a second in all; past that it answers 429, and enough refused requests get the
+    bot's address banned for a while. With 64 channels answering at once, one edit a second each
+    would be 64. So every preview (a streamed answer's first post or edit) takes the next free
+    turn, `1 / per_second` after the last one, first come first served: with many answers at
+    once each is shown less often, and the newest text goes when its turn comes. Finished answers
+    never wait here."""
+
+    def __init__(self, per_second: float, now: Callable[[], float] | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+        self.spacing = 1.0 / per_second
+        self._now = now or (lambda: asyncio.get_running_loop().time())
+        self._sleep = sleep
+        self._next_turn = float("-inf")
+
+    async def turn(self) -> None:
+        """Wait for this preview's turn (a turn given up by cancelling is not handed back)."""
+        now = self._now()
+        turn = max(now, self._next_turn)
+        self._next_turn = turn + self.spacing
+        if turn > now:
+            await self._sleep(turn - now)
+
+
 class StreamedReply:
     """An answer that appears while the model writes it: posted as a reply once it has taken
     `interval` seconds, then edited at most once per `interval`, then finished with the final parts.
@@ -93,10 +118,11 @@ class StreamedReply:
     """
 
     def __init__(self, trigger: discord.Message, interval: float, limit: int = DISCORD_MESSAGE_LIMIT,
-                 before_first_post: Callable[[], Awaitable[None]] | None = None):
+                 before_first_post: Callable[[], Awaitable[None]] | None = None, budget: EditBudget | None = None):
         self.trigger = trigger
         self.interval = interval
         self.limit = limit
+        self.budget = budget  # shared by every answer being written (None: no limit but `interval`)
         # Awaited just before the answer's first message is sent (the typing indicator stops there).
         self.before_first_post = before_first_post
         self.message: discord.Message | None = None
@@ -123,6 +149,8 @@ class StreamedReply:
         shown = None
         while shown != self._pending:
             await asyncio.sleep(max(0.0, self._next_show - loop.time()))
+            if self.budget is not None:
+                await self.budget.turn()
             self._next_show = loop.time() + self.interval
             shown = self._pending
             self._posting = True
