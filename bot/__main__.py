@@ -1,5 +1,9 @@
 import sys
 
-from .cli import main
+try:
+    from .cli import main
+except ModuleNotFoundError as missing:  # `python -m bot` with a Python other than the set-up's
+    sys.exit(f"error: this Python ({sys.executable}) lacks the bot's packages ({missing}). Run `make setup` "
+             "once, then `source .venv/bin/activate` (or call .venv/bin/python -m bot).")
 
 sys.exit(main())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from datetime import timedelta
 
@@ -20,6 +21,7 @@ log = logging.getLogger("bot")
 
 
 def main(argv: list[str] | None = None) -> int:
+    _no_progress_bars_unless_on_a_terminal()
     args = _parser().parse_args(argv)
     _configure_logging(args.verbose, args.log_format)
     try:
@@ -34,6 +36,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, ConfigError) else 1
+
+
+def _no_progress_bars_unless_on_a_terminal() -> None:
+    """Progress bars (the model's loading and first conversion, fine-tuning) redraw one line with
+    carriage returns: progress on a terminal, hundreds of half-lines in a log file, a pipe or
+    `docker logs`. tqdm and the hub read these variables when first imported, which is later."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _is_user_fixable(error: Exception) -> bool:
@@ -61,6 +72,17 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but an unknown option points to its command's help, where the options
+        are (`python -m bot chat --help`), not to the top-level one."""
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            subcommands = next((action.choices for action in self._actions
+                                if isinstance(action, argparse._SubParsersAction)), {})
+            subcommands.get(getattr(parsed, "command", None), self).error(
+                f"unrecognized arguments: {' '.join(unknown)}")
+        return parsed
+
 
 def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
     """--config, -v, --log-format. On the subcommands (suppress=True) they have no defaults, so that
@@ -87,7 +109,9 @@ def _id(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m bot", description="A Discord chat bot running its own language model.")
+    # Called as the installed `smolbot` script, or as `python -m bot`: usage and hints say which.
+    prog = "smolbot" if os.path.basename(sys.argv[0]) == "smolbot" else "python -m bot"
+    parser = _Parser(prog=prog, description="A Discord chat bot running its own language model.")
     _add_global_options(parser)
     global_options = _Parser(add_help=False)
     _add_global_options(global_options, suppress=True)

@@ -21,6 +21,8 @@ SERVER_PROMPT_TOO_LONG = ("Your message is too long for the model server's conte
 TURNS_DROPPED = "{count} older message(s) no longer fit in my memory and were left out of this answer."
 
 PERSONA_EMPTY = "A persona needs some text. To go back to the default, use /persona reset."
+PERSONA_EMPTY_CHANNEL = ("A persona needs some text. To drop this channel's own persona, use /persona reset with "
+                         "the channel scope.")
 PERSONA_TOO_LONG = "That persona is {length:,} characters; the limit is {limit:,}. The persona was not changed."
 PERSONA_SET = ("Persona set ({length:,} characters). It applies to every channel of this server without a persona "
                "of its own, from the next message.")
@@ -72,6 +74,12 @@ CUT_SHORT_RESTART = "I'm restarting; this answer was cut short."
 FORGOT_YOU = ("Done: I erased {count} stored message(s) of yours: everything you wrote to me in every "
               "server and channel, and our direct-message conversations. My answers in server channels stay. "
               "What you write from now on stays out of training-data exports (/optin undoes that).")
+TERMINAL_UNKNOWN_COMMAND = "Unknown command {command}. Type /help for the commands."
+TERMINAL_PERSONA_ACTIONS = ('There is no /persona {action}: use /persona show, set, reset, adapter or thinking '
+                            '(/help says more).')
+TERMINAL_PERSONA_RESET_SCOPE = ('There is no persona scope "{scope}": use /persona reset (the terminal\'s) or '
+                                '/persona reset channel (this conversation\'s own).')
+TERMINAL_THINKING_ON_OFF = "Use /persona thinking on or /persona thinking off."
 WIPED_BEFORE_ANSWER = ("That message was not answered: before its turn came, this conversation was reset or its "
                        "author asked to be forgotten.")
 QUEUED = "(Many people are talking to me at once: you are number {place} in line. Your answer is coming.)"

@@ -98,6 +98,8 @@ class ServerSettings:
         """Set the server's persona, or (scope CHANNEL) the channel's own, which overrides it there."""
         channel_id = _scoped_channel(scope, channel_id)
         problem = problem_with_persona(text, self.persona_limit)
+        if problem == messages.PERSONA_EMPTY and channel_id is not None:
+            problem = messages.PERSONA_EMPTY_CHANNEL
         if problem:
             raise UserError(problem)
         text = without_lone_surrogates(text.strip())

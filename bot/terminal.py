@@ -60,7 +60,7 @@ class TerminalChat:
         with self._ctrl_c_stops_answers():
             while (line := await self._read_line()) is not None:
                 line = line.strip()
-                if line in ("/quit", "/exit"):
+                if line.split(" ", 1)[0].lower() in ("/quit", "/exit"):
                     break
                 if line.startswith("/"):
                     await self._command(line)
@@ -133,6 +133,7 @@ class TerminalChat:
 
     async def _command(self, line: str) -> None:
         name, _, argument = line.partition(" ")
+        name = name.lower()  # /Reset is /reset
         try:
             answer = await self._run_command(name, argument.strip())
         except UserError as error:
@@ -151,22 +152,30 @@ class TerminalChat:
         if name == "/status":
             return await service.status()
         if name == "/persona":
-            action, _, text = argument.partition(" ")
-            if action == "show" or not action:
-                return await service.servers.show_persona(TERMINAL_GUILD_ID, self.channel_id)
-            if action == "set":
-                scope, text = persona_scope(text)
-                return await service.servers.set_persona(TERMINAL_GUILD_ID, self.actor, text, scope=scope,
-                                                         channel_id=self.channel_id)
-            if action == "reset" and text.strip() in ("", *SCOPES):
-                return await service.servers.reset_persona(TERMINAL_GUILD_ID, self.actor,
-                                                           scope=text.strip() or SERVER, channel_id=self.channel_id)
-            if action == "adapter":
-                return await service.servers.set_adapter(TERMINAL_GUILD_ID, self.actor, text)
-            if action == "thinking" and text.strip() in ("on", "off"):
-                return await service.servers.set_thinking(TERMINAL_GUILD_ID, self.actor, text.strip() == "on")
-        return f"Unknown command {line_head(name, argument)}. " + HELP
+            return await self._persona(*argument.partition(" ")[::2])
+        return messages.TERMINAL_UNKNOWN_COMMAND.format(command=line_head(name, argument))
 
+    async def _persona(self, action: str, text: str) -> str:
+        """/persona show|set|reset|adapter|thinking: a wrong word gets what the right ones are."""
+        servers, action, word = self.service.servers, action.lower(), text.strip().lower()
+        if action == "show" or not action:
+            return await servers.show_persona(TERMINAL_GUILD_ID, self.channel_id)
+        if action == "set":
+            scope, text = persona_scope(text)
+            return await servers.set_persona(TERMINAL_GUILD_ID, self.actor, text, scope=scope,
+                                             channel_id=self.channel_id)
+        if action == "reset":
+            if word not in ("", *SCOPES):
+                return messages.TERMINAL_PERSONA_RESET_SCOPE.format(scope=line_head(text, ""))
+            return await servers.reset_persona(TERMINAL_GUILD_ID, self.actor, scope=word or SERVER,
+                                               channel_id=self.channel_id)
+        if action == "adapter":
+            return await servers.set_adapter(TERMINAL_GUILD_ID, self.actor, text)
+        if action == "thinking":
+            if word not in ("on", "off"):
+                return messages.TERMINAL_THINKING_ON_OFF
+            return await servers.set_thinking(TERMINAL_GUILD_ID, self.actor, word == "on")
+        return messages.TERMINAL_PERSONA_ACTIONS.format(action=line_head(action, ""))
 
 
 # The settings' answers are written for Discord, where a persona belongs to a server or a

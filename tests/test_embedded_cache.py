@@ -92,3 +92,17 @@ def test_a_conversion_removes_the_stale_copies_and_an_old_named_one_is_adopted(t
     target.rename(root / "elsewhere")
     assert embedded.converted_model_dir() == target and len(conversions) == 1
     assert not legacy.exists() and (target / "config.json").exists()
+
+
+def test_a_start_with_the_copy_in_place_removes_copies_named_the_old_way_only(tmp_path, monkeypatch):
+    """Another virtual environment's install converted under the old naming (another mtime):
+    never used again, half a gigabyte each. A copy of another content (another package version,
+    maybe another environment's) stays."""
+    root, source = tmp_path / "cache", fake_gguf(tmp_path)
+    monkeypatch.setenv("BOT_CACHE_DIR", str(root))
+    monkeypatch.setattr(embedded, "gguf_path", lambda: source)
+    current = converted(root, PREFIX + content_key(source, root))
+    old_naming = converted(root, PREFIX + "98362432-1796061207")
+    other_content = converted(root, PREFIX + "fedcba9876543210")
+    assert embedded.converted_model_dir() == current
+    assert not old_naming.exists() and other_content.exists() and (current / "config.json").exists()

@@ -177,3 +177,17 @@ def test_an_unknown_benchmark_is_one_line_listing_the_real_ones():
     assert done.stderr.strip().splitlines() == [
         "error: there is no benchmark named 'windw'; the benchmarks are: "
         "window, recall, recall-postgresql, latency, engine, overhead, load, remote, fair, adapters"]
+
+
+@pytest.mark.parametrize("args, command", [(("chat", "--modle", "embedded"), "chat"), (("export", "--chanel", "5"), "export")])
+def test_a_misspelt_option_points_to_its_commands_help(tmp_path, args, command):
+    line = refused(tmp_path, *args, env=clean_env(tmp_path))
+    assert line == f"error: unrecognized arguments: {' '.join(args[1:])} (see `python -m bot {command} --help`)"
+
+
+def test_a_python_without_the_bots_packages_is_told_to_use_the_venv():
+    """`python -m bot` with the system's Python after `make setup` (no site-packages: -S)."""
+    done = subprocess.run([sys.executable, "-S", "-m", "bot", "chat"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "lacks the bot's packages (No module named" in done.stderr and "source .venv/bin/activate" in done.stderr

@@ -30,8 +30,17 @@ def test_two_turns_with_memory_commands_and_history_kept_across_runs(tmp_path):
 
 def test_bad_input_in_the_terminal_gets_clear_answers(tmp_path):
     result = chat(tmp_path / "chat.db", "/persona set " + "p" * 100_000 + "\n" + "x" * 20_000 + "\n/frobnicate\n"
-                                        "/history\n")
+                                        "/history\n/persona thinking maybe\n/persona sett hi\n/persona reset all\n"
+                                        "/persona set channel\n/History\n/quit now\nnot read: the chat has ended\n")
     assert result.returncode == 0, result.stderr
+    assert "Unknown command /frobnicate. Type /help for the commands." in result.stdout
+    assert "Use /persona thinking on or /persona thinking off." in result.stdout
+    assert "There is no /persona sett: use /persona show, set, reset, adapter or thinking" in result.stdout
+    assert 'There is no persona scope "all": use /persona reset' in result.stdout
+    assert "To drop this conversation's own persona, use /persona reset with the channel scope." in result.stdout
+    assert "Commands:" not in result.stdout  # nobody was shown the whole help for a slip
+    assert result.stdout.count("This conversation has no history yet.") == 2  # /History is /history
+    assert len(bot_lines(result.stdout)) == 1  # the refusal; /quit now quit: the last line was never answered
     assert "That persona is 100,013 characters; the limit is 4,000." not in result.stdout  # counted without the command
     assert "That persona is 100,000 characters; the limit is 4,000. The persona was not changed." in result.stdout
     assert "Your message is 20,000 characters; the limit is 4,000. Nothing was saved." in result.stdout

@@ -42,6 +42,7 @@ PREFIX = "smollm2-135m-instruct-"
 DIGESTS_FILE = "gguf-digests.json"
 # A finished model directory; staging ones are "<name>.<random>" and removed ones ".<name>...".
 _MODEL_DIR = re.compile(re.escape(PREFIX) + r"[A-Za-z0-9-]+")
+_OLD_NAMING = re.compile(re.escape(PREFIX) + r"[0-9]+-[0-9]+")  # <size>-<mtime>, before the digest
 
 
 class EmbeddedModelMissing(Exception):
@@ -71,6 +72,7 @@ def converted_model_dir() -> Path:
     root = cache_root()
     target = root / (PREFIX + content_key(source, root))
     if (target / "config.json").exists():
+        _remove_old_named(root, keep=target)
         return target
     if not _adopt_legacy(source, target):
         log.info("Converting the embedded model to %s (once; about 30 s on 2 CPU cores)...", target)
@@ -134,17 +136,28 @@ def _adopt_legacy(source: Path, target: Path) -> bool:
     return True
 
 
-def remove_stale(root: Path, keep: Path) -> list[Path]:
+def _remove_old_named(root: Path, keep: Path) -> None:
+    """Copies named the old way (size-mtime) are never used again by this version (another
+    virtual environment's install of the same package has another mtime, so it was converted
+    once more under that naming): they only take half a gigabyte each. Copies named by a digest
+    stay: another virtual environment may have another package version, and use its own."""
+    removed = remove_stale(root, keep=keep, only=_OLD_NAMING)
+    if removed:
+        log.info("Removed %d converted model(s) named the old way from %s.", len(removed), root)
+
+
+def remove_stale(root: Path, keep: Path, only: re.Pattern | None = None) -> list[Path]:
     """Remove the complete converted models in `root` other than `keep`; returns those removed.
     Staging directories of a conversion in progress (named "<name>.<random>") are never touched,
-    and each directory is first renamed away, so no reader ever sees half of one."""
+    and each directory is first renamed away, so no reader ever sees half of one. `only`: just
+    the names it matches."""
     removed = []
     try:
         entries = list(root.iterdir())
     except OSError:
         return removed
     for entry in entries:
-        if (entry.name == keep.name or not _MODEL_DIR.fullmatch(entry.name) or not entry.is_dir()
+        if (entry.name == keep.name or not (only or _MODEL_DIR).fullmatch(entry.name) or not entry.is_dir()
                 or not (entry / "config.json").exists()):
             continue
         doomed = root / f".{entry.name}.removing-{os.getpid()}"

@@ -175,8 +175,32 @@ def make_trainer(model, tokenizer, train_dataset, eval_dataset, options: Finetun
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # peft calls a deprecated transformers property
-        return SFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                          processing_class=tokenizer, peft_config=lora_config(options))
+        trainer = SFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                             processing_class=tokenizer, peft_config=lora_config(options))
+    return with_loss_lines(trainer)
+
+
+def with_loss_lines(trainer):
+    """transformers prints each log as a raw dict ({'loss': '2.708', 'grad_norm': ...}) under
+    its progress bar; a log line per loss reads better. The bar itself (at a terminal) stays."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
+
+    class BarOnly(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+
+    class LossLines(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs and state.is_world_process_zero:
+                log.info("Step %d of %d: training loss %.4f", state.global_step, state.max_steps, float(logs["loss"]))
+
+    callbacks = trainer.callback_handler.callbacks
+    if any(isinstance(callback, ProgressCallback) for callback in callbacks):
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(BarOnly)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(LossLines)
+    return trainer
 
 
 def finetune(settings: ModelSettings, options: FinetuneOptions) -> FinetuneResult:
@@ -222,6 +246,9 @@ def save_adapter(model, result: FinetuneResult, options: FinetuneOptions, settin
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         model.save_pretrained(staging)
+        # peft's model card template ("# Model Card for Model ID", base_model a cache path):
+        # finetune.json says what it would, truly.
+        (staging / "README.md").unlink(missing_ok=True)
         metadata: dict[str, Any] = {
             "base_model": result.base_model,
             "base_model_path": model.peft_config["default"].base_model_name_or_path,

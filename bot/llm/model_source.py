@@ -49,7 +49,9 @@ def _looks_like_a_path(name: str) -> bool:
 
 def _checked_folder(folder: Path) -> Path:
     if not folder.exists():
-        raise ModelLoadError(f"The model folder {folder} does not exist: {CHOICES}.")
+        raise ModelLoadError(f"The model folder {folder} does not exist: check the path, or use the built-in model "
+                             'with --model embedded (or [model] name = "embedded"), or a Hugging Face hub id such '
+                             "as HuggingFaceTB/SmolLM3-3B.")
     if not folder.is_dir() or not (folder / "config.json").is_file():
         raise ModelLoadError(f"{folder} is not a model folder (it has no config.json): give the folder a model "
                              "was saved to (save_pretrained), or a Hugging Face hub id such as "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -224,22 +223,8 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def quiet_progress_bars_unless_on_a_terminal() -> None:
-    """transformers' and the hub's progress bars redraw one line with carriage returns: on a
-    terminal that is progress, in a log file or `docker logs` it is hundreds of half-lines. Where
-    stderr is not a terminal the log lines around the load say enough."""
-    if sys.stderr.isatty():
-        return
-    import huggingface_hub.utils
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
-    huggingface_hub.utils.disable_progress_bars()
-
-
 def load_transformers_backend(settings: ModelSettings) -> TransformersBackend:
     """Load the configured model once, with progress on the console."""
-    quiet_progress_bars_unless_on_a_terminal()
     try:  # checked before the (slow) model load, so that a wrong path fails at once
         plan = plan_adapters(settings)
     except AdapterProblem as error:
