@@ -544,6 +544,17 @@ def test_slots_that_cannot_hold_a_conversation_end_start_up_with_a_sentence(vari
         BatchingEngine(varied_backend, max_batch=8, slot_memory_bytes=1 << 20)
 
 
+def test_a_model_spread_over_devices_ends_start_up_with_what_to_set(varied_backend, monkeypatch):
+    """device_map "auto" on a machine with two GPUs spreads the layers over both: the engine,
+    whose slots live on one device, says so at start rather than failing the first reply."""
+    from bot.llm.model_source import ModelLoadError
+
+    spread = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, "lm_head": 1}
+    monkeypatch.setattr(varied_backend.model, "hf_device_map", spread, raising=False)
+    with pytest.raises(ModelLoadError, match=r'spread over 0, 1 .*set \[model\] device_map = "cuda:0"'):
+        BatchingEngine(varied_backend, max_batch=2)
+
+
 # Prefill ---------------------------------------------------------------------------------------
 
 

@@ -125,6 +125,19 @@ def attention_for(setting: str, device_type: str) -> str | None:
     return setting
 
 
+def refuse_split_models(model) -> None:
+    """The slots, and each step's positions and mask, live on the model's one device. device_map
+    "auto" on a machine with several GPUs spreads the layers over them (and a model too big for
+    the GPU goes partly to the CPU): the first reply would then fail deep in a forward. Said at
+    start instead, with what to set."""
+    devices = sorted({str(place) for place in (getattr(model, "hf_device_map", None) or {}).values()})
+    if len(devices) > 1:
+        raise ModelLoadError(
+            f"The model was spread over {', '.join(devices)} ([model] device_map), but the batching engine "
+            'keeps it on one device: set [model] device_map = "cuda:0" (SmolLM3-3B fits one GPU), or '
+            "[engine] batching = false to run it one reply at a time as it is.")
+
+
 def use_attention(model, implementation: str) -> None:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # through peft's wrapper
     base.set_attn_implementation(implementation)
@@ -141,6 +154,7 @@ class BatchingEngine(ChatModel):
         self.backend = backend
         self.name = backend.name
         kv_shape(backend.model.config)  # refuse unsupported models here, not on the first request
+        refuse_split_models(backend.model)
         self.context_tokens = backend.context_tokens
         # Slots sized by a memory budget are allocated at start (a GPU: a long conversation must
         # not grow every slot past the device's memory, and graphs keep their buffers); their
