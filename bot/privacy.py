@@ -9,6 +9,7 @@ from datetime import date
 from typing import Callable, Iterable
 
 from . import messages
+from .core.types import IncomingMessage
 from .export import ExportFilter, ExportSummary, export_lines, jsonl_bytes
 from .server_settings import Actor, ServerSettings, UserError
 from .store import Store
@@ -46,11 +47,16 @@ class Privacy:
                                       channel_id=channel_id, detail=f"{erased.count} turns")
         return messages.FORGOT_YOU.format(count=erased.count)
 
-    async def erase_what_is_left(self, user_id: int) -> None:
-        """What was stored of a person after /forget-me erased them, from a message of theirs
-        that was being answered at that moment."""
-        erased = await self.store.forget_author(user_id)
-        self._channels_erased(erased.channel_ids)
+    async def erase_late_turns(self, message: IncomingMessage, answer_id: int | None) -> None:
+        """A person asked to be forgotten while their `message` was being answered: what was
+        stored of it after the erasure goes too. Their own turn; in a DM the answer too (a DM
+        conversation goes whole), in a server the answer stays, as /forget-me promises. Only this
+        message's: what they wrote after asking is theirs to keep."""
+        if message.message_id is not None:
+            await self.store.delete_turn(message.message_id)
+        if message.guild_id is None and answer_id is not None:
+            await self.store.forget_turn(answer_id)
+        self._channels_erased([message.channel_id])
 
     async def opt_out_of_export(self, user_id: int) -> str:
         await self.store.opt_out(user_id, reason="optout")

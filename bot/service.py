@@ -136,7 +136,7 @@ class ChatService:
                 if reply.stored_as is not None and delivered.message_ids:  # still in the channel's turn:
                     # a delete of one of these messages waits for this, and then forgets the answer.
                     await self.store.record_answer_parts(reply.stored_as, delivered.message_ids)
-                await self._forget_again_if_asked(message, arrived)
+                await self._forget_again_if_asked(message, arrived, reply)
             else:
                 return
         if not delivered.complete:  # the front end logged why
@@ -150,18 +150,18 @@ class ChatService:
             if self._wiped_since(message, arrived):
                 return Reply(messages.WIPED_BEFORE_ANSWER, ok=False)
             reply = await self._traced(message, on_progress)
-            await self._forget_again_if_asked(message, arrived)
+            await self._forget_again_if_asked(message, arrived, reply)
             return reply
 
     def _wiped_since(self, message: IncomingMessage, arrived: int) -> bool:
         return (self._wipes.channel_wiped_since(message.channel_id, arrived)
                 or self._wipes.forgotten_since(message.author_id, arrived))
 
-    async def _forget_again_if_asked(self, message: IncomingMessage, arrived: int) -> None:
-        """Its author asked to be forgotten while this was being answered: what was stored of it
-        after the erasure goes too (the answer stays, as /forget-me promises, except in a DM)."""
+    async def _forget_again_if_asked(self, message: IncomingMessage, arrived: int, reply: Reply) -> None:
+        """Its author asked to be forgotten while this was being answered: see
+        Privacy.erase_late_turns."""
         if self._wipes.forgotten_since(message.author_id, arrived):
-            await self.privacy.erase_what_is_left(message.author_id)
+            await self.privacy.erase_late_turns(message, reply.stored_as)
 
     async def _decide(self, message: IncomingMessage) -> Decision:
         """The reply decision; the channel's auto-reply switch is read only when it matters."""

@@ -10,9 +10,9 @@ ANN, BOB = 30, 31
 ANN_DM, BOB_DM = 900, 901
 
 
-def said(text: str, *, channel: int, author_id: int, guild: int | None = 20):
+def said(text: str, *, channel: int, author_id: int, guild: int | None = 20, message_id: int | None = None):
     return said_in_service(text, channel=channel, guild=guild, author_id=author_id,
-                           author={ANN: "Ann", BOB: "Bob"}[author_id])
+                           author={ANN: "Ann", BOB: "Bob"}[author_id], message_id=message_id)
 
 
 async def contents(store, channel: int) -> list[str]:
@@ -49,9 +49,9 @@ async def test_forget_me_with_nothing_stored_says_zero(scripted_service):
 
 
 async def test_forget_me_drops_their_waiting_messages_and_what_was_being_answered(store, settings):
-    """Asked while one of hers is being answered and another waits behind it: the waiting one is
-    not answered, and nothing of either is stored; the answer already being written is still
-    given, and stays like her other answers in the server. Bob, waiting too, is answered."""
+    """Asked while one of her DMs is being answered and another waits behind it: the waiting one
+    is not answered, and nothing of the DM conversation is left once the answer is written (the
+    answer is still given). Bob, waiting for the model, and what she writes after asking, stay."""
     import asyncio
     import threading
 
@@ -69,20 +69,25 @@ async def test_forget_me_drops_their_waiting_messages_and_what_was_being_answere
     async def progress(_text):
         started.set()
 
+    def in_dm(text: str, message_id: int):
+        return said(text, channel=ANN_DM, author_id=ANN, guild=None, message_id=message_id)
+
     try:
-        being_answered = asyncio.create_task(
-            service.reply(said("ann asks", channel=1, author_id=ANN), on_progress=progress))
+        being_answered = asyncio.create_task(service.reply(in_dm("ann asks", 501), on_progress=progress))
         await started.wait()
-        waiting = [asyncio.create_task(service.reply(said(text, channel=1, author_id=author)))
-                   for text, author in (("ann again", ANN), ("bob asks", BOB))]
-        await until(lambda: service.load().waiting_turn == 2)
+        waiting = [asyncio.create_task(service.reply(in_dm("ann again", 502))),
+                   asyncio.create_task(service.reply(said("bob asks", channel=1, author_id=BOB, message_id=503)))]
+        await until(lambda: service.load().waiting_turn == 1 and service.load().waiting == 1)
         assert await service.privacy.forget_user(ANN) == messages.FORGOT_YOU.format(count=1)
+        later = asyncio.create_task(service.reply(said("ann, afterwards", channel=1, author_id=ANN, message_id=504)))
+        await until(lambda: service.load().waiting_turn == 2)  # behind Bob's, in channel 1
         opened.set()
-        first, ann_again, bob = await asyncio.gather(being_answered, *waiting)
+        first, ann_again, bob, afterwards = await asyncio.gather(being_answered, *waiting, later)
     finally:
         worker.close()
-    assert first.ok and first.text == "echo: Ann: ann asks"
+    assert first.ok and first.text == "echo: Ann: ann asks"  # given, not kept
     assert not ann_again.ok and ann_again.text == messages.WIPED_BEFORE_ANSWER
-    assert bob.ok and bob.text == "echo: Bob: bob asks"
-    assert await contents(store, 1) == ["echo: Ann: ann asks", "bob asks", "echo: Bob: bob asks"]
-    assert [m["content"] for m in backend.prompts[-1][1:]] == ["echo: Ann: ann asks", "Bob: bob asks"]
+    assert bob.ok and afterwards.ok
+    assert await contents(store, ANN_DM) == []
+    assert await contents(store, 1) == ["bob asks", "echo: Bob: bob asks", "ann, afterwards",
+                                        "echo: Ann: ann, afterwards"]
