@@ -74,6 +74,7 @@ class SlotCache:
         self._write_at: torch.Tensor | None = None  # [rows, new tokens]: the column of each new token
         self._row_index: torch.Tensor | None = None
         self._kv_columns = 0
+        self._numbers = torch.arange(max(slots, self.max_columns), device=self.device)  # see _counting
 
     @property
     def columns(self) -> int:
@@ -144,14 +145,14 @@ class SlotCache:
         starts = [self.lengths[slot] for slot in slots]
         kv_columns = max(start + count for start, count in zip(starts, tokens)) + 1
         self.ensure_columns(kv_columns)
-        step = torch.arange(longest, device=self.device)[None, :]
+        step = self._counting(longest)[None, :]
         padding = torch.tensor([longest - count for count in tokens], device=self.device)[:, None]
         real = step >= padding
         positions = torch.where(real, torch.tensor(starts, device=self.device)[:, None] + step - padding, 0)
         write_at = torch.where(real, positions + 1, 0)
         rows = slice(slots[0], slots[0] + 1) if len(slots) == 1 else torch.tensor(slots, device=self.device)
         self._set_step(rows, write_at, kv_columns)
-        columns = torch.arange(kv_columns, device=self.device)
+        columns = self._counting(kv_columns)
         allowed = torch.where(real[..., None], (columns >= 1) & (columns <= write_at[..., None]), columns == 0)
         for slot, start, count in zip(slots, starts, tokens):
             self._set_length(slot, start + count)
@@ -174,7 +175,7 @@ class SlotCache:
         decoding, lengths = self.decoding[:top], self.length_tensor[:top]
         write_at = torch.where(decoding, lengths + 1, 0)
         self._set_step(slice(0, top), write_at[:, None], kv_columns)
-        columns = torch.arange(self._kv_columns, device=self.device)[None, :]
+        columns = self._counting(self._kv_columns)[None, :]
         allowed = torch.where(decoding[:, None], (columns >= 1) & (columns <= write_at[:, None]), columns == 0)
         return torch.where(decoding, lengths, 0)[:, None], self._additive(allowed[:, None, None, :])
 
@@ -189,7 +190,15 @@ class SlotCache:
         or an index of slots (several rows' prefill)."""
         self._rows, self._write_at, self._kv_columns = rows, write_at, kv_columns
         count = rows.stop - rows.start if isinstance(rows, slice) else len(rows)
-        self._row_index = torch.arange(count, device=self.device)[:, None]
+        self._row_index = self._counting(count)[:, None]
+
+    def _counting(self, count: int) -> torch.Tensor:
+        """0, 1, ..., count - 1 on the device: a view of one tensor made once for the widest a
+        slot or a step can be, so that a step makes no new one (on a CPU each is a kernel's fixed
+        cost). Never written to, never replaced: a recorded graph reads it at its address."""
+        if count > self._numbers.shape[0]:  # not by the sizes above; a fresh one rather than a new address
+            return torch.arange(count, device=self.device)
+        return self._numbers[:count]
 
     def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
         """A mask every attention implementation reads alike: 0 where allowed, the dtype's lowest
