@@ -68,20 +68,14 @@ SLOW_DOWN = ("You're sending messages faster than I can answer. Try again in {se
              "(That message was not saved.)")
 RESTARTING = "I'm restarting, so I could not answer that. Please send it again in a minute."
 CUT_SHORT_RESTART = "I'm restarting; this answer was cut short."
+WIPED_BEFORE_ANSWER = ("That message was not answered: before its turn came, this conversation was reset or its "
+                       "author asked to be forgotten.")
 
 # Privacy -----------------------------------------------------------------
 
 FORGOT_YOU = ("Done: I erased {count} stored message(s) of yours: everything you wrote to me in every "
               "server and channel, and our direct-message conversations. My answers in server channels stay. "
               "What you write from now on stays out of training-data exports (/optin undoes that).")
-TERMINAL_UNKNOWN_COMMAND = "Unknown command {command}. Type /help for the commands."
-TERMINAL_PERSONA_ACTIONS = ('There is no /persona {action}: use /persona show, set, reset, adapter or thinking '
-                            '(/help says more).')
-TERMINAL_PERSONA_RESET_SCOPE = ('There is no persona scope "{scope}": use /persona reset (the terminal\'s) or '
-                                '/persona reset channel (this conversation\'s own).')
-TERMINAL_THINKING_ON_OFF = "Use /persona thinking on or /persona thinking off."
-WIPED_BEFORE_ANSWER = ("That message was not answered: before its turn came, this conversation was reset or its "
-                       "author asked to be forgotten.")
 QUEUED = "(Many people are talking to me at once: you are number {place} in line. Your answer is coming.)"
 
 # Training-data export ------------------------------------------------------
@@ -134,3 +128,12 @@ STATUS_LATENCY = "Gateway latency: {ms:,.0f} ms"
 # Said to the operator who starts `python -m bot run` (printed after "error: ").
 METRICS_CANNOT_LISTEN = ("Cannot serve the Prometheus metrics on {address} ({reason}). Set [metrics] port "
                          "(or BOT_METRICS_PORT) to a free port, or stop what uses that one.")
+
+# The terminal chat ---------------------------------------------------------
+
+TERMINAL_UNKNOWN_COMMAND = "Unknown command {command}. Type /help for the commands."
+TERMINAL_PERSONA_ACTIONS = ('There is no /persona {action}: use /persona show, set, reset, adapter or thinking '
+                            '(/help says more).')
+TERMINAL_PERSONA_RESET_SCOPE = ('There is no persona scope "{scope}": use /persona reset (the terminal\'s) or '
+                                '/persona reset channel (this conversation\'s own).')
+TERMINAL_THINKING_ON_OFF = "Use /persona thinking on or /persona thinking off."
