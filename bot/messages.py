@@ -1,6 +1,13 @@
 """Every sentence the bot says to users, in one place, so wording stays consistent
 and can be changed (or translated) without hunting through the code."""
 
+
+def counted(template: str, count: int, name: str = "count") -> str:
+    """`template` with the count filled in as `name`, and its "(s)" made right: "1 message",
+    "3 messages"."""
+    return template.format(**{name: count}).replace("(s)", "" if count == 1 else "s")
+
+
 EMPTY_MESSAGE = "Your message is empty, so there is nothing for me to answer. Type some text."
 MESSAGE_TOO_LONG = ("Your message is {length:,} characters; the limit is {limit:,}. "
                     "Nothing was saved. Please shorten it or send it in parts.")
@@ -9,7 +16,7 @@ PROMPT_TOO_LONG = ("Your message is too long for the model's context ({needed:,}
                    "{budget:,} fit). Nothing was saved. Please shorten it.")
 NOTHING_TO_SAY = "(The model gave an empty answer. Try rephrasing your message.)"
 GENERATION_FAILED = "Sorry, I could not write a reply: {reason} Please try again in a moment."
-BUSY = ("I'm busy right now: {waiting} replies are waiting ahead of yours. "
+BUSY = ("I'm busy right now ({waiting} waiting ahead of yours). "
         "Please try again in a minute. (Your message is kept in the conversation.)")
 STORAGE_FAILED = "Sorry, I could not reach my memory (the database) just now. Please try again in a moment."
 CUT_SHORT_TIMEOUT = "This answer was cut short: the model ran out of time."
@@ -18,7 +25,7 @@ CUT_SHORT_STOPPED = "This answer was cut short: you stopped it."
 CUT_SHORT_SERVER = "This answer was cut short: the model server stopped answering."
 SERVER_PROMPT_TOO_LONG = ("Your message is too long for the model server's context ({context:,} tokens), so I "
                           "could not answer it and did not keep it. Please send a shorter one.")
-TURNS_DROPPED = "{count} older message(s) no longer fit in my memory and were left out of this answer."
+TURNS_DROPPED = "To fit my memory, I left {count} older message(s) out of this answer."
 
 PERSONA_EMPTY = "A persona needs some text. To go back to the default, use /persona reset."
 PERSONA_EMPTY_CHANNEL = ("A persona needs some text. To drop this channel's own persona, use /persona reset with "

@@ -45,7 +45,7 @@ class Privacy:
         self._channels_erased(erased.channel_ids)
         await self.store.record_audit(action="user.forget", actor_id=user_id, guild_id=guild_id,
                                       channel_id=channel_id, detail=f"{erased.count} turns")
-        return messages.FORGOT_YOU.format(count=erased.count)
+        return messages.counted(messages.FORGOT_YOU, erased.count)
 
     async def erase_late_turns(self, message: IncomingMessage, answer_id: int | None) -> None:
         """A person asked to be forgotten while their `message` was being answered: what was

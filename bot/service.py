@@ -202,7 +202,8 @@ class ChatService:
         wait = self._cooldowns.wait_before(message.author_id)
         if wait:
             self._cooldowns.mark_told(message.author_id)
-            return trace.refusal("rate_limited", messages.SLOW_DOWN.format(seconds=whole_seconds(wait)))
+            seconds = whole_seconds(wait)
+            return trace.refusal("rate_limited", messages.counted(messages.SLOW_DOWN, seconds, "seconds"))
         try:
             return await self._answer(message, on_progress, trace)
         except SQLAlchemyError as error:
@@ -251,7 +252,7 @@ class ChatService:
                                               role="assistant", content=text, reply_to=user_turn_id,
                                               cut_short=cut_short, persona=persona)
         dropped = trace.dropped_turns = prompt.dropped_turns if prompt.trimmed else 0
-        notes = [messages.TURNS_DROPPED.format(count=dropped)] if dropped else []
+        notes = [messages.counted(messages.TURNS_DROPPED, dropped)] if dropped else []
         if ending is not Ending.COMPLETE:
             notes.append(ending.note)
             trace.cut_short = ending.value
@@ -407,7 +408,7 @@ class ChatService:
         count = await self._stop_and_wipe(channel_id, self.store.clear_channel)
         await self.store.record_audit(action="history.reset", actor_id=actor.id, actor_name=actor.name,
                                       guild_id=guild_id, channel_id=channel_id, detail=f"{count} turns")
-        return messages.HISTORY_RESET.format(count=count)
+        return messages.counted(messages.HISTORY_RESET, count)
 
     async def forget_server(self, guild_id: int) -> int:
         """The bot was removed from a server: delete its settings and stored messages. Returns how many."""

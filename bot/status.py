@@ -25,7 +25,7 @@ def status_text(model: ChatModel, load: Load, observer: Observer, extra_lines: t
     if model.abilities.kind is ModelKind.BATCHING:
         lines.append(messages.STATUS_SLOTS.format(used=model_load.active, slots=model.abilities.max_batch))
     if model.abilities.channel_caches:
-        lines.append(messages.STATUS_PROMPT_CACHES.format(count=model_load.cached_channels))
+        lines.append(messages.counted(messages.STATUS_PROMPT_CACHES, model_load.cached_channels))
     return "\n".join([*lines, *extra_lines])
 
 

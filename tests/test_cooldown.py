@@ -79,7 +79,7 @@ async def test_past_the_limit_the_user_is_told_when_to_retry_and_nothing_is_stor
         assert (await service.reply(said("one"))).ok and (await service.reply(said("two"))).ok
         refused = await service.reply(said("three"))
         assert not refused.ok
-        assert refused.text == messages.SLOW_DOWN.format(seconds=10)
+        assert refused.text == messages.counted(messages.SLOW_DOWN, 10, "seconds")
         assert "three" not in [t.content for t in await store.recent_turns(10, 100)]
         assert len(scripted.prompts) == 2  # the model was not asked
         assert (await service.reply(said("someone else", author_id=2))).ok
@@ -137,6 +137,6 @@ async def test_a_flood_gets_one_slow_down_message_not_one_per_message(tmp_path, 
         await service.respond(mention("hello", author_id=2), delivery)
     finally:
         worker.close()
-    slow_down = messages.SLOW_DOWN.format(seconds=10)
+    slow_down = messages.counted(messages.SLOW_DOWN, 10, "seconds")
     assert [text == slow_down for text in delivery.shown] == [False, False, True, False]  # the last: person 2
     assert delivery.typing == 4  # nothing at all for the messages passed over

@@ -146,7 +146,7 @@ async def test_a_dm_is_answered_and_server_commands_are_refused_there(scene: Sce
 
     # /reset is not server-only: in a DM it forgets the user's own conversation.
     answer = await scene.command(alice, "reset", channel=dm)
-    assert answer["content"] == messages.HISTORY_RESET.format(count=2)
+    assert answer["content"] == messages.counted(messages.HISTORY_RESET, 2)
     assert await scene.turns(dm) == []
 
 
@@ -201,7 +201,7 @@ async def test_a_note_about_forgotten_turns_is_shown_as_subtext(tmp_path):
             reply = await scene.ask(f"message number {n} with a few extra words in it")
     assert "\n-# " in reply.json["content"]
     note = reply.json["content"].split("\n-# ")[1]
-    assert "older message(s)" in note
+    assert re.fullmatch(r"To fit my memory, I left (1 older message|\d+ older messages) out of this answer\.", note)
 
 
 # --------------------------------------------------------------------------- order and concurrency
@@ -498,7 +498,7 @@ async def test_a_moderator_resets_the_channel_and_it_is_audited(scene: Scene):
     assert len(await scene.turns()) == 4 and await audit_entries(scene.store) == []
 
     answer = await scene.command(world.mod, "reset")
-    assert answer["content"] == messages.HISTORY_RESET.format(count=4) and answer["flags"] & EPHEMERAL
+    assert answer["content"] == messages.counted(messages.HISTORY_RESET, 4) and answer["flags"] & EPHEMERAL
     assert await scene.turns() == []
     [entry] = await audit_entries(scene.store)
     assert (entry.action, entry.actor_id, entry.actor_name, entry.guild_id, entry.channel_id, entry.detail) == (
@@ -527,7 +527,8 @@ async def test_reset_stops_the_answer_being_written_drops_those_waiting_and_keep
         assert messages.CUT_SHORT_RESET in cut.json["content"]  # the asker is told why the answer stopped
         await scene.fake.wait_for_request("POST", f"/webhooks/{{app}}/{interaction.token}")
         # Only the question was there to forget: the interrupted answer was never stored.
-        assert scene.fake.original_response(interaction)["content"] == messages.HISTORY_RESET.format(count=1)
+        assert scene.fake.original_response(interaction)["content"] == (
+            "History cleared: 1 message forgotten in this channel.")
         assert await scene.turns() == []
         assert [prompt[-1]["content"] for prompt in scene.model.prompts] == ["Alice: a question"]
         after = await scene.ask("after the reset")  # what comes after the reset is answered as ever
@@ -544,7 +545,7 @@ async def test_forget_me_erases_a_members_words_and_dms_and_answers_privately(sc
     await scene.reply_to(await scene.say("a private chat", channel=dm))
 
     answer = await scene.command(world.alice, "forget-me")  # a plain member: no permission needed
-    assert answer["content"] == messages.FORGOT_YOU.format(count=3) and answer["flags"] & EPHEMERAL
+    assert answer["content"] == messages.counted(messages.FORGOT_YOU, 3) and answer["flags"] & EPHEMERAL
     assert await scene.turns() == [("assistant", "echo: Alice: alice says something"),
                                    ("user", "mod says something"), ("assistant", "echo: mod: mod says something")]
     assert await scene.turns(dm) == []
@@ -553,7 +554,7 @@ async def test_forget_me_erases_a_members_words_and_dms_and_answers_privately(sc
         "user.forget", world.alice.id, None, "3 turns")
     # It works in a DM too.
     again = await scene.command(world.alice, "forget-me", channel=dm)
-    assert again["content"] == messages.FORGOT_YOU.format(count=0)
+    assert again["content"] == messages.counted(messages.FORGOT_YOU, 0)
 
 
 async def test_auto_reply_answers_every_message_in_that_channel_only(scene: Scene):

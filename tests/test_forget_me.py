@@ -29,7 +29,7 @@ async def test_forget_me_erases_their_words_everywhere_and_their_dms_whole(scrip
     answer = await scripted_service.privacy.forget_user(ANN, guild_id=20, channel_id=1)
 
     # 3 of her turns in servers + her DM's answer: 4. The bot's answers in servers stay.
-    assert answer == messages.FORGOT_YOU.format(count=4)
+    assert answer == messages.counted(messages.FORGOT_YOU, 4)
     assert await contents(store, 1) == ["echo: Ann: ann in general", "bob in general", "echo: Bob: bob in general"]
     assert await contents(store, 2) == ["echo: Ann: ann in another server"]
     assert await contents(store, ANN_DM) == []
@@ -45,7 +45,7 @@ async def test_forget_me_erases_their_words_everywhere_and_their_dms_whole(scrip
 
 
 async def test_forget_me_with_nothing_stored_says_zero(scripted_service):
-    assert await scripted_service.privacy.forget_user(BOB) == messages.FORGOT_YOU.format(count=0)
+    assert await scripted_service.privacy.forget_user(BOB) == messages.counted(messages.FORGOT_YOU, 0)
 
 
 async def test_forget_me_drops_their_waiting_messages_and_what_was_being_answered(store, settings):
@@ -78,7 +78,7 @@ async def test_forget_me_drops_their_waiting_messages_and_what_was_being_answere
         waiting = [asyncio.create_task(service.reply(in_dm("ann again", 502))),
                    asyncio.create_task(service.reply(said("bob asks", channel=1, author_id=BOB, message_id=503)))]
         await until(lambda: service.load().waiting_turn == 1 and service.load().waiting == 1)
-        assert await service.privacy.forget_user(ANN) == messages.FORGOT_YOU.format(count=1)
+        assert await service.privacy.forget_user(ANN) == messages.counted(messages.FORGOT_YOU, 1)
         later = asyncio.create_task(service.reply(said("ann, afterwards", channel=1, author_id=ANN, message_id=504)))
         await until(lambda: service.load().waiting_turn == 2)  # behind Bob's, in channel 1
         opened.set()

@@ -111,7 +111,7 @@ async def test_a_history_longer_than_the_context_is_cut_and_the_cut_is_said(scri
     for n in range(40):
         reply = await scripted_service.reply(said(f"message {n} " + "filler " * 20))
         assert reply.ok
-    assert reply.dropped_turns > 0 and messages.TURNS_DROPPED.format(count=reply.dropped_turns) in reply.notes
+    assert reply.dropped_turns > 0 and messages.counted(messages.TURNS_DROPPED, reply.dropped_turns) in reply.notes
     assert scripted.count_tokens(scripted.prompts[-1]) <= 300 - scripted_service.settings.generation.max_new_tokens
     assert len(await stored(store)) == 80  # all kept in the database; only the prompt was cut
     assert await integrity(store) == "ok"

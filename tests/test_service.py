@@ -88,7 +88,7 @@ async def test_reset_forgets_the_channel_and_writes_the_audit_log(scripted_servi
     await scripted_service.reply(said("one"))
     await scripted_service.reply(said("two"))
     answer = await scripted_service.reset_channel(20, 10, ADMIN)
-    assert "4 message(s)" in answer
+    assert "4 messages" in answer
     assert await stored(store) == []
     [entry] = await audit_entries(store, 20)
     assert (entry.action, entry.actor_id, entry.channel_id, entry.detail) == ("history.reset", 1, 10, "4 turns")
@@ -187,7 +187,7 @@ async def test_reset_stops_the_answer_being_written_and_nothing_of_it_is_kept(st
 
     answering = asyncio.create_task(service.reply(said("talk a lot"), on_progress=progress))
     await started.wait()
-    assert "message(s) forgotten" in await service.reset_channel(20, 10, ADMIN)
+    assert "forgotten in this channel" in await service.reset_channel(20, 10, ADMIN)
     reply = await answering
     assert not reply.ok and messages.CUT_SHORT_RESET in reply.notes
     assert len(reply.text) < len("word " * 400)

@@ -24,7 +24,7 @@ def test_two_turns_with_memory_commands_and_history_kept_across_runs(tmp_path):
     assert second.returncode == 0, second.stderr
     assert "My favourite fruit is mango." in second.stdout
     assert "You are a grumpy pirate." in second.stdout
-    assert "History cleared: 4 message(s) forgotten" in second.stdout
+    assert "History cleared: 4 messages forgotten" in second.stdout
     assert second.stdout.rstrip().endswith("This conversation has no history yet.\nBye.")
 
 
