@@ -43,6 +43,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable
 
 from .core.prompt import turn_to_message
 from .core.types import Turn
+from .messages import counted
 
 DEFAULT_GAP = timedelta(hours=1)
 PSEUDONYM = "User {number}"
@@ -85,17 +86,15 @@ class ExportSummary:
     channels: set[int] = field(default_factory=set)
 
     def describe(self) -> str:
-        text = (f"{self.conversations:,} conversation(s), {self.turns:,} turn(s) "
-                f"from {len(self.channels):,} channel(s)")
-        if self.left_out_opted_out:
-            text += f"; {self.left_out_opted_out:,} turn(s) of people who opted out left out"
-        if self.left_out_short:
-            text += f"; {self.left_out_short:,} conversation(s) shorter than the minimum left out"
-        if self.left_out_unanswered:
-            text += f"; {self.left_out_unanswered:,} unanswered question(s) left out"
-        if self.left_out_cut_short:
-            text += f"; {self.left_out_cut_short:,} answer(s) cut short left out, with their questions"
-        return text
+        parts = [f"{counted('{count:,} conversation(s)', self.conversations)}, "
+                 f"{counted('{count:,} turn(s)', self.turns)} from {counted('{count:,} channel(s)', len(self.channels))}"]
+        for count, what in ((self.left_out_opted_out, "{count:,} turn(s) of people who opted out left out"),
+                            (self.left_out_short, "{count:,} conversation(s) shorter than the minimum left out"),
+                            (self.left_out_unanswered, "{count:,} unanswered question(s) left out"),
+                            (self.left_out_cut_short, "{count:,} answer(s) cut short left out, with their questions")):
+            if count:
+                parts.append(counted(what, count))
+        return "; ".join(parts)
 
 
 # (guild_id, channel_id, turn), in channel then row order.

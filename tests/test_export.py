@@ -189,7 +189,7 @@ async def test_the_cli_writes_the_file_and_says_what_it_holds(store, settings, t
     await a_server_day(store)
     done = run_cli("export", "--out", "data/train.jsonl", "--server", str(GUILD), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "Wrote data/train.jsonl: 2 conversation(s), 6 turn(s) from 2 channel(s)" in done.stderr
+    assert "Wrote data/train.jsonl: 2 conversations, 6 turns from 2 channels" in done.stderr
     lines = (tmp_path / "data/train.jsonl").read_text().splitlines()
     assert [json.loads(line)["messages"][1]["content"] for line in lines] == [
         "User 1: hi, I am User 1", "User 1: what is 2+2?"]
@@ -223,7 +223,7 @@ async def test_a_moderator_gets_the_export_as_a_private_file(scene: Scene):
     assert [m["content"] for m in line["messages"][1:]] == [
         "User 1: hello there", "echo: User 1: hello there", "User 2: and again", "echo: User 2: and again"]
     answer = scene.fake.original_response(interaction)
-    assert answer["flags"] & EPHEMERAL and "1 conversation(s), 4 turn(s)" in answer["content"]
+    assert answer["flags"] & EPHEMERAL and "1 conversation, 4 turns" in answer["content"]
     [entry] = await audit_entries(scene.store)
     assert (entry.action, entry.actor_id) == ("data.export", world.mod.id)
 
@@ -282,7 +282,7 @@ async def test_questions_that_never_got_an_answer_are_left_out(store, settings):
         ("user", "Alice: thanks for the story"), ("assistant", "You're welcome."),
     ]]
     assert (summary.turns, summary.left_out_unanswered) == (6, 8)
-    assert "8 unanswered question(s) left out" in summary.describe()
+    assert "8 unanswered questions left out" in summary.describe()
 
 
 async def test_a_sitting_of_only_unanswered_questions_exports_nothing(store, settings):
@@ -316,7 +316,7 @@ async def test_answers_cut_short_are_left_out_with_their_questions(store, settin
     contents = [message["content"] for message in lines[0]["messages"][1:]]
     assert len(contents) == 4 and not any("story" in text or "slow" in text for text in contents)
     assert summary.left_out_cut_short == 1
-    assert "1 answer(s) cut short left out, with their questions" in summary.describe()
+    assert "1 answer cut short left out, with their questions" in summary.describe()
 
 
 async def test_each_conversation_is_labelled_with_the_persona_it_was_held_under(store, settings):
