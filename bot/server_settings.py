@@ -67,6 +67,10 @@ class ServerSettings:
             self._threads_noted.clear()
         self._threads_noted.add(channel_id)
 
+    def forget_noted_threads(self) -> None:
+        """The store's notes of threads went (a server's data deleted): note each again."""
+        self._threads_noted.clear()
+
     async def _own_or_parent(self, read: Callable[[int], Awaitable[Setting | None]], guild_id: int | None,
                              channel_id: int) -> Setting | None:
         """A channel's own setting (`read` gives None where it has none), else, in a thread, its

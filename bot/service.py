@@ -412,6 +412,7 @@ class ChatService:
 
     async def forget_server(self, guild_id: int) -> int:
         """The bot was removed from a server: delete its settings and stored messages. Returns how many."""
+        self.servers.forget_noted_threads()  # their notes go with the server's data
         return await self.store.delete_guild_data(guild_id)
 
     def _forget_channels(self, channel_ids: Iterable[int]) -> None:

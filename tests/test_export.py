@@ -26,6 +26,7 @@ from tests.support.cli import run_bot
 from tests.support.discord_scene import EPHEMERAL, Scene
 from tests.support.settings import REPO_ROOT
 from tests.support.store_queries import audit_entries
+from tests.support.waiting import until
 
 GUILD, OTHER_GUILD = 100, 200
 GENERAL, RANDOM, DM = 11, 12, 13
@@ -226,6 +227,21 @@ async def test_a_moderator_gets_the_export_as_a_private_file(scene: Scene):
     assert answer["flags"] & EPHEMERAL and "1 conversation, 4 turns" in answer["content"]
     [entry] = await audit_entries(scene.store)
     assert (entry.action, entry.actor_id) == ("data.export", world.mod.id)
+
+
+async def test_an_archived_thread_can_be_exported_by_itself(scene: Scene):
+    """discord.py's cache no longer holds an archived thread; Discord still offers it and sends it."""
+    world, fake = scene.world, scene.fake
+    thread = fake.add_thread(world.general, "old talk", owner=world.alice)
+    await scene.ask("in the thread", channel=thread)
+    await scene.ask("in the channel")
+    await fake.archive_thread(thread)
+    await until(lambda: scene.bot.get_channel(thread.id) is None)
+    interaction = await fake.send_interaction(world.general, world.mod, "export", options={"channel": thread})
+    await fake.wait_for_request("POST", f"/webhooks/{{app}}/{interaction.token}", timeout=5)
+    [attached] = fake.requests_to("POST", f"/webhooks/{{app}}/{interaction.token}")[0].files
+    [line] = [json.loads(row) for row in attached.data.decode().splitlines()]
+    assert [m["content"] for m in line["messages"][1:]] == ["User 1: in the thread", "echo: User 1: in the thread"]
 
 
 async def test_a_member_cannot_export_but_can_opt_out(scene: Scene):

@@ -237,3 +237,14 @@ async def test_thinking_is_chosen_per_server_and_the_thought_gets_its_own_allowa
     assert await service.servers.set_thinking(20, admin, False) == messages.THINKING_OFF
     assert (await service.reply(said("now quickly", guild=20))).ok
     assert backend.thinking[-1] is False and backend.answer_limits[-1] == generation.max_new_tokens
+
+
+async def test_a_server_removed_and_invited_back_notes_its_threads_again(scripted_service, store):
+    """Removing the server deleted the notes of its threads: after it comes back, a thread is
+    noted again, so deleting its channel still forgets it."""
+    scripted_service.servers.parent_of = lambda guild_id, channel_id: 1 if channel_id == 11 else None
+    await scripted_service.reply(said("before", channel=11, guild=5))
+    await scripted_service.forget_server(5)
+    await scripted_service.reply(said("after the invite", channel=11, guild=5))
+    assert await scripted_service.forget_channel(1) == 2
+    assert await stored(store, channel=11) == []

@@ -211,3 +211,12 @@ async def test_deleting_a_channel_deletes_the_threads_noted_in_it(store):
     assert await store.delete_guild_data(5) == 1
     async with store.engine.connect() as connection:
         assert (await connection.execute(text("SELECT count(*) FROM thread_parents"))).scalar() == 0
+
+
+async def test_a_thread_noted_twice_at_once_is_one_note_on_both_backends(any_store):
+    """A thread's first message and a command in it may note it together: no unique-key error."""
+    import asyncio
+
+    await asyncio.gather(*(any_store.remember_thread(thread, 1, 5) for thread in (11, 12) for _ in range(4)))
+    await any_store.add_turn(channel_id=11, guild_id=5, role="user", content="in the thread")
+    assert await any_store.delete_channel_data(1) == Erased(1, frozenset({1, 11, 12}))

@@ -239,9 +239,24 @@ def forget_me_command(service: ChatService) -> app_commands.Command:
     return forget_me
 
 
-# Where people chat with the bot (announcement channels are TextChannels; forum posts are
-# threads): Discord's picker then offers these, not categories or forums, which hold no messages.
-ChatChannel = discord.TextChannel | discord.VoiceChannel | discord.StageChannel | discord.Thread
+class ChatChannel(app_commands.Transformer):
+    """A channel option for where people chat with the bot: Discord's picker offers text,
+    announcement, voice and stage channels and threads, not categories or forums, which hold no
+    messages. The channel is taken as Discord sent it (id, name), not looked up in discord.py's
+    cache: an archived thread is not there, and its conversations can be exported all the same."""
+
+    @property
+    def type(self) -> discord.AppCommandOptionType:
+        return discord.AppCommandOptionType.channel
+
+    @property
+    def channel_types(self) -> list[discord.ChannelType]:
+        kinds = discord.ChannelType
+        return [kinds.text, kinds.news, kinds.voice, kinds.stage_voice,
+                kinds.public_thread, kinds.private_thread, kinds.news_thread]
+
+    async def transform(self, interaction: discord.Interaction, value):
+        return value  # an AppCommandChannel or AppCommandThread: its id and name are what is used
 
 
 def export_command(service: ChatService) -> app_commands.Command:
@@ -250,7 +265,8 @@ def export_command(service: ChatService) -> app_commands.Command:
     @app_commands.describe(channel="Only this channel (default: every channel)",
                            since="First day, YYYY-MM-DD (UTC)", until="Last day, YYYY-MM-DD (UTC)")
     @guarded("manage_guild", server_only=True)
-    async def export(interaction: discord.Interaction, channel: ChatChannel | None = None,
+    async def export(interaction: discord.Interaction,
+                     channel: app_commands.Transform[discord.abc.Snowflake, ChatChannel] | None = None,
                      since: str | None = None, until: str | None = None) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:

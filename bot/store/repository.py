@@ -104,15 +104,19 @@ class Store:
                 session.add(AnswerPersona(turn_id=row.id, persona_id=await self._persona_id(session, persona)))
         return row.id
 
-    async def _persona_id(self, session, persona: str) -> int:
-        """The row of this persona text, added if new. Two answers may add the same new text at
-        once (PostgreSQL): the insert does nothing if the other got there first."""
-        digest = hashlib.sha256(persona.encode("utf-8", "surrogatepass")).hexdigest()
+    def _insert(self, table):
+        """This dialect's INSERT, which has ON CONFLICT DO NOTHING (SQLite's and PostgreSQL's)."""
         if self.engine.dialect.name == "sqlite":
             from sqlalchemy.dialects.sqlite import insert
         else:
             from sqlalchemy.dialects.postgresql import insert
-        await session.execute(insert(Persona).values(digest=digest, text=persona)
+        return insert(table)
+
+    async def _persona_id(self, session, persona: str) -> int:
+        """The row of this persona text, added if new. Two answers may add the same new text at
+        once (PostgreSQL): the insert does nothing if the other got there first."""
+        digest = hashlib.sha256(persona.encode("utf-8", "surrogatepass")).hexdigest()
+        await session.execute(self._insert(Persona).values(digest=digest, text=persona)
                               .on_conflict_do_nothing(index_elements=["digest"]))
         return await session.scalar(select(Persona.id).where(Persona.digest == digest))
 
@@ -279,9 +283,12 @@ class Store:
         return result.rowcount
 
     async def remember_thread(self, thread_id: int, parent_id: int, guild_id: int | None) -> None:
-        """Note the channel a thread was opened in (see ThreadParent); noting it again changes nothing."""
+        """Note the channel a thread was opened in (see ThreadParent); noting it again, or twice at
+        once (a thread's first message and a command in it), changes nothing."""
         async with self._sessions.begin() as session:
-            await session.merge(ThreadParent(thread_id=thread_id, parent_id=parent_id, guild_id=guild_id))
+            await session.execute(self._insert(ThreadParent)
+                                  .values(thread_id=thread_id, parent_id=parent_id, guild_id=guild_id)
+                                  .on_conflict_do_nothing(index_elements=["thread_id"]))
 
     # Settings -----------------------------------------------------------
 
