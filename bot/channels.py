@@ -65,15 +65,17 @@ class PromptStarts:
 
 
 class Wipes:
-    """When each channel's history was last wiped (/reset, the channel deleted) and each person
-    last asked to be forgotten (/forget-me), on one clock that also stamps messages as they
-    arrive. A message that came before such a wipe, still waiting for its channel's turn, is then
+    """When each channel's history was last wiped (/reset, the channel deleted), each person
+    last asked to be forgotten (/forget-me) and each server's data was deleted (the bot was
+    removed), on one clock that also stamps messages as they arrive. A message that came before such a wipe, still waiting for its channel's turn, is then
     dropped: answering and storing it after the wipe would undo what was asked."""
 
     def __init__(self, people_kept: int = 50_000):
         self._clock = itertools.count()
         self._channels: dict[int, int] = {}
-        self._people: OrderedDict[int, int] = OrderedDict()  # bounded: every earlier message has gone by then
+        # Bounded: every message that came before has gone by long before so many more are marked.
+        self._people: OrderedDict[int, int] = OrderedDict()
+        self._servers: OrderedDict[int, int] = OrderedDict()  # servers whose data was deleted (the bot left)
         self._people_kept = people_kept
 
     def arrived(self) -> int:
@@ -90,13 +92,22 @@ class Wipes:
             del self._channels[channel_id]
 
     def person_forgotten(self, author_id: int) -> None:
-        self._people[author_id] = next(self._clock)
-        self._people.move_to_end(author_id)
-        while len(self._people) > self._people_kept:
-            self._people.popitem(last=False)
+        self._mark(self._people, author_id)
+
+    def server_forgotten(self, guild_id: int) -> None:
+        self._mark(self._servers, guild_id)
+
+    def _mark(self, marks: OrderedDict[int, int], key: int) -> None:
+        marks[key] = next(self._clock)
+        marks.move_to_end(key)
+        while len(marks) > self._people_kept:
+            marks.popitem(last=False)
 
     def channel_wiped_since(self, channel_id: int, arrived: int) -> bool:
         return self._channels.get(channel_id, -1) > arrived
 
     def forgotten_since(self, author_id: int, arrived: int) -> bool:
         return self._people.get(author_id, -1) > arrived
+
+    def server_forgotten_since(self, guild_id: int | None, arrived: int) -> bool:
+        return guild_id is not None and self._servers.get(guild_id, -1) > arrived

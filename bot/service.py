@@ -155,12 +155,17 @@ class ChatService:
 
     def _wiped_since(self, message: IncomingMessage, arrived: int) -> bool:
         return (self._wipes.channel_wiped_since(message.channel_id, arrived)
-                or self._wipes.forgotten_since(message.author_id, arrived))
+                or self._wipes.forgotten_since(message.author_id, arrived)
+                or self._wipes.server_forgotten_since(message.guild_id, arrived))
 
     async def _forget_again_if_asked(self, message: IncomingMessage, arrived: int, reply: Reply) -> None:
-        """Its author asked to be forgotten while this was being answered: see
-        Privacy.erase_late_turns."""
-        if self._wipes.forgotten_since(message.author_id, arrived):
+        """Its server's data was deleted, or its author asked to be forgotten, while this was
+        being answered: what was stored of it after that goes too (see Privacy.erase_late_turns)."""
+        if self._wipes.server_forgotten_since(message.guild_id, arrived):
+            if reply.stored_as is not None:
+                await self.store.forget_turn(reply.stored_as)
+            await self.privacy.erase_late_turns(message, None)
+        elif self._wipes.forgotten_since(message.author_id, arrived):
             await self.privacy.erase_late_turns(message, reply.stored_as)
 
     async def _decide(self, message: IncomingMessage) -> Decision:
@@ -413,6 +418,7 @@ class ChatService:
     async def forget_server(self, guild_id: int) -> int:
         """The bot was removed from a server: delete its settings and stored messages. Returns how many."""
         self.servers.forget_noted_threads()  # their notes go with the server's data
+        self._wipes.server_forgotten(guild_id)  # its messages still waiting are dropped, late turns erased
         return await self.store.delete_guild_data(guild_id)
 
     def _forget_channels(self, channel_ids: Iterable[int]) -> None:

@@ -248,3 +248,28 @@ async def test_a_server_removed_and_invited_back_notes_its_threads_again(scripte
     await scripted_service.reply(said("after the invite", channel=11, guild=5))
     assert await scripted_service.forget_channel(1) == 2
     assert await stored(store, channel=11) == []
+
+
+async def test_a_removed_servers_waiting_messages_are_dropped_and_its_answer_in_progress_not_kept(store, settings):
+    """The bot was removed from server 5 while one answer there was being written and another
+    message waited behind it: nothing of server 5 is stored afterwards. Server 6 goes on."""
+    opened = threading.Event()
+    backend = ScriptedBackend(gate=opened, gate_after_words=1)
+    service = ChatService(store, ModelWorker(backend, timeout_s=30), settings)
+    started = asyncio.Event()
+
+    async def progress(_text):
+        started.set()
+
+    in_progress = asyncio.create_task(service.reply(said("first", channel=1, guild=5, message_id=601),
+                                                    on_progress=progress))
+    await started.wait()
+    waiting = [asyncio.create_task(service.reply(said("second", channel=1, guild=5, message_id=602))),
+               asyncio.create_task(service.reply(said("elsewhere", channel=2, guild=6, message_id=603)))]
+    await until(lambda: service.load().waiting_turn == 1 and service.load().waiting == 1)
+    assert await service.forget_server(5) == 1  # the first message's turn, stored before its answer
+    opened.set()
+    first, second, elsewhere = await asyncio.gather(in_progress, *waiting)
+    assert first.ok and not second.ok and second.text == messages.WIPED_BEFORE_ANSWER and elsewhere.ok
+    assert await stored(store, channel=1) == []
+    assert await stored(store, channel=2) == [("user", "elsewhere"), ("assistant", "echo: Ann: elsewhere")]
