@@ -67,16 +67,17 @@ class PromptStarts:
 class Wipes:
     """When each channel's history was last wiped (/reset, the channel deleted), each person
     last asked to be forgotten (/forget-me) and each server's data was deleted (the bot was
-    removed), on one clock that also stamps messages as they arrive. A message that came before such a wipe, still waiting for its channel's turn, is then
-    dropped: answering and storing it after the wipe would undo what was asked."""
+    removed), on one clock that also stamps messages as they arrive. A message that came before
+    such a wipe, still waiting for its channel's turn, is then dropped: answering and storing it
+    after the wipe would undo what was asked."""
 
-    def __init__(self, people_kept: int = 50_000):
+    def __init__(self, marks_kept: int = 50_000):
         self._clock = itertools.count()
         self._channels: dict[int, int] = {}
         # Bounded: every message that came before has gone by long before so many more are marked.
         self._people: OrderedDict[int, int] = OrderedDict()
         self._servers: OrderedDict[int, int] = OrderedDict()  # servers whose data was deleted (the bot left)
-        self._people_kept = people_kept
+        self._marks_kept = marks_kept
 
     def arrived(self) -> int:
         """A message's stamp, taken as it arrives (before it waits for its turn)."""
@@ -100,7 +101,7 @@ class Wipes:
     def _mark(self, marks: OrderedDict[int, int], key: int) -> None:
         marks[key] = next(self._clock)
         marks.move_to_end(key)
-        while len(marks) > self._people_kept:
+        while len(marks) > self._marks_kept:
             marks.popitem(last=False)
 
     def channel_wiped_since(self, channel_id: int, arrived: int) -> bool:

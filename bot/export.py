@@ -86,8 +86,9 @@ class ExportSummary:
     channels: set[int] = field(default_factory=set)
 
     def describe(self) -> str:
-        parts = [f"{counted('{count:,} conversation(s)', self.conversations)}, "
-                 f"{counted('{count:,} turn(s)', self.turns)} from {counted('{count:,} channel(s)', len(self.channels))}"]
+        conversations = counted("{count:,} conversation(s)", self.conversations)
+        turns, channels = counted("{count:,} turn(s)", self.turns), counted("{count:,} channel(s)", len(self.channels))
+        parts = [f"{conversations}, {turns} from {channels}"]
         for count, what in ((self.left_out_opted_out, "{count:,} turn(s) of people who opted out left out"),
                             (self.left_out_short, "{count:,} conversation(s) shorter than the minimum left out"),
                             (self.left_out_unanswered, "{count:,} unanswered question(s) left out"),

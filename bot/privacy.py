@@ -48,13 +48,12 @@ class Privacy:
         return messages.counted(messages.FORGOT_YOU, erased.count)
 
     async def erase_late_turns(self, message: IncomingMessage, answer_id: int | None) -> None:
-        """A person asked to be forgotten while their `message` was being answered: what was
-        stored of it after the erasure goes too. Their own turn; in a DM the answer too (a DM
-        conversation goes whole), in a server the answer stays, as /forget-me promises. Only this
-        message's: what they wrote after asking is theirs to keep."""
+        """`message` was being answered when its data was to be erased: what was stored of it
+        after the erasure goes too. Its own turn, and the answer `answer_id` where given. Only
+        this message's: what its author wrote after asking is theirs to keep."""
         if message.message_id is not None:
             await self.store.delete_turn(message.message_id)
-        if message.guild_id is None and answer_id is not None:
+        if answer_id is not None:
             await self.store.forget_turn(answer_id)
         self._channels_erased([message.channel_id])
 

@@ -32,8 +32,8 @@ class Actor:
 
 
 SERVER, CHANNEL = "server", "channel"  # a persona's scope
-MOST_THREADS_NOTED = 100_000
 SCOPES = (SERVER, CHANNEL)
+MOST_THREADS_NOTED = 100_000  # threads remembered as noted (this process); past it, noted again
 
 Setting = TypeVar("Setting")
 
@@ -101,9 +101,7 @@ class ServerSettings:
                           channel_id: int | None = None) -> str:
         """Set the server's persona, or (scope CHANNEL) the channel's own, which overrides it there."""
         channel_id = _scoped_channel(scope, channel_id)
-        problem = problem_with_persona(text, self.persona_limit)
-        if problem == messages.PERSONA_EMPTY and channel_id is not None:
-            problem = messages.PERSONA_EMPTY_CHANNEL
+        problem = problem_with_persona(text, self.persona_limit, channel_scope=channel_id is not None)
         if problem:
             raise UserError(problem)
         text = without_lone_surrogates(text.strip())

@@ -136,7 +136,7 @@ class ChatService:
                 if reply.stored_as is not None and delivered.message_ids:  # still in the channel's turn:
                     # a delete of one of these messages waits for this, and then forgets the answer.
                     await self.store.record_answer_parts(reply.stored_as, delivered.message_ids)
-                await self._forget_again_if_asked(message, arrived, reply)
+                await self._erase_if_wiped_meanwhile(message, arrived, reply)
             else:
                 return
         if not delivered.complete:  # the front end logged why
@@ -150,7 +150,7 @@ class ChatService:
             if self._wiped_since(message, arrived):
                 return Reply(messages.WIPED_BEFORE_ANSWER, ok=False)
             reply = await self._traced(message, on_progress)
-            await self._forget_again_if_asked(message, arrived, reply)
+            await self._erase_if_wiped_meanwhile(message, arrived, reply)
             return reply
 
     def _wiped_since(self, message: IncomingMessage, arrived: int) -> bool:
@@ -158,15 +158,16 @@ class ChatService:
                 or self._wipes.forgotten_since(message.author_id, arrived)
                 or self._wipes.server_forgotten_since(message.guild_id, arrived))
 
-    async def _forget_again_if_asked(self, message: IncomingMessage, arrived: int, reply: Reply) -> None:
+    async def _erase_if_wiped_meanwhile(self, message: IncomingMessage, arrived: int, reply: Reply) -> None:
         """Its server's data was deleted, or its author asked to be forgotten, while this was
-        being answered: what was stored of it after that goes too (see Privacy.erase_late_turns)."""
-        if self._wipes.server_forgotten_since(message.guild_id, arrived):
-            if reply.stored_as is not None:
-                await self.store.forget_turn(reply.stored_as)
-            await self.privacy.erase_late_turns(message, None)
-        elif self._wipes.forgotten_since(message.author_id, arrived):
-            await self.privacy.erase_late_turns(message, reply.stored_as)
+        being answered: what was stored of it after that goes too. A server's goes whole; a
+        forgotten person's answer stays in a server channel, as /forget-me promises, and goes in
+        a DM (a DM conversation goes whole)."""
+        server_gone = self._wipes.server_forgotten_since(message.guild_id, arrived)
+        if not server_gone and not self._wipes.forgotten_since(message.author_id, arrived):
+            return
+        answer_goes = server_gone or message.guild_id is None
+        await self.privacy.erase_late_turns(message, reply.stored_as if answer_goes else None)
 
     async def _decide(self, message: IncomingMessage) -> Decision:
         """The reply decision; the channel's auto-reply switch is read only when it matters."""

@@ -14,9 +14,10 @@ def problem_with_message(content: str, limit: int) -> str | None:
     return None
 
 
-def problem_with_persona(text: str, limit: int) -> str | None:
+def problem_with_persona(text: str, limit: int, channel_scope: bool = False) -> str | None:
+    """`channel_scope`: a channel's own persona, whose empty text points to the channel's reset."""
     if is_blank(text):
-        return messages.PERSONA_EMPTY
+        return messages.PERSONA_EMPTY_CHANNEL if channel_scope else messages.PERSONA_EMPTY
     if len(text) > limit:
         return messages.PERSONA_TOO_LONG.format(length=len(text), limit=limit)
     return None

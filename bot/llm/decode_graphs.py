@@ -16,7 +16,9 @@ A few graphs serve every step; each is recorded the first time its shape comes.
 Every graph is checked once against the eager forward it replaces, on a later step than the
 one it was recorded in (so a graph that kept anything of that step's inputs would show):
 the same outputs, within bfloat16's rounding. A graph that cannot be recorded or does not
-match turns graphs off for the engine, with one log line, and steps run eagerly as before.
+match turns graphs off for the engine, with one log line, and steps run eagerly as before
+(after a replay that failed its check, the runner writes the answers' slots again: the replay
+may have written keys/values in the wrong places).
 
 Graphs hold the slots' buffers' addresses: when the slots grow, they are dropped and
 recorded again. Batches that mix LoRA adapters run eagerly (peft splits such a batch in

