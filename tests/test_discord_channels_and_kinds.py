@@ -66,7 +66,8 @@ async def test_a_forwarded_message_is_read_as_quoted_text(scene: Scene):
 
 
 async def test_a_forwards_mentions_are_read_by_name(scene: Scene):
-    """A forward's snapshot carries only ids in its text: names come from the server's members."""
+    """A forward's snapshot carries only ids in its text: names come from the original message,
+    which the bot saw here."""
     fake, world = scene.fake, scene.world
     await scene.store.set_auto_reply(world.general.id, world.guild.id, True, world.mod.id)
     source = await scene.say(f"Ask <@{world.mod.id}> in <#{world.general.id}>.", author=world.mod)
@@ -74,6 +75,20 @@ async def test_a_forwards_mentions_are_read_by_name(scene: Scene):
     forward = await fake.forward_message(world.general, world.alice, source)
     await scene.reply_to(forward)
     assert last_prompt(scene)[-1] == {"role": "user", "content": "Alice: (forwarded) Ask @mod in #general."}
+
+
+async def test_a_forward_of_a_message_the_bot_never_saw_reads_its_mentions_without_raw_ids(scene: Scene):
+    """The original is not in discord.py's cache (posted before a restart, or where the bot cannot
+    read) and, without the members intent, neither are the people it mentions: they read as
+    Discord's client shows people it cannot resolve, never as raw ids; channels keep their names."""
+    fake, world = scene.fake, scene.world
+    source = fake_messages.build_message(fake.state, channel=world.general, author=world.mod,
+                                         content=f"Ask <@{world.mod.id}> in <#{world.general.id}>.")
+    fake.state.store_message(source)  # on Discord, but never sent to the bot
+    await scene.store.set_auto_reply(world.general.id, world.guild.id, True, world.mod.id)
+    forward = await fake.forward_message(world.general, world.alice, source)
+    await scene.reply_to(forward)
+    assert last_prompt(scene)[-1] == {"role": "user", "content": "Alice: (forwarded) Ask @unknown-user in #general."}
 
 
 async def test_a_reply_to_an_answer_discord_left_out_and_the_cache_lacks_is_answered(scene: Scene):

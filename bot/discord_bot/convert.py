@@ -97,7 +97,8 @@ def mention_names(message: discord.Message, bot_user_id: int) -> MentionNames:
 def _forwarded_user_names(forwarded: discord.MessageSnapshot | None, guild: discord.Guild | None,
                           known: Iterable[int]) -> dict[int, str]:
     """discord.py keeps no user objects for a forward's snapshot, only the ids in its text. The
-    original message, if the bot saw it, has them; otherwise the server's cached members may."""
+    original message, if the bot saw it, has them; otherwise the server's cached members may
+    (without the members intent, discord.py caches few: the rest read as unknown)."""
     if forwarded is None:
         return {}
     original = forwarded.cached_message
