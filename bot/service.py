@@ -60,6 +60,10 @@ class Delivery(Protocol):
     async def deliver(self, reply: Reply) -> Delivered:
         """Show the final reply; says which messages show it, and whether all of it was shown."""
 
+    async def withdraw(self) -> None:
+        """The answer will not be posted (its question was deleted while it was written): take
+        down what shows of it so far (a preview, a place-in-line notice)."""
+
 
 class Ending(Enum):
     """How writing an answer ended; every ending but COMPLETE adds a note to the reply."""
@@ -95,6 +99,7 @@ class ChatService:
         self._prompt_starts = PromptStarts()
         self._resets: dict[int, asyncio.Event] = {}  # set to stop the answer being written in a channel
         self._deleted_meanwhile: set[int] = set()  # Discord deleted these; their channel has yet to forget them
+        self._answering: dict[int, int] = {}  # channel -> the message whose answer is being written there
         self._stops: dict[int, asyncio.Event] = {}  # set to stop it and keep what it has
         self._shutting_down = asyncio.Event()  # set once: every answer stops, no new one starts
         # A model with a fixed number of places is shared fairly across servers; a remote server
@@ -128,14 +133,19 @@ class ChatService:
             if decision.action is Action.EXPLAIN_TEXT_ONLY:
                 delivered = await delivery.deliver(Reply(messages.ATTACHMENTS_ONLY, ok=False))
             elif decision.action is Action.ANSWER:
-                async with delivery.writing():
-                    reply = await self._traced(message, delivery.progress)
+                self._answering[message.channel_id] = message.message_id
+                try:
+                    async with delivery.writing():
+                        reply = await self._traced(message, delivery.progress)
+                finally:
+                    del self._answering[message.channel_id]
                 if message.message_id in self._deleted_meanwhile:
-                    return  # deleted while answered: not posted; the delete, next in this channel, forgets it
+                    # Deleted while answered (the answer stopped there, not kept): not posted, and what
+                    # showed of it goes; the delete, next in this channel, forgets the question.
+                    await delivery.withdraw()
+                    return
                 delivered = await delivery.deliver(reply)
-                if reply.stored_as is not None and delivered.message_ids:  # still in the channel's turn:
-                    # a delete of one of these messages waits for this, and then forgets the answer.
-                    await self.store.record_answer_parts(reply.stored_as, delivered.message_ids)
+                await self._keep_as_shown(reply, delivered)
                 await self._erase_if_wiped_meanwhile(message, arrived, reply)
             else:
                 return
@@ -152,6 +162,17 @@ class ChatService:
             reply = await self._traced(message, on_progress)
             await self._erase_if_wiped_meanwhile(message, arrived, reply)
             return reply
+
+    async def _keep_as_shown(self, reply: Reply, delivered: Delivered) -> None:
+        """Still in the channel's turn: the stored answer learns which messages show it (a delete
+        of one of them waits for this, and then forgets the answer). An answer Discord showed
+        none of is forgotten: the bot would later refer to what nobody saw."""
+        if reply.stored_as is None:
+            return
+        if delivered.message_ids:
+            await self.store.record_answer_parts(reply.stored_as, delivered.message_ids)
+        else:
+            await self.store.forget_turn(reply.stored_as)
 
     def _wiped_since(self, message: IncomingMessage, arrived: int) -> bool:
         return (self._wipes.channel_wiped_since(message.channel_id, arrived)
@@ -400,8 +421,10 @@ class ChatService:
         that answer. What people see stays as it is: only the bot's memory changes."""
         deleted = set(message_ids)
         # Known at once to the answers waiting in this channel (or being written): a question
-        # deleted before its answer is posted is not answered.
+        # deleted before its answer is posted is not answered, and one being answered stops.
         self._deleted_meanwhile |= deleted
+        if self._answering.get(channel_id) in deleted and channel_id in self._resets:
+            self._resets[channel_id].set()
         try:
             async with self._channels.turn(channel_id):
                 for message_id in deleted:

@@ -120,6 +120,9 @@ class RecordedDelivery:
         self.shown.append(reply.text)
         return Delivered((len(self.shown),), complete=True)
 
+    async def withdraw(self) -> None:
+        raise AssertionError("no question here is deleted")
+
 
 async def test_a_flood_gets_one_slow_down_message_not_one_per_message(tmp_path, store, scripted):
     from bot.llm.worker import ModelWorker

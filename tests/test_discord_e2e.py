@@ -727,7 +727,7 @@ async def test_a_429_is_waited_out_and_the_answer_arrives(scene: Scene):
     assert [r.status for r in scene.fake.requests_to("POST", MESSAGES)] == [429, 200]
 
 
-async def test_a_failed_post_is_logged_and_the_channel_carries_on(scene: Scene, caplog):
+async def test_a_failed_post_is_logged_forgotten_and_the_channel_carries_on(scene: Scene, caplog):
     scene.fake.fail_next("POST", MESSAGES, 503)  # discord.py does not retry a 503
     scene.fake.fail_next("POST", TYPING, 403, body={"message": "Missing Permissions", "code": 50013})
     with caplog.at_level(logging.INFO, logger="bot.discord_bot"):
@@ -739,6 +739,8 @@ async def test_a_failed_post_is_logged_and_the_channel_carries_on(scene: Scene, 
                for r in caplog.records)
     assert any("no typing indicator" in r.getMessage() for r in caplog.records)
     assert lost["id"] not in [str(r.json["message_reference"]["message_id"]) for r in scene.posted()]
+    # The answer nobody saw is not remembered as said: the question stays, as asked.
+    assert await scene.turns() == [("user", "first"), ("user", "second"), ("assistant", "echo: Alice: second")]
 
 
 async def test_after_the_gateway_drops_the_bot_resumes_and_answers(scene: Scene):
@@ -968,6 +970,34 @@ async def test_an_answer_deleted_while_it_is_written_is_left_deleted_and_forgott
         assert not [r for r in caplog.records if r.name.startswith("bot.discord") and r.levelno >= logging.WARNING]
         assert await scene.turns() == [("user", "tell me a story"), ("user", "still there?"),
                                        ("assistant", "I am.")]  # the deleted answer is forgotten
+
+
+async def test_a_question_deleted_while_its_answer_shows_stops_it_and_takes_the_start_down(tmp_path):
+    """The answer's start is already showing when its question is deleted: writing stops, what
+    showed of it is deleted (a half answer under a deleted question would stay for good), and
+    nothing of either is kept."""
+    held = threading.Event()
+    async with running_bot(tmp_path, stream_edit_interval=0.05) as scene:
+        fake = scene.fake
+        scene.model.reply = lambda m: LONG_STORY if m[-1]["content"].endswith("story") else "I am."
+        scene.model.gate, scene.model.gate_after_words = held, 5
+        scene.model.word_delay_s = 0.01  # once let go, some five seconds to the story's end
+        question = await scene.say(f"{fake.bot.mention} tell me a story")
+        shown = await scene.reply_to(question)  # the start, while the model is held
+        await fake.delete_message(scene.general, int(question["id"]))
+        # Gateway events are handled in order: once a later message elsewhere is seen, so is the delete.
+        random = fake.add_text_channel(scene.world.guild, "random")
+        await until(lambda: scene.bot.get_channel(random.id))
+        await scene.say(f"{fake.bot.mention} meanwhile", channel=random)
+        await fake.wait_for_request("POST", f"/channels/{random.id}/typing")
+        held.set()
+        await fake.wait_for_request("DELETE", f"/channels/{scene.general.id}/messages/{shown.response['id']}")
+        assert fake.state.channel_history(scene.general.id) == []  # neither the question nor its answer's start
+        await until(scene.model.stopped_early.is_set)  # not written to its end
+        await scene.ask("still there?")
+        await until(lambda: [m["content"] for m in fake.state.channel_history(scene.general.id)] == [
+            f"{fake.bot.mention} still there?", "I am."])  # (shown at once, or its start first)
+        assert await scene.turns() == [("user", "still there?"), ("assistant", "I am.")]
 
 
 async def test_a_preview_past_a_messages_length_is_not_sent_again_unchanged(tmp_path):

@@ -82,6 +82,10 @@ class DiscordDelivery:
         parts = parts_to_post(reply)
         return await self.streamed.finish(parts) if self.streamed else await post_reply(self.trigger, parts)
 
+    async def withdraw(self) -> None:
+        if self.streamed is not None:
+            await self.streamed.withdraw()
+
 
 class DiscordEvents:
     def __init__(self, service: ChatService, settings: DiscordSettings):

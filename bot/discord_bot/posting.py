@@ -161,11 +161,7 @@ class StreamedReply:
 
     async def finish(self, parts: list[str]) -> Delivered:
         """The final text: the streamed message becomes the first part, the others follow."""
-        if self._shower is not None and not self._shower.done():
-            if not self._posting:
-                self._shower.cancel()  # only waiting for its turn: the final text replaces it
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._shower
+        await self._stop_showing()
         if self.message is None:
             return await post_reply(self.trigger, parts)
         shown = await self._show(parts[0]) if parts else True
@@ -176,6 +172,28 @@ class StreamedReply:
         if not shown:
             return Delivered((self.message.id,), complete=False)  # it shows the answer's start
         return await _post_rest(self.trigger, parts, [self.message.id])
+
+    async def withdraw(self) -> None:
+        """The answer will not come (its question was deleted): what shows of it is deleted."""
+        await self._stop_showing()
+        if self.message is None or self.gone:
+            return
+        try:
+            await self.message.delete()
+        except discord.NotFound:
+            pass  # someone deleted it first
+        except POSTING_ERRORS as error:
+            log.info("could not take down the start of an answer in channel %s: %s",
+                     self.trigger.channel.id, describe(error))
+        self.gone = True
+
+    async def _stop_showing(self) -> None:
+        """No more previews: one only waiting for its turn is dropped, one on its way lands first."""
+        if self._shower is not None and not self._shower.done():
+            if not self._posting:
+                self._shower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._shower
 
     async def _show(self, text: str) -> bool:
         """False when Discord refused it (the message then shows an older text, or is gone)."""
