@@ -12,6 +12,7 @@ EMPTY_MESSAGE = "Your message is empty, so there is nothing for me to answer. Ty
 MESSAGE_TOO_LONG = ("Your message is {length:,} characters; the limit is {limit:,}. "
                     "Nothing was saved. Please shorten it or send it in parts.")
 ATTACHMENTS_ONLY = "I can only read text, not attachments. Please type your message."
+ATTACHMENTS_NOT_READ = "I can read text only, not attachments: I answered your words alone."
 PROMPT_TOO_LONG = ("Your message is too long for the model's context ({needed:,} tokens with the persona; "
                    "{budget:,} fit). Nothing was saved. Please shorten it.")
 NOTHING_TO_SAY = "(The model gave an empty answer. Try rephrasing your message.)"

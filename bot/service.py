@@ -280,6 +280,8 @@ class ChatService:
                                               cut_short=cut_short, persona=persona)
         dropped = trace.dropped_turns = prompt.dropped_turns if prompt.trimmed else 0
         notes = [messages.counted(messages.TURNS_DROPPED, dropped)] if dropped else []
+        if message.has_attachments:
+            notes.append(messages.ATTACHMENTS_NOT_READ)
         if ending is not Ending.COMPLETE:
             notes.append(ending.note)
             trace.cut_short = ending.value

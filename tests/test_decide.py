@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from bot.core.decide import Action, is_addressed, should_answer
+from bot.core.decide import Action, could_be_answered, is_addressed, should_answer
 from bot.core.types import IncomingMessage
 
 IN_A_SERVER = IncomingMessage(channel_id=10, guild_id=1, author_id=7, author_name="Alice", content="hello")
@@ -87,3 +87,15 @@ def test_attachments_alone_in_an_auto_reply_channel_are_passed_over_unless_addre
     assert should_answer(message(content="", has_attachments=True), auto_reply=True).action is Action.IGNORE
     addressed = should_answer(message(content="", has_attachments=True, mentions_bot=True), auto_reply=True)
     assert addressed.action is Action.EXPLAIN_TEXT_ONLY
+
+
+@pytest.mark.parametrize("incoming, could", [
+    (message(author_is_bot=True), False),
+    (message(is_system=True), False),
+    (message(content="", has_attachments=True), False),  # a picture in any channel: not noted there
+    (message(content="", has_attachments=True, replies_to_unknown=99), True),  # maybe a reply to an answer
+    (message(content="", replies_to_unknown=99), False),  # nothing to read, nothing to note
+    (message(), True),  # auto-reply may be on in its channel
+])
+def test_could_be_answered_keeps_every_message_the_service_might_answer(incoming, could):
+    assert could_be_answered(incoming) is could

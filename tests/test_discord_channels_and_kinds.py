@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 
+from bot import messages
 from tests.fakediscord import FakeChannel, permissions
 from tests.fakediscord import messages as fake_messages
 from tests.support.discord_scene import Scene
@@ -111,6 +112,10 @@ async def test_a_reply_to_an_answer_discord_left_out_and_the_cache_lacks_is_answ
     await scene.reply_to(follow_up)
     assert len(scene.posted()) == 1
     assert last_prompt(scene)[-1] == {"role": "user", "content": "Alice: and another thing"}
+    # A picture alone, in reply to that answer: told that only text is read, as any picture sent to the bot.
+    picture = await scene.say("", referenced_message_id=int(answer["id"]), ping_reply=False,
+                              with_referenced_message=False, attachments=[("cat.png", b"\x89PNG...", "image/png")])
+    assert (await scene.reply_to(picture)).json["content"] == messages.ATTACHMENTS_ONLY
 
 
 # --------------------------------------------------------------------------- threads

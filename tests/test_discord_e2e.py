@@ -119,6 +119,18 @@ async def test_attachments_alone_get_a_note_that_only_text_is_read(scene: Scene)
     assert scene.model.prompts == [] and await scene.turns() == []
 
 
+async def test_text_with_an_attachment_is_answered_with_the_attachment_named_as_unread(scene: Scene):
+    """The model is told a file came that it cannot see (else it would describe a picture it
+    never saw), and so is the person, under the answer."""
+    message = await scene.say(f"{scene.fake.bot.mention} what is in this picture?",
+                              attachments=[("cat.png", b"\x89PNG...", "image/png")])
+    reply = await scene.reply_to(message)
+    asked = "what is in this picture?\n[attached, not readable by the bot: cat.png]"
+    assert last_prompt(scene)[-1] == {"role": "user", "content": "Alice: " + asked}
+    assert reply.json["content"] == f"echo: Alice: {asked}\n-# {messages.ATTACHMENTS_NOT_READ}"
+    assert await scene.turns() == [("user", asked), ("assistant", f"echo: Alice: {asked}")]
+
+
 async def test_two_channels_never_see_each_others_history(scene: Scene):
     fake, world = scene.fake, scene.world
     random = fake.add_text_channel(world.guild, "random")
@@ -727,6 +739,16 @@ async def test_a_429_is_waited_out_and_the_answer_arrives(scene: Scene):
     assert [r.status for r in scene.fake.requests_to("POST", MESSAGES)] == [429, 200]
 
 
+async def test_a_429_without_cloudflares_via_header_is_waited_out_too(scene: Scene):
+    """Discord documents a 429 by its body and headers; discord.py alone gives up on one without
+    `Via` (it takes it for a Cloudflare ban): the answer, its preview and its edits are sent again."""
+    scene.fake.fail_next("POST", MESSAGES, 429, retry_after=0.05, via=False)
+    reply = await scene.ask("still there?")
+    assert reply.json["content"] == "echo: Alice: still there?"
+    assert [r.status for r in scene.fake.requests_to("POST", MESSAGES)] == [429, 200]
+    assert await scene.turns() == [("user", "still there?"), ("assistant", "echo: Alice: still there?")]
+
+
 async def test_a_failed_post_is_logged_forgotten_and_the_channel_carries_on(scene: Scene, caplog):
     scene.fake.fail_next("POST", MESSAGES, 503)  # discord.py does not retry a 503
     scene.fake.fail_next("POST", TYPING, 403, body={"message": "Missing Permissions", "code": 50013})
@@ -899,9 +921,12 @@ async def test_the_echoes_of_the_bots_own_edits_touch_neither_the_queue_nor_the_
 async def test_where_the_bot_cannot_post_it_spends_no_model_time_and_stores_nothing(scene: Scene, caplog, denied,
                                                                                      label):
     quiet = scene.fake.add_text_channel(scene.world.guild, "announcements")
-    scene.fake.set_channel_overwrite(quiet, scene.fake.bot, deny=denied)
+    rules = scene.fake.add_text_channel(scene.world.guild, "rules")
+    for channel in (quiet, rules):
+        scene.fake.set_channel_overwrite(channel, scene.fake.bot, deny=denied)
     await scene.ask("warm-up")  # the channel update has reached the bot before what follows
     with caplog.at_level(logging.WARNING, logger="bot.discord_bot"):
+        await scene.say("read the rules, everyone", channel=rules)  # not to the bot: nothing to warn of
         for text in ("are you there?", "hello?"):
             await scene.say(f"{scene.fake.bot.mention} {text}", channel=quiet)
         await until(lambda: [r for r in caplog.records if "cannot_post" in r.getMessage()])
@@ -911,6 +936,7 @@ async def test_where_the_bot_cannot_post_it_spends_no_model_time_and_stores_noth
     assert [prompt[-1]["content"] for prompt in scene.model.prompts] == ["Alice: warm-up", "Alice: now?"]
     warned = [r.getMessage() for r in caplog.records if "cannot_post" in r.getMessage()]
     assert len(warned) == 1 and str(quiet.id) in warned[0] and label in warned[0]  # once a channel
+    assert "#announcements" in warned[0] and f"give the bot's role {label}" in warned[0]
 
 
 async def test_a_quick_answer_is_posted_once_whole(tmp_path):

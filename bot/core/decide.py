@@ -8,6 +8,7 @@ bots can never talk each other into a loop), system messages ("X joined",
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import Enum
 
@@ -34,6 +35,15 @@ class Decision:
 def is_addressed(message: IncomingMessage) -> bool:
     """Spoken to directly, whatever the channel's auto-reply setting."""
     return message.is_dm or message.mentions_bot or message.replies_to_bot
+
+
+def could_be_answered(message: IncomingMessage) -> bool:
+    """Whether the service might answer it, before anything is looked up: with auto-reply on
+    in its channel, and a reply to a message the front end could not see being to one of the
+    bot's answers (the service checks both, in the channel's turn)."""
+    if message.replies_to_unknown is not None:
+        message = dataclasses.replace(message, replies_to_bot=True)
+    return not should_answer(message, auto_reply=True).ignored
 
 
 def should_answer(message: IncomingMessage, auto_reply: bool) -> Decision:

@@ -16,6 +16,7 @@ from ..config import ConfigError, DiscordSettings
 from ..service import ChatService
 from .commands import add_commands, log_command
 from .events import DiscordEvents
+from .posting import LONGEST_RATE_LIMIT_WAIT_S
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ def required_intents() -> discord.Intents:
 class ChatBot(discord.Client):
     def __init__(self, service: ChatService, settings: DiscordSettings, *,
                  intents: discord.Intents | None = None, **options: Any):
+        # A rate limit longer than a minute fails that request (logged) rather than holding its
+        # channel's answers for as long as Discord says, which can be hours.
+        options.setdefault("max_ratelimit_timeout", LONGEST_RATE_LIMIT_WAIT_S)
         super().__init__(intents=intents or required_intents(),
                          allowed_mentions=discord.AllowedMentions.none(), **options)
         self.settings = settings
@@ -65,7 +69,7 @@ class ChatBot(discord.Client):
         where = f"server {guild.id}" if guild else "all servers"
         try:
             synced = await self.tree.sync(guild=guild)
-        except discord.HTTPException as error:
+        except (discord.HTTPException, discord.RateLimited) as error:
             # Chatting works without the commands; the operator can fix this and restart.
             log.error("could not register the slash commands for %s: %s", where, error)
             return

@@ -356,7 +356,7 @@ async def report_command_error(interaction: discord.Interaction, error: app_comm
         text = messages.COMMAND_FAILED
     try:
         await answer_privately(interaction, text)
-    except discord.HTTPException:
+    except (discord.HTTPException, discord.RateLimited):
         log.warning("could not tell the user that a command failed", exc_info=True)
 
 

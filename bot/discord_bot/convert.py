@@ -17,6 +17,9 @@ from .mentions import MentionNames, readable_text
 # Put before a forwarded message's text, so that the model reads it as quoted, not as the
 # words of whoever passed it on.
 FORWARDED = "(forwarded) "
+# Put after the text of a message with files or stickers, which the model cannot see.
+UNREAD_ATTACHMENTS = "[attached, not readable by the bot: {names}]"
+MOST_ATTACHMENTS_NAMED = 5
 
 
 def to_incoming(message: discord.Message, bot_user_id: int) -> IncomingMessage:
@@ -61,7 +64,19 @@ def readable_content(message: discord.Message, bot_user_id: int) -> str:
     if not text and forwarded is not None:
         quoted = readable_text(forwarded.content, names)
         text = FORWARDED + quoted if quoted else ""
+    attached = attachment_names(message)
+    if text.strip() and attached:  # so that the model does not answer as if it had seen them
+        text += "\n" + UNREAD_ATTACHMENTS.format(names=", ".join(attached))
     return without_lone_surrogates(text)
+
+
+def attachment_names(message: discord.Message) -> list[str]:
+    """The files and stickers the message (or what it forwards) carries: the bot cannot open them."""
+    forwarded = forwarded_message(message)
+    shown = [part for part in (message, forwarded) if part is not None]
+    names = [file.filename for part in shown for file in part.attachments]
+    names += [f"sticker {sticker.name}" for part in shown for sticker in part.stickers]
+    return names[:MOST_ATTACHMENTS_NAMED] + (["..."] if len(names) > MOST_ATTACHMENTS_NAMED else [])
 
 
 def forwarded_message(message: discord.Message) -> discord.MessageSnapshot | None:
@@ -74,8 +89,7 @@ def forwarded_message(message: discord.Message) -> discord.MessageSnapshot | Non
 
 def has_attachments(message: discord.Message) -> bool:
     """Stickers are pictures too: the bot cannot read them either. A forward's are in what it passes on."""
-    forwarded = forwarded_message(message)
-    return any(shown.attachments or shown.stickers for shown in (message, forwarded) if shown is not None)
+    return bool(attachment_names(message))
 
 
 def mention_names(message: discord.Message, bot_user_id: int) -> MentionNames:

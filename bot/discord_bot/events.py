@@ -19,7 +19,7 @@ from typing import AsyncIterator, Iterator
 import discord
 
 from ..config import DiscordSettings
-from ..core.decide import should_answer
+from ..core.decide import could_be_answered, is_addressed
 from ..core.types import Delivered, Reply
 from ..service import ChatService
 from ..telemetry import log_event
@@ -100,24 +100,29 @@ class DiscordEvents:
 
     async def message(self, message: discord.Message, bot_user_id: int) -> None:
         incoming = to_incoming(message, bot_user_id)
-        if should_answer(incoming, auto_reply=True).ignored:
+        if not could_be_answered(incoming):
             return  # ignored whatever the channel's settings: no need to queue
-        if not self._can_answer_in(message.channel):
+        # Logged only for a message spoken to the bot: in a read-only channel (rules, news) every
+        # message would otherwise warn of a permission nobody needs there.
+        if not self._can_answer_in(message.channel, say_why=is_addressed(incoming)):
             return  # no model time, nothing stored: the answer could not be posted
         with self._counted():
             await self.service.respond(incoming, DiscordDelivery(message, self.stream_edit_interval, self.edit_budget))
 
-    def _can_answer_in(self, channel) -> bool:
-        """Whether the bot may post its answer here (Discord would refuse it: 403). Logged once a
-        channel, until the permission comes back; a 403 that comes anyway is handled as before."""
+    def _can_answer_in(self, channel, *, say_why: bool) -> bool:
+        """Whether the bot may post its answer here (Discord would refuse it: 403). With `say_why`,
+        logged once a channel, until the permission comes back, with what the operator can do; a
+        403 that comes anyway is handled as before."""
         missing = missing_permission(channel)
         if missing is None:
             self._cannot_post.discard(channel.id)
             return True
-        if channel.id not in self._cannot_post:
+        if say_why and channel.id not in self._cannot_post:
             self._cannot_post.add(channel.id)
-            log_event(log, "cannot_post", logging.WARNING, guild=getattr(channel.guild, "id", None),
-                      channel=channel.id, missing=missing)
+            guild = channel.guild
+            log_event(log, "cannot_post", logging.WARNING, guild=guild.id, channel=channel.id,
+                      where=f"#{channel.name} of {guild.name}", missing=missing,
+                      fix=f"give the bot's role {missing} in that channel (Edit Channel > Permissions)")
         return False
 
     @contextmanager

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 import aiohttp
 import discord
@@ -26,8 +26,16 @@ log = logging.getLogger(__name__)
 NO_PINGS = discord.AllowedMentions.none()
 
 # What a post can fail with: Discord refusing it (after discord.py's own retries on rate
-# limits and server errors), or the network failing under it.
-POSTING_ERRORS = (discord.HTTPException, aiohttp.ClientError, asyncio.TimeoutError)
+# limits and server errors, and ours: see patiently), a rate limit too long to wait out
+# (discord.RateLimited, past the client's max_ratelimit_timeout), or the network failing under it.
+POSTING_ERRORS = (discord.HTTPException, discord.RateLimited, aiohttp.ClientError, asyncio.TimeoutError)
+
+# A 429 discord.py did not wait out itself is waited out this many times, each wait at most
+# LONGEST_RATE_LIMIT_WAIT_S (the client's max_ratelimit_timeout, bot/discord_bot/client.py).
+RATE_LIMIT_RETRIES = 3
+LONGEST_RATE_LIMIT_WAIT_S = 60.0
+
+Sent = TypeVar("Sent")
 
 # How often "Bot is typing..." is sent again while an answer is written (discord.py's own period:
 # Discord shows each signal for about 10 s).
@@ -74,9 +82,40 @@ async def _post_rest(trigger: discord.Message, parts: list[str], posted: list[in
     return Delivered(tuple(posted))
 
 
+async def patiently(send: Callable[[], Awaitable[Sent]]) -> Sent:
+    """`send()`, with a 429 waited out for as long as Discord says (its Retry-After header).
+    discord.py waits out a 429 itself only when it carries a `Via` header, and takes one without
+    for a Cloudflare ban; Discord documents a 429 by its body and headers alone, so a server
+    that answers without `Via` would otherwise lose the answer at its first rate limit. A 429
+    that names no wait (a real ban's page) is not retried."""
+    for attempt in range(RATE_LIMIT_RETRIES + 1):
+        try:
+            return await send()
+        except discord.HTTPException as error:
+            wait = retry_after(error)
+            if wait is None or wait > LONGEST_RATE_LIMIT_WAIT_S or attempt == RATE_LIMIT_RETRIES:
+                raise
+            log.info("rate limited (HTTP 429): sending again in %.2f s", wait)
+            await asyncio.sleep(wait)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def retry_after(error: discord.HTTPException) -> float | None:
+    """Seconds Discord asks to wait before sending again, for a 429 that says (None: not one)."""
+    if error.status != 429:
+        return None
+    headers = getattr(error.response, "headers", None) or {}
+    for name in ("X-RateLimit-Reset-After", "Retry-After"):  # the first is the finer-grained
+        try:
+            return max(0.0, float(headers[name]))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return None
+
+
 async def _post(trigger: discord.Message, text: str, number: int, total: int, **options) -> discord.Message | None:
     try:
-        return await trigger.channel.send(text, allowed_mentions=NO_PINGS, **options)
+        return await patiently(lambda: trigger.channel.send(text, allowed_mentions=NO_PINGS, **options))
     except POSTING_ERRORS as error:
         log_post_failure(trigger, number, total, error)
         return None
@@ -179,7 +218,7 @@ class StreamedReply:
         if self.message is None or self.gone:
             return
         try:
-            await self.message.delete()
+            await patiently(self.message.delete)
         except discord.NotFound:
             pass  # someone deleted it first
         except POSTING_ERRORS as error:
@@ -207,9 +246,9 @@ class StreamedReply:
         if self.before_first_post is not None:
             await self.before_first_post()
         try:
-            self.message = await self.trigger.channel.send(
+            self.message = await patiently(lambda: self.trigger.channel.send(
                 text, reference=self.trigger.to_reference(fail_if_not_exists=False),
-                mention_author=False, allowed_mentions=NO_PINGS)
+                mention_author=False, allowed_mentions=NO_PINGS))
         except POSTING_ERRORS as error:
             log.info("could not post the start of an answer in channel %s: %s",
                      self.trigger.channel.id, describe(error))
@@ -219,7 +258,7 @@ class StreamedReply:
 
     async def _edit(self, text: str) -> bool:
         try:
-            await self.message.edit(content=text, allowed_mentions=NO_PINGS)
+            await patiently(lambda: self.message.edit(content=text, allowed_mentions=NO_PINGS))
         except discord.NotFound as error:  # deleted while the answer is written: no use editing it again
             self.gone = True
             log_event(log, "answer_deleted", guild=getattr(self.trigger.guild, "id", None),

@@ -158,6 +158,7 @@ class FaultRule:
     retry_after: float = 0.05
     is_global: bool = False
     body: Optional[dict] = None
+    via: bool = True  # a 429 with Discord's Via header (see FakeDiscord.fail_next)
 
     def matches(self, method: str, path: str) -> bool:
         return (

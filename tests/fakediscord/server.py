@@ -514,15 +514,19 @@ class FakeDiscord:
         count: int = 1,
         is_global: bool = False,
         body: Optional[dict] = None,
+        via: bool = True,
     ) -> FaultRule:
         """Answer the next ``count`` matching requests with ``status``.
 
         429s look like Discord's (``Via`` header, ``retry_after`` in the body),
         which discord.py retries after ``retry_after`` seconds. Note discord.py
         retries 500/502/504 only after sleeping 1s, 3s, ...; 503 is not retried.
+        With ``via=False`` a 429 has only what Discord documents (its body and
+        rate-limit headers): discord.py then takes it for a Cloudflare ban and raises.
         """
         return self.faults.add(
-            FaultRule(method, path_pattern, status, count, retry_after=retry_after, is_global=is_global, body=body)
+            FaultRule(method, path_pattern, status, count, retry_after=retry_after, is_global=is_global, body=body,
+                      via=via)
         )
 
     # ============================================ internals shared with routes
@@ -663,11 +667,11 @@ class FakeDiscord:
             "global": rule.is_global,
         }
         headers = {
-            # discord.py treats a 429 without Via as a Cloudflare ban and gives up.
-            "Via": "1.1 google",
             "Retry-After": str(max(1, math.ceil(rule.retry_after))),
             "X-RateLimit-Scope": "global" if rule.is_global else "user",
         }
+        if rule.via:  # discord.py treats a 429 without Via as a Cloudflare ban and gives up
+            headers["Via"] = "1.1 google"
         if rule.is_global:
             headers["X-RateLimit-Global"] = "true"
         return json_response(body, 429, headers)
