@@ -8,7 +8,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Settings
+from .config import Settings, mask_url_password
 from .llm.loading import load_model
 from .llm.port import ChatModel
 from .service import ChatService
@@ -45,6 +45,8 @@ async def open_app(settings: Settings, model: ChatModel | None = None, *, serve_
             opened.callback(metrics.close)
         store = await Store.open(settings.database.url)
         opened.push_async_callback(store.close)
+        if store.schema_change is not None:  # which database, where: a first run makes one quietly
+            log.info("Database %s %s.", mask_url_password(settings.database.url), store.schema_change.describe())
         if model is None:
             model = await asyncio.to_thread(load_model, settings)
         opened.pop_all()

@@ -136,7 +136,8 @@ class DatabaseSettings:
 
 @dataclass(frozen=True)
 class DiscordSettings:
-    dev_guild_id: int = setting(0, "sync slash commands to this one server instantly (0 = global sync)", low=0)
+    dev_guild_id: int = setting(0, "sync slash commands to this one server instantly (0 = global sync)", low=0,
+                                high=2**63 - 1)  # a Discord id (snowflake) fits 64 bits
     delete_data_on_guild_remove: bool = setting(True, "delete a server's history and settings when the bot is removed")
     stream_edit_interval: float = setting(1.0, "seconds between edits of an answer shown while it is written "
                                           "(0 = post only the finished answer)", low=0, high=60)

@@ -62,12 +62,21 @@ DISCORD_TOKEN_MISSING = (
     "DISCORD_TOKEN is not set. Create a bot at https://discord.com/developers/applications "
     "(Bot > Reset Token), copy its token, and run DISCORD_TOKEN=... python -m bot run "
     "(or put DISCORD_TOKEN=... in a .env file in this folder).")
+DISCORD_TOKEN_NAMED_OTHERWISE = " (.env has {names}, but the bot reads DISCORD_TOKEN.)"
+DISCORD_TOKEN_MALFORMED = (
+    "DISCORD_TOKEN contains {character}, which no Discord token has. Paste only the token itself, as copied "
+    "from https://discord.com/developers/applications (your application > Bot > Reset Token).")
 DISCORD_TOKEN_REJECTED = (
     "Discord rejected DISCORD_TOKEN. Copy a fresh token from https://discord.com/developers/applications "
     "(your application > Bot > Reset Token) and try again.")
 DISCORD_INTENT_MISSING = (
     "Discord refused the Message Content intent. Switch it on at https://discord.com/developers/applications "
-    "(your application > Bot > Privileged Gateway Intents > Message Content Intent) and start again.")
+    "(your application > Bot > Privileged Gateway Intents > Message Content Intent, then Save Changes) and "
+    "start again.")
+DISCORD_INTENT_LOOKS_OFF = (
+    "Discord shows the Message Content intent switched off for this bot: it will not be able to connect. "
+    "Switch it on at https://discord.com/developers/applications (your application > Bot > Privileged "
+    "Gateway Intents > Message Content Intent, then Save Changes); if it is on, ignore this.")
 DISCORD_UNREACHABLE = "Could not reach Discord ({reason}). Check this machine's network connection and try again."
 
 # Load and restarts -------------------------------------------------------

@@ -28,6 +28,7 @@ from bot.discord_bot import posting
 from bot.discord_bot.client import required_intents
 from bot.discord_bot.launch import DiscordSetupError, run_on_discord
 from bot.llm.worker import ModelWorker
+from tests.fakediscord import payloads
 from tests.fakediscord import messages as fake_messages
 from tests.fakediscord import (FakeChannel, FakeDiscord, build_world, permissions,
                                point_discord_py_at)
@@ -801,13 +802,16 @@ async def test_a_rejected_token_fails_before_the_model_loads(tmp_path):
     assert str(error.value) == messages.DISCORD_TOKEN_REJECTED
 
 
-async def test_a_refused_message_content_intent_is_one_line(tmp_path):
-    async with FakeDiscord() as fake:
+async def test_a_refused_message_content_intent_is_one_line(tmp_path, caplog):
+    # The portal's switch off: the application's flags lack both message-content bits.
+    async with FakeDiscord(application_flags=payloads.APPLICATION_COMMAND_BADGE) as fake:
         settings = dataclasses.replace(settings_for(tmp_path / "bot.db"), discord_token=fake.token)
         worker = ModelWorker(ScriptedBackend())
-        with point_discord_py_at(fake):
+        with point_discord_py_at(fake), caplog.at_level(logging.WARNING, logger="bot.discord_bot"):
             running = asyncio.create_task(run_on_discord(settings, model=worker))
             await fake.wait_until_connected(timeout=5)
+            # Warned of at login, before the model loads (minutes, for a first download).
+            assert [r.getMessage() for r in caplog.records] == [messages.DISCORD_INTENT_LOOKS_OFF]
             await fake.drop_gateway(4014)  # what Discord does when a privileged intent is not enabled
             with pytest.raises(DiscordSetupError) as error:
                 await asyncio.wait_for(running, 5)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
+from bot import messages
 from bot.core.types import Reply
-from bot.discord_bot.launch import read_dotenv
+from bot.discord_bot.launch import DiscordSetupError, cleaned_token, discord_token, read_dotenv
 from bot.discord_bot.mentions import MentionNames, readable_text
 from bot.discord_bot.posting import parts_to_post, preview
+from tests.support.settings import settings_for
 
 BOT, BOT_ROLE, MOD, ADMINS, GENERAL = 100, 101, 200, 300, 400
 NAMES = MentionNames(users={MOD: "Mod", BOT: "Bot"}, roles={ADMINS: "Admins"}, channels={GENERAL: "general"},
@@ -121,3 +125,33 @@ async def test_previews_take_turns_spaced_by_the_edit_budget_first_come_first_se
     clock[0] = 101.0  # later than every turn given: the next goes at once
     await budget.turn()
     assert waits == [0.25, 0.5]
+
+
+def test_dotenv_saved_by_notepad_with_a_byte_order_mark_and_windows_line_ends(tmp_path):
+    path = tmp_path / ".env"
+    path.write_bytes("\ufeffDISCORD_TOKEN=abc.def\r\n".encode())
+    assert read_dotenv(path) == {"DISCORD_TOKEN": "abc.def"}
+
+
+@pytest.mark.parametrize("pasted", ["MTA5.abc-D_E.f", " Bot MTA5.abc-D_E.f\n", '"MTA5.abc-D_E.f"',
+                                    "\u201cMTA5.abc-D_E.f\u201d"])
+def test_a_pasted_token_loses_quotes_and_the_bot_prefix(pasted):
+    assert cleaned_token(pasted) == "MTA5.abc-D_E.f"
+
+
+@pytest.mark.parametrize("pasted, named", [("MTA5.abc D_E.f", "a space"), ("MTA5.abc\nD_E.f", "a line break"),
+                                           ("MTA5.abc\u00e9.f", "the character 'é'")])
+def test_a_token_with_what_no_token_has_says_what_and_where_to_copy_it(pasted, named):
+    with pytest.raises(DiscordSetupError) as error:
+        cleaned_token(pasted)
+    assert str(error.value) == messages.DISCORD_TOKEN_MALFORMED.format(character=named)
+    assert "MTA5" not in str(error.value)
+
+
+def test_a_token_in_dotenv_under_another_name_is_pointed_out(tmp_path):
+    path = tmp_path / ".env"
+    path.write_text("DISCORD_BOT_TOKEN=abc.def\n")
+    with pytest.raises(DiscordSetupError) as error:
+        discord_token(settings_for(tmp_path / "bot.db"), dotenv=path)
+    assert str(error.value) == messages.DISCORD_TOKEN_MISSING + messages.DISCORD_TOKEN_NAMED_OTHERWISE.format(
+        names="DISCORD_BOT_TOKEN")

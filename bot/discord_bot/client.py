@@ -71,7 +71,10 @@ class ChatBot(discord.Client):
             synced = await self.tree.sync(guild=guild)
         except (discord.HTTPException, discord.RateLimited) as error:
             # Chatting works without the commands; the operator can fix this and restart.
-            log.error("could not register the slash commands for %s: %s", where, error)
+            check = (f"check that [discord] dev_guild_id is that server's id and that the bot was invited "
+                     f"there; " if guild else "")
+            log.error("could not register the slash commands for %s: %s (%schatting works without them)",
+                      where, error, check)
             return
         log.info("registered %d slash commands for %s", len(synced), where)
 
@@ -102,8 +105,12 @@ class ChatBot(discord.Client):
     # discord.py calls these by name ----------------------------------------------------
 
     async def on_ready(self) -> None:
-        log.info("connected to Discord as %s, in %d server(s). Invite link: %s",
-                 self.user, len(self.guilds), self.invite_link())
+        if self.guilds:
+            log.info("connected to Discord as %s, in %d server(s). Invite link: %s",
+                     self.user, len(self.guilds), self.invite_link())
+        else:
+            log.info("connected to Discord as %s, in no server yet: open this link to add it to one: %s",
+                     self.user, self.invite_link())
 
     async def on_app_command_completion(self, interaction: discord.Interaction, _command: Any) -> None:
         log_command(interaction, "ok")  # failures are logged where they are reported (commands.py)

@@ -35,7 +35,7 @@ def read_dotenv(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     values = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8-sig").splitlines():  # -sig: Notepad's byte order mark
         line = line.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue
@@ -49,10 +49,37 @@ def read_dotenv(path: Path) -> dict[str, str]:
 
 def discord_token(settings: Settings, dotenv: Path = DOTENV_PATH) -> str:
     """DISCORD_TOKEN from the environment, else from .env. Never logged."""
-    token = settings.discord_token or read_dotenv(dotenv).get("DISCORD_TOKEN", "").strip()
+    in_dotenv = read_dotenv(dotenv)
+    token = settings.discord_token or in_dotenv.get("DISCORD_TOKEN", "").strip()
+    if not token:
+        near = sorted(key for key in in_dotenv if "TOKEN" in key.upper() and key != "DISCORD_TOKEN")
+        hint = messages.DISCORD_TOKEN_NAMED_OTHERWISE.format(names=", ".join(near)) if near else ""
+        raise DiscordSetupError(messages.DISCORD_TOKEN_MISSING + hint)
+    return cleaned_token(token)
+
+
+def cleaned_token(token: str) -> str:
+    """The token as Discord gave it: pasting often brings quotes (curly ones from a document) or
+    the "Bot " that goes before it in requests (which discord.py adds itself). What cannot be
+    part of a token (spaces, line breaks, quotes, letters beyond ASCII) is refused with a
+    sentence saying so, rather than a rejection that sends the operator to reset a good token."""
+    token = token.strip().strip(QUOTES).strip()
+    if token[:4].lower() == "bot ":
+        token = token[4:].strip()
     if not token:
         raise DiscordSetupError(messages.DISCORD_TOKEN_MISSING)
+    odd = next((c for c in token if not (c.isascii() and c.isprintable()) or c.isspace() or c in QUOTES), None)
+    if odd is not None:
+        raise DiscordSetupError(messages.DISCORD_TOKEN_MALFORMED.format(character=_named(odd)))
     return token
+
+
+QUOTES = "'\"\u2018\u2019\u201c\u201d"
+
+
+def _named(character: str) -> str:
+    names = {" ": "a space", "\n": "a line break", "\r": "a line break", "\t": "a tab"}
+    return names.get(character, f"the character {character!r}")
 
 
 @contextmanager
@@ -78,8 +105,17 @@ async def check_token(token: str) -> None:
     try:
         with explained_setup_errors():
             await probe.login(token)
+        warn_if_message_content_looks_off(probe.application_flags)
     finally:
         await probe.close()
+
+
+def warn_if_message_content_looks_off(flags: discord.ApplicationFlags) -> None:
+    """The application's flags (read at login) show the portal's Message Content switch: say so
+    before the model loads, rather than only once connected, minutes later. A warning, not an
+    error: Discord alone decides, at connection (close code 4014, then the error)."""
+    if not (flags.gateway_message_content or flags.gateway_message_content_limited):
+        log.warning("%s", messages.DISCORD_INTENT_LOOKS_OFF)
 
 
 async def run_on_discord(settings: Settings, model: ChatModel | None = None) -> int:
