@@ -71,8 +71,8 @@ class ChatBot(discord.Client):
             synced = await self.tree.sync(guild=guild)
         except (discord.HTTPException, discord.RateLimited) as error:
             # Chatting works without the commands; the operator can fix this and restart.
-            check = (f"check that [discord] dev_guild_id is that server's id and that the bot was invited "
-                     f"there; " if guild else "")
+            check = ("check that [discord] dev_guild_id is that server's id and that the bot was invited "
+                     "there; " if guild else "")
             log.error("could not register the slash commands for %s: %s (%schatting works without them)",
                       where, error, check)
             return
