@@ -410,12 +410,14 @@ class ChatService:
     # Edits, deletes, resets ----------------------------------------------
 
     async def message_edited(self, channel_id: int, message_id: int, text: str) -> None:
-        """A stored message was edited: its new text goes into the history (none left: it leaves it)."""
+        """A stored message was edited: its new text goes into the history. An edit that leaves
+        nothing to read (only attachments, or invisible characters) takes the words back: the
+        message is forgotten with the answer written to it, as a delete forgets them."""
         async with self._channels.turn(channel_id):
-            if text:
+            if not is_blank(text):
                 await self.store.edit_turn(message_id, text)
-            else:  # only attachments are left: there is no text for the history any more
-                await self.store.delete_turn(message_id)
+            else:
+                await self.store.forget_message(message_id)
 
     async def messages_deleted(self, channel_id: int, message_ids: Iterable[int]) -> None:
         """Messages were deleted on Discord (one, or a bulk delete): a person's message is

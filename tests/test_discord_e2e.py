@@ -661,6 +661,18 @@ async def test_a_question_deleted_before_its_answer_is_posted_is_not_answered(tm
         assert await scene.turns() == [("user", "still there?"), ("assistant", "echo: Alice: still there?")]
 
 
+async def test_an_edit_that_leaves_nothing_to_read_forgets_the_message_and_its_answer(scene: Scene):
+    """Taking the words back (only the mention, or only an attachment, left) is a delete of them:
+    the answer goes too, which quoted them (and which no later delete could reach any more)."""
+    fake = scene.fake
+    secret = await scene.say(f"{fake.bot.mention} my password is hunter2")
+    await scene.reply_to(secret)
+    await fake.edit_message(scene.general, int(secret["id"]), content=fake.bot.mention)
+    await scene.ask("and now?")  # handled after the edit: the channel's events keep their order
+    assert await scene.turns() == [("user", "and now?"), ("assistant", "echo: Alice: and now?")]
+    assert not any("hunter2" in m["content"] for m in last_prompt(scene))
+
+
 async def test_deleting_the_bots_answer_forgets_that_answer_and_keeps_the_question(scene: Scene):
     secret = await scene.say(f"{scene.fake.bot.mention} my password is hunter2")
     answer = await scene.reply_to(secret)
@@ -895,14 +907,14 @@ async def test_previews_of_answers_in_all_channels_together_keep_to_the_edit_bud
     assert 3 <= len(previews) <= 5 * elapsed + 1
 
 
-async def test_the_echoes_of_the_bots_own_edits_touch_neither_the_queue_nor_the_database(tmp_path, monkeypatch):
+async def test_edit_echoes_and_link_previews_touch_neither_the_queue_nor_the_database(tmp_path, monkeypatch):
     long_answer = " ".join(f"word{i}" for i in range(60))
     async with running_bot(tmp_path, stream_edit_interval=0.1) as scene:
         edits_seen = []
         original = scene.service.message_edited
 
         async def recording(channel_id, message_id, text):
-            edits_seen.append(message_id)
+            edits_seen.append((message_id, text))
             await original(channel_id, message_id, text)
 
         monkeypatch.setattr(scene.service, "message_edited", recording)
@@ -913,10 +925,13 @@ async def test_the_echoes_of_the_bots_own_edits_touch_neither_the_queue_nor_the_
         edit_path = f"/channels/{scene.general.id}/messages/{answer.response['id']}"
         await scene.fake.wait_for_request("PATCH", edit_path, predicate=lambda r: r.json["content"] == long_answer)
         assert scene.fake.requests_to("PATCH", edit_path)  # the answer grew by edits, each echoed to the bot
+        # A link preview added to the question: Discord sends the whole message again, text unchanged.
+        await scene.fake.edit_message(scene.general, int(question["id"]),
+                                      embeds=[{"type": "link", "url": "https://example.com/story"}])
         # A person's edit after them: once it reaches the service, the echoes before it were handled.
         await scene.fake.edit_message(scene.general, int(question["id"]), content=f"{scene.fake.bot.mention} a tale")
-        await until(lambda: edits_seen)
-        assert edits_seen == [int(question["id"])]
+        await until(lambda: (int(question["id"]), "a tale") in edits_seen)
+        assert edits_seen == [(int(question["id"]), "a tale")]
         assert (await scene.turns())[-1] == ("assistant", long_answer)
 
 

@@ -152,6 +152,11 @@ class DiscordEvents:
         if event.message.author.id == bot_user_id:
             return  # the echo of the bot's own edit (a streamed answer growing): its memory has the answer
         text = readable_content(event.message, bot_user_id)
+        before = event.cached_message
+        if before is not None and readable_content(before, bot_user_id) == text:
+            # Discord sends every update whole now (a link preview, a pin): "content" is always
+            # there. Text as before: nothing to change, no need to wait for the channel's turn.
+            return
         await self.service.message_edited(event.channel_id, event.message_id, text)
 
     async def messages_deleted(self, channel_id: int, message_ids: set[int]) -> None:

@@ -174,7 +174,7 @@ class Store:
         return result.rowcount > 0
 
     async def delete_turn(self, message_id: int) -> bool:
-        """A person's turn with no text left (an edit that kept only attachments): its answer stays."""
+        """A person's turn alone, by its message id (its answer stays: see Privacy)."""
         async with self._sessions.begin() as session:
             result = await session.execute(delete(Message).where(Message.discord_message_id == message_id))
         return result.rowcount > 0
