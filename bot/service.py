@@ -28,7 +28,7 @@ from .config import GenerationSettings, Settings
 from .core.cleaning import clean_reply, visible_so_far
 from .core.cooldown import UserCooldowns, whole_seconds
 from .core.decide import Action, Decision, is_addressed, should_answer
-from .core.prompt import Prompt, PromptTooLong, build_prompt, with_recall
+from .core.prompt import Prompt, PromptTooLong, build_prompt, with_quoted_reply, with_recall
 from .core.text import is_blank, with_text_repaired
 from .core.types import Delivered, IncomingMessage, Reply, Turn
 from .core.validate import problem_with_message
@@ -294,7 +294,7 @@ class ChatService:
         Returns the prompt, the row id of its oldest turn (None: the new message itself) and the
         persona it holds (the channel's own, else the server's: stored with the answer)."""
         max_turns = self.settings.history.max_turns
-        new_turn = Turn(role="user", content=message.content, author_name=message.author_name,
+        new_turn = Turn(role="user", content=with_quoted_reply(message), author_name=message.author_name,
                         author_id=message.author_id, message_id=message.message_id)
         turns = [*await self.store.recent_turns(message.channel_id, 2 * max_turns), new_turn]
         start = self._prompt_starts.index_in(message.channel_id, turns)

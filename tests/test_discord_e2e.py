@@ -132,6 +132,25 @@ async def test_text_with_an_attachment_is_answered_with_the_attachment_named_as_
     assert await scene.turns() == [("user", asked), ("assistant", f"echo: Alice: {asked}")]
 
 
+async def test_a_reply_to_someone_elses_message_shows_the_model_what_it_replies_to(scene: Scene):
+    """For this answer only: the stored turn keeps the person's own words, so deleting the message
+    replied to leaves nothing of it in the history."""
+    fake, world = scene.fake, scene.world
+    rules = await scene.say("Rules: no spam, be kind. <@&1> ask @everyone first.", author=world.mod)
+    question = await scene.say(f"{fake.bot.mention} what does this mean?", referenced_message_id=int(rules["id"]))
+    await scene.reply_to(question)
+    shown = last_prompt(scene)[-1]["content"]
+    assert shown.startswith('Alice: (replying to mod: "Rules: no spam, be kind.')
+    assert shown.endswith('")\nwhat does this mean?') and "@everyone" not in shown  # mentions broken, as recalled text
+    assert await scene.turns() == [("user", "what does this mean?"), ("assistant", "echo: " + shown)]
+    thanks = await scene.say(f"{fake.bot.mention} thanks", referenced_message_id=int(question["id"]))
+    answer = await scene.reply_to(thanks)
+    assert last_prompt(scene)[-1]["content"].startswith('Alice: (replying to Alice: "what does this mean?")')
+    follow_up = await scene.say("and this?", referenced_message_id=int(answer.response["id"]))
+    await scene.reply_to(follow_up)  # a reply to the bot's own answer: that is in the history already
+    assert last_prompt(scene)[-1]["content"] == "Alice: and this?"
+
+
 async def test_two_channels_never_see_each_others_history(scene: Scene):
     fake, world = scene.fake, scene.world
     random = fake.add_text_channel(world.guild, "random")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 from .cleaning import neutralise_mentions
-from .types import Turn
+from .types import IncomingMessage, Turn
 
 ChatMessages = list[dict[str, str]]
 
@@ -109,6 +109,16 @@ def build_prompt(persona: str, turns: Sequence[Turn], render: Render, budget: in
     if trimmed:
         start = _start_at_user_turn(history, start)
     return Prompt(rendered_from(start), first_turn=start, trimmed=trimmed)
+
+
+def with_quoted_reply(message: IncomingMessage) -> str:
+    """The new message's text as the model reads it: after what it replies to, where that is
+    someone else's message, on one line (so it cannot pass for a message of its own) and with
+    its mentions broken, as recalled text is."""
+    if not message.replied_text:
+        return message.content
+    quoted = neutralise_mentions(" ".join(message.replied_text.split()))
+    return f"(replying to {quoted})\n{message.content}"
 
 
 RECALL_HEADER = "Earlier in this channel (recalled; times in UTC):"

@@ -43,6 +43,10 @@ class IncomingMessage:
     # answers is for the service to look up in what it stored.
     replies_to_unknown: int | None = None
     has_attachments: bool = False
+    # What it replies to, when that is someone else's message ('Mod: "Rules: no spam"', cut short):
+    # the model needs it to know what "this" is. For the prompt only: the stored turn keeps the
+    # person's own words, so a later delete of that message leaves nothing of it behind.
+    replied_text: str | None = None
 
     @property
     def is_dm(self) -> bool:

@@ -10,7 +10,7 @@ from typing import Iterable
 
 import discord
 
-from ..core.text import without_lone_surrogates
+from ..core.text import is_blank, without_lone_surrogates
 from ..core.types import IncomingMessage
 from .mentions import MentionNames, readable_text
 
@@ -20,6 +20,8 @@ FORWARDED = "(forwarded) "
 # Put after the text of a message with files or stickers, which the model cannot see.
 UNREAD_ATTACHMENTS = "[attached, not readable by the bot: {names}]"
 MOST_ATTACHMENTS_NAMED = 5
+# How much of the message replied to the model is shown (a reply is mostly about its gist).
+QUOTED_CHARS = 300
 
 
 def to_incoming(message: discord.Message, bot_user_id: int) -> IncomingMessage:
@@ -36,6 +38,7 @@ def to_incoming(message: discord.Message, bot_user_id: int) -> IncomingMessage:
         replies_to_bot=replies_to_user(message, bot_user_id),
         replies_to_unknown=unseen_reply_target(message),
         has_attachments=has_attachments(message),
+        replied_text=quoted_reply(message, bot_user_id),
     )
 
 
@@ -150,6 +153,21 @@ def unseen_reply_target(message: discord.Message) -> int | None:
     if reference is None or replied_to(reference) is not None:
         return None
     return reference.message_id
+
+
+def quoted_reply(message: discord.Message, bot_user_id: int) -> str | None:
+    """Who wrote the message this one replies to, and its text (cut to QUOTED_CHARS), when it
+    is someone else's and Discord or the cache has it; the bot's own answers are in the history."""
+    reference = reply_reference(message)
+    target = replied_to(reference) if reference else None
+    if not isinstance(target, discord.Message) or target.author.id == bot_user_id:
+        return None  # not a reply, the bot's own message, deleted, or not at hand
+    text = readable_content(target, bot_user_id)
+    if is_blank(text):
+        return None
+    if len(text) > QUOTED_CHARS:
+        text = text[:QUOTED_CHARS].rstrip() + "…"
+    return f'{without_lone_surrogates(target.author.display_name)}: "{text}"'
 
 
 def reply_reference(message: discord.Message) -> discord.MessageReference | None:
