@@ -213,14 +213,26 @@ def load_settings(path: Path | str | None = None, environ: dict[str, str] | None
         table = raw.pop(name, {})
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{name}] must be a table of settings")
-        table = {**table, **_env_overrides(name, cls, environ)}
-        sections[name] = _build_section(path, name, cls, table)
+        from_environment = _env_overrides(name, cls, environ)
+        sections[name] = _build_section(path, name, cls, {**table, **from_environment}, set(from_environment))
     if raw:
-        raise ConfigError(f"{path}: unknown section [{next(iter(raw))}]"
-                          f"{_did_you_mean(next(iter(raw)), SECTIONS)}; known sections: " + ", ".join(SECTIONS))
+        raise ConfigError(_unknown_top_level(path, next(iter(raw)), raw[next(iter(raw))]))
+    if not sections["model"].name.strip():
+        raise ConfigError(f'{path}: [model] name is empty: give a Hugging Face model id, a local model folder, '
+                          'or "embedded"')
     check_database_url(sections["database"].url)
     token = (environ.get("DISCORD_TOKEN") or "").strip() or None
     return Settings(**sections, discord_token=token)
+
+
+def _unknown_top_level(path: Path, name: str, value: Any) -> str:
+    """A table that is no section, or a key written above every section header."""
+    if isinstance(value, dict):
+        return (f"{path}: unknown section [{name}]{_did_you_mean(name, SECTIONS)}; known sections: "
+                + ", ".join(SECTIONS))
+    homes = [section for section, cls in SECTIONS.items() if name in {f.name for f in dataclasses.fields(cls)}]
+    where = f"; did you mean [{homes[0]}] {name}? (put it under that section's header)" if homes else ""
+    return f"{path}: {name} is outside any section{where}; sections: " + ", ".join(SECTIONS)
 
 
 def _did_you_mean(name: str, known, spell=lambda key: key) -> str:
@@ -280,8 +292,8 @@ def _read_toml(path: Path) -> dict:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path} is not valid TOML: {error} (text values need quotes, as in "
-                          'name = "embedded")') from None
+        hint = ' (text values need quotes, as in name = "embedded")' if "Invalid value" in str(error) else ""
+        raise ConfigError(f"{path} is not valid TOML: {error}{hint}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path} cannot be read: {error}") from None
 
@@ -295,14 +307,20 @@ def _env_overrides(section: str, cls: type, environ: dict[str, str]) -> dict[str
     return overrides
 
 
-def _build_section(path: Path, section: str, cls: type, table: dict) -> Any:
+def _build_section(path: Path, section: str, cls: type, table: dict, from_environment: set[str]) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(table) - set(known))
     if unknown:
         raise ConfigError(f"{path}: unknown key [{section}] {unknown[0]}{_did_you_mean(unknown[0], known)}; "
                           f"known keys: {', '.join(known)}")
-    values = {name: _check_value(f"[{section}] {name}", known[name], value) for name, value in table.items()}
+    values = {name: _check_value(_label(section, name, name in from_environment), known[name], value)
+              for name, value in table.items()}
     return cls(**values)
+
+
+def _label(section: str, key: str, from_environment: bool) -> str:
+    """How an error names a setting: as the user wrote it (an environment variable, or the file's key)."""
+    return f"{_env_name(section, key)} (setting [{section}] {key})" if from_environment else f"[{section}] {key}"
 
 
 def _check_value(label: str, f: dataclasses.Field, value: Any) -> Any:

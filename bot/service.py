@@ -449,6 +449,13 @@ class ChatService:
         self._wipes.server_forgotten(guild_id)  # its messages still waiting are dropped, late turns erased
         return await self.store.delete_guild_data(guild_id)
 
+    async def forget_servers_except(self, member_of: set[int]) -> dict[int, int]:
+        """The bot is in `member_of` (all of its servers, as Discord lists them): every other server
+        something is stored for removed it while it was offline (Discord sends no event for that
+        afterwards), and is forgotten as on removal. Returns how many turns each one lost."""
+        gone = sorted(await self.store.stored_server_ids() - member_of)
+        return {guild_id: await self.forget_server(guild_id) for guild_id in gone}
+
     def _forget_channels(self, channel_ids: Iterable[int]) -> None:
         """What is kept in memory of these channels' turns (they were erased) goes too."""
         for channel_id in channel_ids:

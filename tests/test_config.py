@@ -49,6 +49,9 @@ def test_token_comes_from_the_environment_only(tmp_path):
     ("[modle]\nname = 1\n", "unknown section [modle]"),
     ("[generation]\nmax_new_tokens = true\n", "[generation] max_new_tokens must be a whole number"),
     ("[generation\nx = 1\n", "is not valid TOML"),
+    ("dev_guild_id = 1\n", "dev_guild_id is outside any section; did you mean [discord] dev_guild_id?"),
+    ('[model]\nname = " "\n', "[model] name is empty"),
+    ("[discord]\ndev_guild_id = 123456789012345678901\n", "[discord] dev_guild_id must be from 0 to"),
 ])
 def test_bad_values_name_the_key_and_what_is_allowed(tmp_path, text, expected):
     with pytest.raises(ConfigError) as caught:
@@ -57,9 +60,15 @@ def test_bad_values_name_the_key_and_what_is_allowed(tmp_path, text, expected):
     assert "\n" not in str(caught.value)
 
 
-def test_bad_environment_value_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match=r"\[model\] thinking must be true or false"):
+def test_bad_environment_value_is_refused_naming_the_variable(tmp_path):
+    with pytest.raises(ConfigError, match=r"^BOT_MODEL_THINKING \(setting \[model\] thinking\) must be true or false"):
         load_settings(write(tmp_path, ""), environ={"BOT_MODEL_THINKING": "maybe"})
+
+
+def test_the_quotes_hint_comes_only_where_a_value_is_the_problem(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, "[discord\n"), environ={})
+    assert "text values need quotes" not in str(caught.value)
 
 
 def test_cli_prints_one_line_not_a_traceback_for_a_corrupt_config(tmp_path):

@@ -692,6 +692,38 @@ async def test_an_edit_that_leaves_nothing_to_read_forgets_the_message_and_its_a
     assert not any("hunter2" in m["content"] for m in last_prompt(scene))
 
 
+async def test_a_server_that_removed_the_bot_while_it_was_offline_is_forgotten_at_the_next_session(
+        scene: Scene, caplog):
+    """Discord sends no GUILD_DELETE afterwards for a removal the bot missed (offline, or between
+    two sessions): at each new session it reads Discord's list of its servers instead."""
+    fake, world = scene.fake, scene.world
+    other = fake.add_guild("Other Guild")
+    lounge = fake.add_text_channel(other, "lounge")
+    fake.add_member(other, world.alice)
+    await until(lambda: scene.bot.get_channel(lounge.id))
+    await scene.ask("remember me", channel=lounge)
+    await scene.ask("and me")
+    other.bot_is_member = False  # kicked while the bot was not listening: no event reaches it
+    with caplog.at_level(logging.INFO, logger="bot.discord_bot"):
+        await fake.invalidate_session(resumable=False)  # a new session: READY again, without that server
+        await until(lambda: fake.identify_count == 2)
+
+        async def forgotten() -> bool:
+            return await scene.turns(lounge) == []
+        await until(forgotten)
+    assert await scene.turns() == [("user", "and me"), ("assistant", "echo: Alice: and me")]  # still in this one
+    assert any(f"server {other.id} removed the bot while it was offline" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_list_of_servers_that_lacks_one_the_bot_is_connected_to_deletes_nothing(scene: Scene, caplog):
+    """A broken answer (an empty list, a lost page) must not read as "removed from every server"."""
+    await scene.ask("keep me")
+    with caplog.at_level(logging.WARNING, logger="bot.discord_bot"):
+        await scene.bot.events.servers_listed(set(), [scene.world.guild.id])
+    assert await scene.turns() == [("user", "keep me"), ("assistant", "echo: Alice: keep me")]
+    assert any("no server's data was deleted" in r.getMessage() for r in caplog.records)
+
+
 async def test_deleting_the_bots_answer_forgets_that_answer_and_keeps_the_question(scene: Scene):
     secret = await scene.say(f"{scene.fake.bot.mention} my password is hunter2")
     answer = await scene.reply_to(secret)

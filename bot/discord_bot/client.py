@@ -6,6 +6,8 @@ model already loaded), the same one the terminal chat uses.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -16,7 +18,7 @@ from ..config import ConfigError, DiscordSettings
 from ..service import ChatService
 from .commands import add_commands, log_command
 from .events import DiscordEvents
-from .posting import LONGEST_RATE_LIMIT_WAIT_S
+from .posting import LONGEST_RATE_LIMIT_WAIT_S, POSTING_ERRORS, describe
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class ChatBot(discord.Client):
         add_commands(self.tree, service)
         # A thread takes its channel's persona and auto-reply: the settings ask which channel that is.
         service.servers.parent_of = self.thread_parent
+        self._server_check: asyncio.Task | None = None  # after each READY (see on_ready)
 
     async def setup_hook(self) -> None:
         await self.sync_commands()
@@ -85,6 +88,26 @@ class ChatBot(discord.Client):
         await self.events.wait_until_answered(grace_s)
         await self.close()
 
+    async def close(self) -> None:
+        # Ended here, not left to be cancelled later: a database read cut off after the database
+        # closed would never finish.
+        if self._server_check is not None and not self._server_check.done():
+            self._server_check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._server_check
+        await super().close()
+
+    async def _forget_servers_left_while_offline(self) -> None:
+        """Discord's list of the bot's servers: one that removed the bot while it was offline is not
+        in it, and no event will say so any more."""
+        try:
+            member_of = {guild.id async for guild in self.fetch_guilds(limit=None)}
+        except POSTING_ERRORS as error:
+            log.info("could not list the bot's servers (to forget those that removed it while it was "
+                     "offline): %s", describe(error))
+            return
+        await self.events.servers_listed(member_of, [guild.id for guild in self.guilds])
+
     def invite_link(self) -> str:
         return discord.utils.oauth_url(self.application_id, permissions=INVITE_PERMISSIONS, scopes=INVITE_SCOPES)
 
@@ -111,6 +134,10 @@ class ChatBot(discord.Client):
         else:
             log.info("connected to Discord as %s, in no server yet: open this link to add it to one: %s",
                      self.user, self.invite_link())
+        # Each READY starts a new session: what happened before it (while offline, or between
+        # sessions) is not sent. A resumed session gets the events it missed, and no READY.
+        if self._server_check is None or self._server_check.done():
+            self._server_check = asyncio.create_task(self._forget_servers_left_while_offline())
 
     async def on_app_command_completion(self, interaction: discord.Interaction, _command: Any) -> None:
         log_command(interaction, "ok")  # failures are logged where they are reported (commands.py)

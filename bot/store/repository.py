@@ -249,6 +249,15 @@ class Store:
             result = await session.execute(delete(Message).where(mine))
         return Erased(result.rowcount, frozenset(channel_ids))
 
+    async def stored_server_ids(self) -> set[int]:
+        """Every server something is stored for: turns, settings, personas, thread notes."""
+        async with self._sessions() as session:
+            found: set[int] = set()
+            for table in (Message, ChannelSettings, ChannelPersona, GuildSettings, ThreadParent):
+                found.update(await session.scalars(
+                    select(table.guild_id).where(table.guild_id.is_not(None)).distinct()))
+        return found
+
     async def delete_guild_data(self, guild_id: int) -> int:
         """Forget a server: its turns, its settings, its channels' settings and personas, and
         the persona texts no stored answer was written under any more."""

@@ -64,6 +64,7 @@ class RestRoutes:
         return [
             ("GET", "/users/@me", self.get_current_user),
             ("POST", "/users/@me/channels", self.create_dm),
+            ("GET", "/users/@me/guilds", self.get_current_user_guilds),
             ("DELETE", "/users/@me/guilds/{guild_id}", self.leave_guild),
             ("GET", "/users/{user_id}", self.get_user),
             ("GET", "/oauth2/applications/@me", self.get_application),
@@ -125,6 +126,21 @@ class RestRoutes:
         except (LookupFailed, ValueError):
             raise not_found(UNKNOWN_USER, "User") from None
         return json_response(payloads.channel(self.state.get_or_create_dm(user)))
+
+    async def get_current_user_guilds(self, request: web.Request) -> web.Response:
+        """The bot's guilds as partial guilds, by id; ``before``/``after`` and ``limit`` (1-200,
+        default 200) as Discord documents."""
+        query = request.query
+        limit = min(max(int(query.get("limit", 200)), 1), 200)
+        found = sorted(self.state.bot_guilds(), key=lambda g: g.id)
+        if "after" in query:
+            found = [g for g in found if g.id > int(query["after"])][:limit]
+        if "before" in query:
+            found = [g for g in found if g.id < int(query["before"])][-limit:]
+        listed = [{"id": str(g.id), "name": g.name, "icon": None, "banner": None, "owner": False,
+                   "permissions": str(perms.guild_permissions(g, self.state.bot.id)), "features": []}
+                  for g in found[:limit]]
+        return json_response(listed)
 
     async def leave_guild(self, request: web.Request) -> web.Response:
         guild = self._bot_guild(snowflake_param(request, "guild_id"))
