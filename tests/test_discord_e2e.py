@@ -1045,6 +1045,30 @@ async def test_typing_stops_once_the_answer_shows_and_is_not_sent_while_it_grows
 LONG_STORY = "\n\n".join(f"Paragraph {n}: " + "words " * 60 for n in range(8))  # two messages' worth
 
 
+async def test_a_refused_final_edit_posts_the_answer_anew_and_takes_the_preview_down(tmp_path):
+    """Discord refused the edit that turns the preview into the answer (a 503, which discord.py
+    does not retry): the answer is posted as new messages, not left as a start ending in "…"."""
+    held = threading.Event()
+    async with running_bot(tmp_path, stream_edit_interval=0.05) as scene:
+        fake = scene.fake
+        scene.model.reply = lambda m: LONG_STORY
+        scene.model.gate, scene.model.gate_after_words = held, 5
+        question = await scene.say(f"{fake.bot.mention} tell me a story")
+        preview = await scene.reply_to(question)  # the start, while the model is held
+        fake.fail_next("PATCH", "/channels/{id}/messages/{id}", 503, count=10_000)  # every edit from now
+        held.set()
+        await fake.wait_for_request("DELETE", f"/channels/{scene.general.id}/messages/{preview.response['id']}")
+        shown = [m["content"] for m in fake.state.channel_history(scene.general.id)[1:]]
+        turns = await scene.turns()
+        assert turns == [("user", "tell me a story"), ("assistant", LONG_STORY.strip())]
+        assert shown == split_message(LONG_STORY.strip()) and len(shown) == 2
+        # The new messages show the answer: deleting one forgets it.
+        await fake.delete_message(scene.general, int(fake.state.channel_history(scene.general.id)[-1]["id"]))
+        fake.faults.rules.clear()
+        await scene.ask("still there?")
+        assert (await scene.turns())[:2] == [("user", "tell me a story"), ("user", "still there?")]
+
+
 async def test_an_answer_deleted_while_it_is_written_is_left_deleted_and_forgotten(tmp_path, caplog):
     held = threading.Event()
     async with running_bot(tmp_path, stream_edit_interval=0.05) as scene:

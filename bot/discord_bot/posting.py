@@ -209,8 +209,18 @@ class StreamedReply:
             # delete (handled once this answer is stored) forgets the answer, as for any deleted one.
             return Delivered((self.message.id,))
         if not shown:
-            return Delivered((self.message.id,), complete=False)  # it shows the answer's start
+            return await self._post_instead(parts)
         return await _post_rest(self.trigger, parts, [self.message.id])
+
+    async def _post_instead(self, parts: list[str]) -> Delivered:
+        """Discord refused the edit that makes the preview the answer: the answer is posted whole
+        as new messages, and the preview, which would end in "…" for good, is taken down. If that
+        is refused too, the preview stays: it shows the answer's start."""
+        delivered = await post_reply(self.trigger, parts)
+        if not delivered.message_ids:
+            return Delivered((self.message.id,), complete=False)
+        await self.withdraw()
+        return delivered
 
     async def withdraw(self) -> None:
         """The answer will not come (its question was deleted): what shows of it is deleted."""
