@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
 
 from bot.llm import model_source
-from bot.llm.model_source import ModelLoadError, hub_reachable, locate_model
+from bot.llm.model_source import ModelLoadError, ModelSource, hub_reachable, locate_model
 from tests.support.cli import run_bot
 from tests.support.ports import free_port
 
@@ -56,3 +57,14 @@ def test_chat_with_a_model_it_cannot_have_is_one_line_and_no_retries(tmp_path, m
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: " + expected) and "--model embedded" in lines[-1]
     assert "Traceback" not in result.stderr and "Retrying" not in result.stderr
+
+
+def test_a_model_about_to_be_downloaded_says_so_first(monkeypatch, caplog):
+    """Where it goes and that it takes a while: otherwise nothing shows for minutes."""
+    monkeypatch.setattr(model_source, "_in_hub_cache", lambda repo_id: False)
+    monkeypatch.setattr(model_source, "hub_reachable", lambda: True)
+    with caplog.at_level(logging.INFO, logger="bot.llm.model_source"):
+        source = locate_model("HuggingFaceTB/SmolLM3-3B", environ={})
+    assert source == ModelSource("HuggingFaceTB/SmolLM3-3B", local_files_only=False)
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        'The model "HuggingFaceTB/SmolLM3-3B" is not on this machine yet']

@@ -7,10 +7,13 @@ No torch or transformers here: this runs before either is needed.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 HUB_HOST = "huggingface.co"
 HUB_CHECK_TIMEOUT_S = 2.0
@@ -39,6 +42,11 @@ def locate_model(name: str, *, environ: dict[str, str] | None = None) -> ModelSo
             raise ModelLoadError(f'The model "{name}" is not on this machine and the Hugging Face hub cannot be '
                                  f"reached, so it cannot be downloaded: {CHOICES}.")
         return ModelSource(name, local_files_only=True)
+    if not cached:  # otherwise the first line after "Loading model" comes minutes later
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        log.info('The model "%s" is not on this machine yet: downloading it from the Hugging Face hub into %s '
+                 "(SmolLM3-3B is about 6 GB: minutes on a first start).", name, HF_HUB_CACHE)
     return ModelSource(name, local_files_only=False)
 
 
