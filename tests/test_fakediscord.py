@@ -327,6 +327,19 @@ async def test_unknown_endpoint_and_errors_are_discord_shaped(world: World):
     assert world.fake.requests_to("GET", "/definitely/not/a/route")[0].status == 404
 
 
+async def test_a_reply_needs_read_message_history_as_discord_documents(world: World):
+    fake = world.fake
+    fake.set_channel_overwrite(world.general, fake.bot, deny=permissions.READ_MESSAGE_HISTORY)
+    client = make_client()
+    async with running_client(fake, client):
+        earlier = await fake.send_message(world.general, world.mod, "first!")
+        channel = client.get_channel(world.general.id)
+        with pytest.raises(discord.Forbidden) as refused:
+            await channel.send("a reply", reference=channel.get_partial_message(int(earlier["id"])))
+        plain = await channel.send("not a reply")  # Send Messages alone is enough for this
+    assert refused.value.code == 50013 and plain.content == "not a reply"
+
+
 # --------------------------------------------------------------- resilience
 
 

@@ -374,6 +374,8 @@ class RestRoutes:
         """ID of the message being replied to, validated like Discord does."""
         if not reference or not reference.get("message_id"):
             return None
+        # Create Message: "if it is a reply, also READ_MESSAGE_HISTORY".
+        self._require(channel, perms.READ_MESSAGE_HISTORY)
         target = int(reference["message_id"])
         if target in self.state.messages and int(self.state.messages[target]["channel_id"]) == channel.id:
             return target
