@@ -30,7 +30,7 @@ from .core.cooldown import UserCooldowns, whole_seconds
 from .core.decide import Action, Decision, is_addressed, should_answer
 from .core.prompt import Prompt, PromptTooLong, build_prompt, with_quoted_reply, with_recall
 from .core.text import is_blank, with_text_repaired
-from .core.types import Delivered, IncomingMessage, Reply, Turn
+from .core.types import TERMINAL_GUILD_ID, Delivered, IncomingMessage, Reply, Turn
 from .core.validate import problem_with_message
 from .fair_share import FairShare, tenant_of
 from .llm.port import (ChatModel, GenerationError, GenerationInterrupted, GenerationTimeout, ModelBusy,
@@ -452,8 +452,9 @@ class ChatService:
     async def forget_servers_except(self, member_of: set[int]) -> dict[int, int]:
         """The bot is in `member_of` (all of its servers, as Discord lists them): every other server
         something is stored for removed it while it was offline (Discord sends no event for that
-        afterwards), and is forgotten as on removal. Returns how many turns each one lost."""
-        gone = sorted(await self.store.stored_server_ids() - member_of)
+        afterwards), and is forgotten as on removal; the terminal chat's is no Discord server.
+        Returns how many turns each one lost."""
+        gone = sorted(await self.store.stored_server_ids() - member_of - {TERMINAL_GUILD_ID})
         return {guild_id: await self.forget_server(guild_id) for guild_id in gone}
 
     def _forget_channels(self, channel_ids: Iterable[int]) -> None:

@@ -17,14 +17,11 @@ from contextlib import contextmanager, nullcontext
 from typing import Iterator, TextIO
 
 from . import messages
-from .core.types import IncomingMessage, Turn
+from .core.types import TERMINAL_CHANNEL_ID, TERMINAL_GUILD_ID, IncomingMessage, Turn
 from .server_settings import SCOPES, SERVER
 from .service import Actor, ChatService, UserError
 from .terminal_keys import ctrl_c_is_a_key, enable_line_editing, typing_waits, without_escapes
 
-# The terminal is a "server" of its own; Discord ids are never 0, so these never collide.
-TERMINAL_GUILD_ID = 0
-TERMINAL_CHANNEL_ID = 0
 
 HELP = """Commands:
   /persona show         show the persona the bot is using, and where it comes from

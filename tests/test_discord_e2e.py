@@ -27,6 +27,7 @@ from bot.core.split import split_message
 from bot.discord_bot import posting
 from bot.discord_bot.client import required_intents
 from bot.discord_bot.launch import DiscordSetupError, run_on_discord
+from bot.core.types import TERMINAL_CHANNEL_ID, TERMINAL_GUILD_ID
 from bot.llm.worker import ModelWorker
 from tests.fakediscord import payloads
 from tests.fakediscord import messages as fake_messages
@@ -703,6 +704,9 @@ async def test_a_server_that_removed_the_bot_while_it_was_offline_is_forgotten_a
     await until(lambda: scene.bot.get_channel(lounge.id))
     await scene.ask("remember me", channel=lounge)
     await scene.ask("and me")
+    # The terminal chat's history, in the same database: no Discord server, never in Discord's list.
+    await scene.store.add_turn(channel_id=TERMINAL_CHANNEL_ID, guild_id=TERMINAL_GUILD_ID, role="user",
+                               content="a chat in the terminal")
     other.bot_is_member = False  # kicked while the bot was not listening: no event reaches it
     with caplog.at_level(logging.INFO, logger="bot.discord_bot"):
         await fake.invalidate_session(resumable=False)  # a new session: READY again, without that server
@@ -712,6 +716,8 @@ async def test_a_server_that_removed_the_bot_while_it_was_offline_is_forgotten_a
             return await scene.turns(lounge) == []
         await until(forgotten)
     assert await scene.turns() == [("user", "and me"), ("assistant", "echo: Alice: and me")]  # still in this one
+    assert [turn.content for turn in await scene.store.recent_turns(TERMINAL_CHANNEL_ID, 10)] == [
+        "a chat in the terminal"]
     assert any(f"server {other.id} removed the bot while it was offline" in r.getMessage() for r in caplog.records)
 
 

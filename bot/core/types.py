@@ -24,6 +24,12 @@ class Turn:
     persona: str | None = None  # the persona an answer was written under, where recorded (exports read it)
 
 
+# The terminal chat is a "server" of its own, with one channel; Discord ids are never 0, so
+# these never collide with a Discord server's.
+TERMINAL_GUILD_ID = 0
+TERMINAL_CHANNEL_ID = 0
+
+
 @dataclass(frozen=True)
 class IncomingMessage:
     """A chat message as the adapters see it, whichever platform it came from."""
