@@ -29,7 +29,6 @@ from tests.support.waiting import until
 
 # Fixtures fake_discord and world (kept out of conftest.py on purpose).
 pytest_plugins = ["tests.fakediscord.fixtures"]
-pytestmark = pytest.mark.asyncio
 
 MESSAGES = "/channels/{channel_id}/messages"
 
