@@ -10,7 +10,9 @@ all real: the backend, the chat service, a SQLite file.
 from __future__ import annotations
 
 import json
+import logging
 
+import pytest
 from aiohttp import web
 
 from bot import messages
@@ -248,3 +250,117 @@ async def test_llama_servers_own_template_and_tokenizer_count_the_prompt(tmp_pat
     assert model.abilities.counts_exactly
     assert counted.tokens == len("<|user|>龙与骑士".encode("utf-8")) and rendered[-1] == chinese
     assert without_thinking.tokens == counted.tokens + len("<think></think>")  # the switch reaches the count
+
+
+# --------------------------------------------------------------------------- servers that differ
+
+
+def refusing(fields_and_bodies: dict[str, tuple[int, dict]]):
+    """A server that refuses each of these request fields, with its own status and body, and
+    answers once none of them is sent (OpenAI, Groq and FastAPI servers refuse fields they do
+    not take)."""
+    def play(number, body):
+        for field, (status, refusal) in fields_and_bodies.items():
+            if field in body:
+                return web.json_response(refusal, status=status)
+        return whole("Plain answer")
+    return play
+
+
+OPENAI_UNKNOWN = (400, {"error": {"message": "Unrecognized request argument supplied: chat_template_kwargs",
+                                  "type": "invalid_request_error", "param": None, "code": None}})
+GROQ_UNKNOWN = (400, {"error": {"message": "property 'repetition_penalty' is unsupported",
+                                "type": "invalid_request_error"}})
+OPENAI_NO_MAX_TOKENS = (400, {"error": {
+    "message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' "
+               "instead.", "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}})
+OPENAI_FIXED_TEMPERATURE = (400, {"error": {
+    "message": "Unsupported value: 'temperature' does not support 0.0 with this model. Only the default (1) value "
+               "is supported.", "type": "invalid_request_error", "param": "temperature", "code": "unsupported_value"}})
+
+
+async def test_fields_a_server_refuses_are_left_out_from_then_on_with_one_warning_each(store, settings, caplog):
+    server = PlayedServer(refusing({"chat_template_kwargs": OPENAI_UNKNOWN, "repetition_penalty": GROQ_UNKNOWN,
+                                    "max_tokens": OPENAI_NO_MAX_TOKENS, "temperature": OPENAI_FIXED_TEMPERATURE}))
+    async with stub_server(server.app()) as base_url:
+        service, model = await service_on(base_url, store, settings)
+        with caplog.at_level(logging.WARNING, logger="bot.llm.openai_backend"):
+            first = await service.reply(said("hello"))
+            second = await service.reply(said("and again"))
+        await model.aclose()
+    assert first.ok and first.text == "Plain answer" and second.ok
+    last = server.bodies[-1]
+    assert last["max_completion_tokens"] == settings.generation.max_new_tokens
+    assert not {"chat_template_kwargs", "repetition_penalty", "max_tokens", "temperature", "top_p"} & set(last)
+    assert len(server.bodies) == 5 + 1  # four refusals, each once, then two answers
+    refused = [r.getMessage() for r in caplog.records if "refused the request field" in r.getMessage()]
+    assert len(refused) == 4 and any("repetition penalty is not applied" in line for line in refused)
+
+
+@pytest.mark.parametrize("status, refusal", [
+    (422, {"error": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 512. Given: 900 `inputs` "
+                    "tokens and 200 `max_new_tokens`", "error_type": "validation"}),  # TGI
+    (400, {"error": {"message": "Please reduce the length of the messages or completion.",
+                     "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}),
+    (400, {"error": "Trying to keep the first 900 tokens when context length of only 512 is loaded."}),  # LM Studio
+])
+async def test_each_servers_way_of_saying_too_long_gets_the_prompt_shortened(store, settings, status, refusal):
+    def play(number, body):
+        if sum(len(m["content"]) for m in body["messages"]) > 1200:
+            return web.json_response(refusal, status=status)
+        return whole("Short enough")
+
+    server = PlayedServer(play)
+    async with stub_server(server.app()) as base_url:
+        service, model = await service_on(base_url, store, settings)
+        for number in range(5):  # the fifth no longer fits whole
+            reply = await service.reply(said(f"message {number}: " + "words " * 40))
+            assert reply.ok and reply.text == "Short enough"
+        await model.aclose()
+    assert len(server.bodies) > 5  # refused at least once, then sent without the oldest turns
+
+
+async def test_a_busy_or_loading_server_is_asked_again_once_after_the_wait_it_names(store, settings):
+    def play(number, body):
+        if number == 1:
+            return web.json_response({"error": {"message": "Loading model"}}, status=503, headers={"Retry-After": "0"})
+        if number in (3, 4):
+            return web.json_response({"error": {"message": "Rate limit reached"}}, status=429,
+                                     headers={"Retry-After": "0"})
+        return whole("Ready now")
+
+    server = PlayedServer(play)
+    async with stub_server(server.app()) as base_url:
+        service, model = await service_on(base_url, store, settings)
+        after_loading = await service.reply(said("hello"))
+        still_busy = await service.reply(said("and again"))
+        await model.aclose()
+    assert after_loading.ok and after_loading.text == "Ready now"
+    assert not still_busy.ok and "busy right now" in still_busy.text  # asked again once, then told
+    assert len(server.bodies) == 4
+
+
+async def test_a_model_that_only_thinks_says_so_instead_of_an_empty_answer(store, settings):
+    def play(number, body):
+        thought = {"choices": [{"index": 0, "delta": {"reasoning": "Let me think... "}, "finish_reason": None}]}
+        done = {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}
+        return [f"data: {json.dumps(thought)}\n\n".encode() * 3, f"data: {json.dumps(done)}\n\n".encode()], "finish"
+
+    server = PlayedServer(play)
+    async with stub_server(server.app()) as base_url:
+        service, model = await service_on(base_url, store, settings)
+        reply = await service.reply(said("what is 2+2?"))
+        await model.aclose()
+    assert not reply.ok and "spent its whole allowance thinking" in reply.text
+
+
+async def test_a_whole_document_instead_of_a_stream_is_an_error_not_a_prompt_too_long(store, settings):
+    """A proxy's page or an error sent as 200 JSON read as an empty stream, which llama-cpp-python
+    sends for a prompt too long: the message would have been refused and dropped."""
+    server = PlayedServer(lambda number, body: web.json_response({"error": "upstream timed out"}))
+    async with stub_server(server.app()) as base_url:
+        service, model = await service_on(base_url, store, settings)
+        reply = await service.reply(said("hello"))
+        await model.aclose()
+    assert not reply.ok and "application/json instead of a stream" in reply.text and "upstream timed out" in reply.text
+    assert await stored(store) == [("user", "hello")]  # kept: the server failed, not the message

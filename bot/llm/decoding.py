@@ -57,8 +57,9 @@ def openai_fields(params: GenerationSettings, *, penalty_field: str | None) -> d
     (frequency_penalty is a different, additive penalty): it goes under the name the server
     reads (`penalty_field`, see ServerKind.penalty_field), or not at all (None)."""
     greedy = is_greedy(params)
-    fields = {"max_tokens": params.max_new_tokens, "temperature": 0.0 if greedy else params.temperature,
-              "top_p": 1.0 if greedy else params.top_p}
+    fields = {"max_tokens": params.max_new_tokens, "temperature": 0.0 if greedy else params.temperature}
+    if not greedy:  # greedy needs none (TGI refuses a top_p of 1.0)
+        fields["top_p"] = params.top_p
     if penalty_field:
         fields[penalty_field] = params.repetition_penalty
     return fields

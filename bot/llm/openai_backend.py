@@ -11,8 +11,9 @@ differently (field names, context length, counting) follows from the server's ki
 A server can fail in many ways; each ends in a sentence for the user and a channel that keeps
 working: a request that fails before any answer is tried once more on a fresh connection (a
 keep-alive connection the server had closed); a prompt refused as too long is tried once more
-with older turns left out; a stream that breaks off, or ends without saying it is finished,
-keeps what was written as an answer cut short.
+with older turns left out; a field the server does not take is left out from then on (one
+warning); a busy or loading server is asked once more after the wait it names; a stream that
+breaks off, or ends without saying it is finished, keeps what was written as an answer cut short.
 """
 
 from __future__ import annotations
@@ -32,20 +33,48 @@ from .decoding import openai_fields
 from .port import (Abilities, ChatMessages, ChatModel, GenerationFailed, GenerationInterrupted, GenerationTimeout,
                    ModelKind, PromptRefused, RenderedPrompt)
 from .remote_counting import RemoteTokenCounter
-from .server_kind import ServerKind, named_context, says_too_long
+from .server_kind import TOO_LONG_CODE, ServerKind, named_context, refused_field, says_too_long
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10
+BUSY_RETRY_S = 1.0  # the wait before asking again a busy server (429, 503) that names no wait
+
+# Request fields a server may refuse as ones it does not take (OpenAI and Groq refuse every
+# field they do not know; OpenAI's reasoning models refuse max_tokens and a temperature): sent
+# without them from then on, with one warning saying what that costs.
+OPTIONAL_FIELDS = {
+    "chat_template_kwargs": "the thinking switch is not sent; the server's chat template decides",
+    "stream_options": "the prompt's real token count does not come back; the bot's estimate is used",
+    "repetition_penalty": "the repetition penalty is not applied",
+    "repeat_penalty": "the repetition penalty is not applied",
+    "top_p": "the server's own top-p applies",
+    "temperature": "the server's own temperature and top-p apply",
+    "max_tokens": "the answer's length limit is sent as max_completion_tokens instead",
+}
 
 
 class _NotAnswered(Exception):
     """A request that ended before the server wrote a word of the answer (internal)."""
 
-    def __init__(self, reason: str, *, too_long: bool = False, context: int | None = None):
+    def __init__(self, reason: str, *, too_long: bool = False, context: int | None = None,
+                 refused: str | None = None, wait_s: float | None = None, then: Exception | None = None):
         super().__init__(reason)
         self.too_long = too_long  # the server said (or, with an empty stream, seemed to say) the prompt is too long
         self.context = context  # the context length the server named, if it did
+        self.refused = refused  # a field of the request the server does not take
+        self.wait_s = wait_s  # busy: ask again after this many seconds, once ...
+        self.then = then  # ... and if it is still busy, this is the error
+
+
+@dataclasses.dataclass
+class _Tries:
+    """What one reply's requests have tried so far (each way of trying again is used once)."""
+
+    messages: ChatMessages
+    shortened: bool = False  # sent again with older turns left out
+    fresh: bool = False  # sent again on a fresh connection
+    waited: bool = False  # sent again after the wait a busy server asked for
 
 
 class OpenAICompatibleModel(ChatModel):
@@ -71,6 +100,7 @@ class OpenAICompatibleModel(ChatModel):
         self.thinking = thinking
         self.timeout_s = timeout_s
         self._penalty_field = server.penalty_field if send_repetition_penalty else None
+        self._left_out: set[str] = set()  # fields the server refused (see OPTIONAL_FIELDS)
         self._api_key = api_key  # never logged: kept out of repr and messages
         self._session: aiohttp.ClientSession | None = None
 
@@ -87,52 +117,69 @@ class OpenAICompatibleModel(ChatModel):
         `adapter` (a name, "base", or None for the default) picks the served model."""
         model = self.adapter_to_run(adapter) or self.name
         deadline = asyncio.get_running_loop().time() + self.timeout_s
-        messages, shortened, fresh = prompt.messages, False, False
+        tries = _Tries(prompt.messages)
         try:
             while True:
-                body = {**self.request_body(messages, params, prompt.thinking), "model": model}
+                body = {**self.request_body(tries.messages, params, prompt.thinking), "model": model}
                 try:
                     # Closed at once when the caller stops reading: that closes the connection.
-                    async with contextlib.aclosing(self._answer(body, messages, deadline, fresh)) as answer:
+                    async with contextlib.aclosing(self._answer(body, tries.messages, deadline, tries.fresh)) as answer:
                         async for delta in answer:
                             yield delta
                     return
                 except _NotAnswered as failure:
-                    messages, shortened, fresh = await self._next_try(failure, messages, params, prompt.thinking,
-                                                                      shortened, fresh)
+                    await self._next_try(failure, tries, params, prompt.thinking, deadline)
         except TimeoutError:
             log.warning("the model server passed the %.0f s limit; the request was closed", self.timeout_s)
             raise GenerationTimeout(f"The model took longer than {self.timeout_s:.0f} seconds and was stopped.") from None
 
-    async def _next_try(self, failure: _NotAnswered, messages: ChatMessages, params: GenerationSettings,
-                        thinking: bool | None, shortened: bool, fresh: bool) -> tuple[ChatMessages, bool, bool]:
-        """What to send after a request that got no answer: once more with older turns left out
-        (a prompt refused as too long), once more on a fresh connection (anything else); after
-        that, the error for the user. Returns (messages, shortened, fresh) for the next try."""
-        if failure.too_long:
-            fewer = messages if shortened else await self._shortened(messages, failure.context, params.max_new_tokens,
-                                                                     thinking)
-            if len(fewer) == len(messages):  # nothing (more) to leave out: asking again is no use
+    async def _next_try(self, failure: _NotAnswered, tries: _Tries, params: GenerationSettings,
+                        thinking: bool | None, deadline: float) -> None:
+        """What to send after a request that got no answer (updates `tries`): without a field the
+        server refused; once more with older turns left out (a prompt refused as too long); once
+        more after the wait a busy server asked for (if the time limit allows it); once more on a
+        fresh connection (anything else); after that, the error for the user."""
+        if failure.refused is not None:
+            self._leave_out(failure.refused, str(failure))
+        elif failure.too_long:
+            fewer = tries.messages if tries.shortened else await self._shortened(
+                tries.messages, failure.context, params.max_new_tokens, thinking)
+            if len(fewer) == len(tries.messages):  # nothing (more) to leave out: asking again is no use
                 raise PromptRefused(f"The prompt is too long for the model server: {failure}")
-            return fewer, True, fresh
-        if fresh:
+            tries.messages, tries.shortened = fewer, True
+        elif failure.wait_s is not None:
+            left = deadline - asyncio.get_running_loop().time()
+            if tries.waited or failure.wait_s >= left:
+                raise failure.then
+            log.info("the model server is busy (%s); asking again in %.1f s", failure, failure.wait_s)
+            await asyncio.sleep(failure.wait_s)
+            tries.waited = True
+        elif tries.fresh:
             log.warning("cannot reach the model server at %s: %s", self.base_url, failure)
             raise GenerationFailed(f"The model server at {self.base_url} could not be reached.")
-        log.info("the model server did not answer (%s); trying once more on a fresh connection", failure)
-        return messages, shortened, True
+        else:
+            log.info("the model server did not answer (%s); trying once more on a fresh connection", failure)
+            tries.fresh = True
+
+    def _leave_out(self, field: str, said: str) -> None:
+        log.warning("The model server refused the request field %s (%s): requests go without it from now on, "
+                    "so %s.", field, said, OPTIONAL_FIELDS[field])
+        self._left_out.add(field)
 
     async def _answer(self, body: dict, messages: ChatMessages, deadline: float, fresh: bool) -> AsyncIterator[str]:
         """One request's answer. Before its first word every failure is _NotAnswered; after it,
         a stream that breaks off or ends unfinished is GenerationInterrupted."""
-        written = finished = False
+        written = finished = thought = False
         try:
             async with self._post(body, fresh=fresh) as response:
-                await _raise_for_status(response)
+                await _raise_for_status(response, body)
+                await _refuse_a_plain_answer(response)
                 async for chunk in _chunks(response, deadline):
                     delta, finish, usage = _parts_of(chunk)
                     if usage is not None:
                         self.counter.server_counted(messages, usage)
                     finished = finished or finish
+                    thought = thought or _thinks(chunk)
                     if delta:
                         written = True
                         yield delta
@@ -145,6 +192,11 @@ class OpenAICompatibleModel(ChatModel):
                 raise _NotAnswered(f"{type(error).__name__}: {error}") from None
             log.warning("the model server at %s stopped mid-answer: %s: %s", self.base_url, type(error).__name__, error)
             raise GenerationInterrupted("The model server stopped answering mid-reply.") from None
+        if finished and thought and not written:
+            # Its thought went apart (reasoning_content, or Ollama's and OpenRouter's reasoning),
+            # and it used the whole allowance: without this, the user would read "empty answer".
+            raise GenerationFailed("The model spent its whole allowance thinking and wrote no answer. Raise "
+                                   "[generation] max_new_tokens, or switch its thinking off on the model server.")
         if not finished:
             if not written:  # llama-cpp-python's answer to a prompt longer than its context
                 raise _NotAnswered("it sent an empty answer", too_long=True)
@@ -182,6 +234,14 @@ class OpenAICompatibleModel(ChatModel):
         if self.server.takes_template_arguments:
             # vLLM, SGLang and llama-server pass these to the chat template; SmolLM3 reads enable_thinking.
             body["chat_template_kwargs"] = {"enable_thinking": self.thinking if thinking is None else thinking}
+        for field in self._left_out:
+            if field == "max_tokens" and field in body:
+                body["max_completion_tokens"] = body.pop("max_tokens")
+            elif field == "temperature":
+                body.pop("temperature", None)
+                body.pop("top_p", None)
+            else:
+                body.pop(field, None)
         return body
 
     @contextlib.asynccontextmanager
@@ -218,18 +278,53 @@ class OpenAICompatibleModel(ChatModel):
             pass
 
 
-async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
+async def _raise_for_status(response: aiohttp.ClientResponse, sent: dict) -> None:
     if response.status < 400:
         return
     body = await response.text()
     detail = _server_message(body)
     log.warning("the model server answered HTTP %s: %s", response.status, detail)
-    if response.status in (400, 413) and says_too_long(detail):
+    field = refused_field(body) if response.status in (400, 422) else None
+    if field in OPTIONAL_FIELDS and field in sent:
+        raise _NotAnswered(detail, refused=field)
+    if response.status in (400, 413, 422) and (says_too_long(detail) or _error_code(body) == TOO_LONG_CODE):
         raise _NotAnswered(detail, too_long=True, context=named_context(body))
-    if response.status == 429:
-        raise GenerationFailed("The model server is busy right now (too many requests); try again in a moment.")
     side = "refused the request" if response.status < 500 else "failed"
-    raise GenerationFailed(f"The model server {side} (HTTP {response.status}): {detail}")
+    error = GenerationFailed(f"The model server {side} (HTTP {response.status}): {detail}")
+    if response.status == 429:
+        error = GenerationFailed("The model server is busy right now (too many requests); try again in a moment.")
+    if response.status in (429, 503):  # busy, or still loading its model: worth one more try
+        raise _NotAnswered(detail, wait_s=_retry_after(response), then=error)
+    raise error
+
+
+def _retry_after(response: aiohttp.ClientResponse) -> float:
+    """The wait a busy server asks for (Retry-After, in seconds), else BUSY_RETRY_S."""
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", "")))
+    except ValueError:  # absent, or an HTTP date: a short wait either way
+        return BUSY_RETRY_S
+
+
+def _error_code(text: str) -> object:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    return error.get("code") if isinstance(error, dict) else None
+
+
+async def _refuse_a_plain_answer(response: aiohttp.ClientResponse) -> None:
+    """A 200 that is a whole document, not a stream (a proxy's page, an error as JSON): its text
+    is the error. Without this it would read as an empty stream, which llama-cpp-python sends
+    for a prompt too long, and the message would be refused as too long."""
+    if response.content_type not in ("application/json", "text/html"):
+        return
+    detail = _server_message(await response.text())
+    log.warning("the model server answered with %s instead of a stream: %s", response.content_type, detail)
+    raise GenerationFailed(f"The model server sent no answer ({response.content_type} instead of a stream): "
+                           f"{detail}. Check [model] base_url.")
 
 
 def _server_message(text: str) -> str:
@@ -295,6 +390,14 @@ def _chunk(data: str) -> dict:
     if "error" in chunk:  # vLLM reports errors inside the stream once it has started
         raise GenerationFailed(f"The model server failed while writing: {_server_message(data)}")
     return chunk
+
+
+def _thinks(chunk: dict) -> bool:
+    """Whether the chunk carries thought, which servers that split it off send apart from the
+    answer (vLLM, llama-server, LM Studio: reasoning_content; Ollama, OpenRouter: reasoning)."""
+    choices = chunk.get("choices") or [{}]
+    delta = (choices[0] if isinstance(choices[0], dict) else {}).get("delta") or {}
+    return isinstance(delta, dict) and bool(delta.get("reasoning_content") or delta.get("reasoning"))
 
 
 def _parts_of(chunk: dict) -> tuple[str, bool, int | None]:

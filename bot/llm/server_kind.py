@@ -123,19 +123,54 @@ def _context_from_refusal(api: "ServerApi") -> int:
 
 # How servers name their context when they refuse a prompt: vLLM and llama-cpp-python "maximum
 # context length is 2048 tokens", llama-cpp-python's streaming path "context window of 2048",
-# llama-server's JSON error "n_ctx": 2048.
-_CONTEXT_NUMBER = re.compile(r"(?:context (?:length|window|size) (?:is|of)|n_ctx\W+)\s*(\d+)", re.IGNORECASE)
+# llama-server's JSON error "n_ctx": 2048, LM Studio "context length of only 4096", TGI
+# "`max_new_tokens` must be <= 2048" (its total of prompt and answer).
+_CONTEXT_NUMBER = re.compile(r"(?:context (?:length|window|size) (?:is|of)(?: only)?|n_ctx\W+|max_new_tokens` must be <=)"
+                             r"\s*(\d+)", re.IGNORECASE)
 
 
 # How servers say a prompt is longer than their context: vLLM "maximum context length is 2048
 # tokens", llama-server "exceeds the available context size", llama-cpp-python "exceed context
-# window of 2048", SGLang "longer than the model's context length".
-_TOO_LONG = re.compile(r"context (length|size|window)|too long|exceeds? .*context", re.IGNORECASE)
+# window of 2048", SGLang "longer than the model's context length", TGI "`inputs` tokens +
+# `max_new_tokens` must be <= 2048", Groq "Please reduce the length of the messages", LM Studio
+# "context length of only 4096".
+_TOO_LONG = re.compile(r"context (length|size|window)|too long|exceeds? .*context|max_new_tokens` must be <="
+                       r"|reduce the length of the messages", re.IGNORECASE)
+# The error code OpenAI, Groq and others give it.
+TOO_LONG_CODE = "context_length_exceeded"
 
 
 def says_too_long(text: str) -> bool:
     """Whether a server's refusal says the prompt is longer than its context."""
     return bool(_TOO_LONG.search(text))
+
+
+# How servers name a request field they do not take: OpenAI "Unrecognized request argument
+# supplied: X", Groq "property 'X' is unsupported", OpenAI's "Unsupported parameter: 'X' ..." and
+# "Unsupported value: 'X' ...".
+_REFUSED_FIELD = re.compile(r"Unrecognized request argument supplied: (\w+)|property '(\w+)' is unsupported"
+                            r"|Unsupported (?:parameter|value): '(\w+)'", re.IGNORECASE)
+
+
+def refused_field(text: str) -> str | None:
+    """The request field a server's refusal names as one it does not take (unknown, or not for
+    this model), if it names one: OpenAI's and Groq's messages, OpenAI's `param` with code
+    unsupported_parameter/unsupported_value, FastAPI's extra_forbidden (`transformers serve`)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error")
+        if (isinstance(error, dict) and error.get("code") in ("unsupported_parameter", "unsupported_value")
+                and isinstance(error.get("param"), str)):
+            return error["param"]
+        detail = data.get("detail")
+        for item in detail if isinstance(detail, list) else ():
+            if isinstance(item, dict) and item.get("type") in ("extra_forbidden", "value_error.extra") and item.get("loc"):
+                return str(item["loc"][-1])
+    match = _REFUSED_FIELD.search(text)
+    return next(group for group in match.groups() if group) if match else None
 
 
 def named_context(text: str) -> int | None:
