@@ -28,7 +28,7 @@ from .config import GenerationSettings, Settings
 from .core.cleaning import clean_reply, visible_so_far
 from .core.cooldown import UserCooldowns, whole_seconds
 from .core.decide import Action, Decision, is_addressed, should_answer
-from .core.prompt import Prompt, PromptTooLong, build_prompt, with_quoted_reply, with_recall
+from .core.prompt import Prompt, PromptTooLong, build_prompt, as_the_model_reads, with_recall
 from .core.text import is_blank, with_text_repaired
 from .core.types import TERMINAL_GUILD_ID, Delivered, IncomingMessage, Reply, Turn
 from .core.validate import problem_with_message
@@ -265,7 +265,7 @@ class ChatService:
             kind = "timeout" if isinstance(error, GenerationTimeout) else "generation_failed"
             return trace.failure(kind, messages.GENERATION_FAILED.format(reason=str(error)))
         if not text:
-            if ending is Ending.STOPPED:  # stopped before a word: nothing to keep
+            if ending in (Ending.STOPPED, Ending.RESET):  # stopped before a word: nothing to keep
                 trace.cut_short = ending.value
                 return Reply("", ok=False, notes=[ending.note])
             if ending is Ending.RESTART:
@@ -294,7 +294,7 @@ class ChatService:
         Returns the prompt, the row id of its oldest turn (None: the new message itself) and the
         persona it holds (the channel's own, else the server's: stored with the answer)."""
         max_turns = self.settings.history.max_turns
-        new_turn = Turn(role="user", content=with_quoted_reply(message), author_name=message.author_name,
+        new_turn = Turn(role="user", content=as_the_model_reads(message), author_name=message.author_name,
                         author_id=message.author_id, message_id=message.message_id)
         turns = [*await self.store.recent_turns(message.channel_id, 2 * max_turns), new_turn]
         start = self._prompt_starts.index_in(message.channel_id, turns)
@@ -352,22 +352,29 @@ class ChatService:
         channel_id = message.channel_id
         reset = self._resets.setdefault(channel_id, asyncio.Event())
         stop = self._stops.setdefault(channel_id, asyncio.Event())
+        if message.message_id in self._deleted_meanwhile:  # deleted before there was an answer to stop
+            reset.set()
+
+        def told_to_stop() -> bool:
+            return reset.is_set() or stop.is_set() or self._shutting_down.is_set()
+
         try:
             place = self._fair.place_in_line() if self._fair is not None else self.model.place_in_line()
             if place and on_progress is not None:  # shown only if the wait is long enough to notice
                 await on_progress(messages.QUEUED.format(place=place))
             trace.asking_model()
             async with self._model_turn(message):
-                stream = self.model.stream(prompt.rendered, self._generation(prompt.rendered.thinking),
-                                           channel=channel_id, adapter=adapter)
-                async with aclosing(stream):
-                    async for delta in stream:
-                        raw += delta
-                        trace.piece()
-                        if reset.is_set() or stop.is_set() or self._shutting_down.is_set():
-                            break
-                        if on_progress is not None:
-                            await on_progress(visible_so_far(raw))
+                if not told_to_stop():  # (while it waited for its turn)
+                    stream = self.model.stream(prompt.rendered, self._generation(prompt.rendered.thinking),
+                                               channel=channel_id, adapter=adapter)
+                    async with aclosing(stream):
+                        async for delta in stream:
+                            raw += delta
+                            trace.piece()
+                            if told_to_stop():
+                                break
+                            if on_progress is not None:
+                                await on_progress(visible_so_far(raw))
         except (GenerationTimeout, GenerationInterrupted) as error:
             if not clean_reply(raw):
                 raise
@@ -411,13 +418,14 @@ class ChatService:
 
     async def message_edited(self, channel_id: int, message_id: int, text: str) -> None:
         """A stored message was edited: its new text goes into the history. An edit that leaves
-        nothing to read (only attachments, or invisible characters) takes the words back: the
-        message is forgotten with the answer written to it, as a delete forgets them."""
+        nothing to read (only attachments, or invisible characters) takes the words back: it is
+        a delete of them (an answer being written to them stops, and the message is forgotten
+        with its answer)."""
+        if is_blank(text):
+            await self.messages_deleted(channel_id, [message_id])
+            return
         async with self._channels.turn(channel_id):
-            if not is_blank(text):
-                await self.store.edit_turn(message_id, text)
-            else:
-                await self.store.forget_message(message_id)
+            await self.store.edit_turn(message_id, text)
 
     async def messages_deleted(self, channel_id: int, message_ids: Iterable[int]) -> None:
         """Messages were deleted on Discord (one, or a bulk delete): a person's message is
@@ -449,13 +457,14 @@ class ChatService:
         self._wipes.server_forgotten(guild_id)  # its messages still waiting are dropped, late turns erased
         return await self.store.delete_guild_data(guild_id)
 
-    async def forget_servers_except(self, member_of: set[int]) -> dict[int, int]:
-        """The bot is in `member_of` (all of its servers, as Discord lists them): every other server
-        something is stored for removed it while it was offline (Discord sends no event for that
-        afterwards), and is forgotten as on removal; the terminal chat's is no Discord server.
-        Returns how many turns each one lost."""
-        gone = sorted(await self.store.stored_server_ids() - member_of - {TERMINAL_GUILD_ID})
-        return {guild_id: await self.forget_server(guild_id) for guild_id in gone}
+    async def stored_servers(self) -> set[int]:
+        """The Discord servers something is stored for (the terminal chat's is none)."""
+        return await self.store.stored_server_ids() - {TERMINAL_GUILD_ID}
+
+    async def forget_servers(self, gone: Iterable[int]) -> dict[int, int]:
+        """Servers that removed the bot while it was offline (Discord sends no event for that
+        afterwards): each is forgotten as on removal. Returns how many turns each one lost."""
+        return {guild_id: await self.forget_server(guild_id) for guild_id in sorted(gone)}
 
     def _forget_channels(self, channel_ids: Iterable[int]) -> None:
         """What is kept in memory of these channels' turns (they were erased) goes too."""

@@ -55,17 +55,17 @@ def test_ignores_empty_text(content):
 
 
 def test_attachments_without_text_get_a_note():
-    decision = should_answer(message(content="", has_attachments=True, mentions_bot=True), auto_reply=False)
+    decision = should_answer(message(content="", attachment_names=("cat.png",), mentions_bot=True), auto_reply=False)
     assert decision.action is Action.EXPLAIN_TEXT_ONLY
 
 
 def test_attachments_with_text_are_answered():
-    decision = should_answer(message(has_attachments=True, mentions_bot=True), auto_reply=False)
+    decision = should_answer(message(attachment_names=("cat.png",), mentions_bot=True), auto_reply=False)
     assert decision.action is Action.ANSWER
 
 
 def test_attachments_not_meant_for_it_are_ignored():
-    decision = should_answer(message(content="", has_attachments=True), auto_reply=False)
+    decision = should_answer(message(content="", attachment_names=("cat.png",)), auto_reply=False)
     assert decision.ignored
 
 
@@ -84,16 +84,16 @@ def test_is_addressed():
 
 def test_attachments_alone_in_an_auto_reply_channel_are_passed_over_unless_addressed():
     """Auto-reply answers what people write; a picture posted there is not a question to the bot."""
-    assert should_answer(message(content="", has_attachments=True), auto_reply=True).action is Action.IGNORE
-    addressed = should_answer(message(content="", has_attachments=True, mentions_bot=True), auto_reply=True)
+    assert should_answer(message(content="", attachment_names=("cat.png",)), auto_reply=True).action is Action.IGNORE
+    addressed = should_answer(message(content="", attachment_names=("cat.png",), mentions_bot=True), auto_reply=True)
     assert addressed.action is Action.EXPLAIN_TEXT_ONLY
 
 
 @pytest.mark.parametrize("incoming, could", [
     (message(author_is_bot=True), False),
     (message(is_system=True), False),
-    (message(content="", has_attachments=True), False),  # a picture in any channel: not noted there
-    (message(content="", has_attachments=True, replies_to_unknown=99), True),  # maybe a reply to an answer
+    (message(content="", attachment_names=("cat.png",)), False),  # a picture in any channel: not noted there
+    (message(content="", attachment_names=("cat.png",), replies_to_unknown=99), True),  # maybe a reply to an answer
     (message(content="", replies_to_unknown=99), False),  # nothing to read, nothing to note
     (message(), True),  # auto-reply may be on in its channel
 ])

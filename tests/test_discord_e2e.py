@@ -130,7 +130,8 @@ async def test_text_with_an_attachment_is_answered_with_the_attachment_named_as_
     asked = "what is in this picture?\n[attached, not readable by the bot: cat.png]"
     assert last_prompt(scene)[-1] == {"role": "user", "content": "Alice: " + asked}
     assert reply.json["content"] == f"echo: Alice: {asked}\n-# {messages.ATTACHMENTS_NOT_READ}"
-    assert await scene.turns() == [("user", asked), ("assistant", f"echo: Alice: {asked}")]
+    # Stored as typed: the note is not the person's words, nor counted against their message's length.
+    assert await scene.turns() == [("user", "what is in this picture?"), ("assistant", f"echo: Alice: {asked}")]
 
 
 async def test_a_reply_to_someone_elses_message_shows_the_model_what_it_replies_to(scene: Scene):
@@ -725,7 +726,7 @@ async def test_a_list_of_servers_that_lacks_one_the_bot_is_connected_to_deletes_
     """A broken answer (an empty list, a lost page) must not read as "removed from every server"."""
     await scene.ask("keep me")
     with caplog.at_level(logging.WARNING, logger="bot.discord_bot"):
-        await scene.bot.events.servers_listed(set(), [scene.world.guild.id])
+        await scene.bot.events.servers_listed({scene.world.guild.id}, set(), [scene.world.guild.id])
     assert await scene.turns() == [("user", "keep me"), ("assistant", "echo: Alice: keep me")]
     assert any("no server's data was deleted" in r.getMessage() for r in caplog.records)
 
@@ -1096,6 +1097,30 @@ async def test_an_answer_deleted_while_it_is_written_is_left_deleted_and_forgott
         assert not [r for r in caplog.records if r.name.startswith("bot.discord") and r.levelno >= logging.WARNING]
         assert await scene.turns() == [("user", "tell me a story"), ("user", "still there?"),
                                        ("assistant", "I am.")]  # the deleted answer is forgotten
+
+
+async def test_a_question_deleted_while_it_waits_for_the_model_never_reaches_it(tmp_path):
+    """The model is busy with another channel's answer; the question waiting for it is deleted:
+    the model is never asked (it was asked, and stopped at its first word, before)."""
+    gate = Gate()
+    async with running_bot(tmp_path) as scene:
+        fake = scene.fake
+        scene.model.reply = gate.wrap(lambda m: "echo: " + m[-1]["content"])
+        random = fake.add_text_channel(scene.world.guild, "random")
+        await until(lambda: scene.bot.get_channel(random.id))
+        first = await scene.say(f"{fake.bot.mention} first")
+        await gate.wait_entered()
+        waiting = await scene.say(f"{fake.bot.mention} second", channel=random)
+        await fake.wait_for_request("POST", f"/channels/{random.id}/typing")
+        await fake.delete_message(random, int(waiting["id"]))
+        # Gateway events are handled in order: once a later message elsewhere is seen, so is the delete.
+        elsewhere = fake.add_text_channel(scene.world.guild, "elsewhere")
+        await until(lambda: scene.bot.get_channel(elsewhere.id))
+        gate.opened.set()
+        await scene.reply_to(first)
+        await scene.ask("third", channel=random)
+        assert [p[-1]["content"] for p in scene.model.prompts] == ["Alice: first", "Alice: third"]
+        assert [r.json["content"] for r in scene.posted(random)] == ["echo: Alice: third"]
 
 
 async def test_a_question_deleted_while_its_answer_shows_stops_it_and_takes_the_start_down(tmp_path):

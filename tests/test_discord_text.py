@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import discord
 import pytest
 
 from bot import messages
 from bot.core.types import Reply
 from bot.discord_bot.launch import DiscordSetupError, cleaned_token, discord_token, read_dotenv
 from bot.discord_bot.mentions import MentionNames, readable_text
-from bot.discord_bot.posting import parts_to_post, preview
+from bot.discord_bot.posting import parts_to_post, preview, retry_after
 from tests.support.settings import settings_for
 
 BOT, BOT_ROLE, MOD, ADMINS, GENERAL = 100, 101, 200, 300, 400
@@ -155,3 +156,22 @@ def test_a_token_in_dotenv_under_another_name_is_pointed_out(tmp_path):
         discord_token(settings_for(tmp_path / "bot.db"), dotenv=path)
     assert str(error.value) == messages.DISCORD_TOKEN_MISSING + messages.DISCORD_TOKEN_NAMED_OTHERWISE.format(
         names="DISCORD_BOT_TOKEN")
+
+
+class Answered:
+    """What discord.HTTPException reads of an aiohttp response."""
+
+    def __init__(self, status: int, headers: dict):
+        self.status, self.reason, self.headers = status, "Too Many Requests", headers
+
+
+@pytest.mark.parametrize("headers, wait", [
+    ({"Content-Type": "application/json", "Retry-After": "2"}, 2.0),  # what Discord documents
+    ({"Content-Type": "application/json", "Retry-After": "2", "X-RateLimit-Reset-After": "0.25"}, 0.25),
+    ({"Content-Type": "application/json", "Retry-After": "2", "Via": "1.1 google"}, None),  # discord.py's own
+    ({"Content-Type": "text/html", "Retry-After": "2"}, None),  # a ban's page: never sent again
+    ({"Content-Type": "application/json"}, None),  # no wait named
+])
+def test_only_a_429_discord_py_gave_up_on_is_waited_out_again(headers, wait):
+    error = discord.HTTPException(Answered(429, headers), {"message": "You are being rate limited.", "code": 0})
+    assert retry_after(error) == wait

@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack
 import pytest
 
 from bot.config import ConfigError, DiscordSettings
-from bot.discord_bot.client import shard_options
+from bot.discord_bot.client import on_shards, shard_options
 from bot.store import Store
 from tests.fakediscord import FakeDiscord, build_world
 from tests.support.bot_subprocess import START_TIMEOUT_S, BotProcess, ask, posted_answers
@@ -112,3 +112,12 @@ def test_sharding_settings_are_checked_before_anything_starts():
         shard_options(DiscordSettings(shard_count=4, shard_ids="4"))
     with pytest.raises(ConfigError, match="needs shard_count"):
         shard_options(DiscordSettings(shard_ids="0"))
+
+
+def test_a_process_checks_for_servers_that_left_only_on_its_own_shards():
+    """The other process keeps the other shards' servers: it alone may find them gone (and one it
+    has just joined, which this process cannot see, is never this process's to delete)."""
+    first, second = 12_346 << 22, 12_347 << 22  # Discord's rule, (id >> 22) % 2: shard 0, shard 1
+    assert [on_shards(guild, {0}, 2) for guild in (first, second)] == [True, False]
+    assert [on_shards(guild, {1}, 2) for guild in (first, second)] == [False, True]
+    assert on_shards(second, {0, 1}, 2) and on_shards(second, None, None)  # every shard, or unsharded

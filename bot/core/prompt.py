@@ -111,14 +111,24 @@ def build_prompt(persona: str, turns: Sequence[Turn], render: Render, budget: in
     return Prompt(rendered_from(start), first_turn=start, trimmed=trimmed)
 
 
-def with_quoted_reply(message: IncomingMessage) -> str:
-    """The new message's text as the model reads it: after what it replies to, where that is
-    someone else's message, on one line (so it cannot pass for a message of its own) and with
-    its mentions broken, as recalled text is."""
-    if not message.replied_text:
-        return message.content
-    quoted = neutralise_mentions(" ".join(message.replied_text.split()))
-    return f"(replying to {quoted})\n{message.content}"
+UNREAD_ATTACHMENTS = "[attached, not readable by the bot: {names}]"
+MOST_ATTACHMENTS_NAMED = 5
+
+
+def as_the_model_reads(message: IncomingMessage) -> str:
+    """The new message's text as the model reads it (the stored turn keeps the words alone):
+    after what it replies to, where that is someone else's message, on one line (so it cannot
+    pass for a message of its own) and with its mentions broken, as recalled text is; and
+    followed by the names of its files, so that the model does not answer as if it saw them."""
+    text = message.content
+    if message.replied_text:
+        quoted = neutralise_mentions(" ".join(message.replied_text.split()))
+        text = f"(replying to {quoted})\n{text}"
+    if message.attachment_names:
+        names = [*message.attachment_names[:MOST_ATTACHMENTS_NAMED],
+                 *(["..."] if len(message.attachment_names) > MOST_ATTACHMENTS_NAMED else [])]
+        text += "\n" + UNREAD_ATTACHMENTS.format(names=neutralise_mentions(", ".join(names)))
+    return text
 
 
 RECALL_HEADER = "Earlier in this channel (recalled; times in UTC):"

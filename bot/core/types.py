@@ -48,7 +48,9 @@ class IncomingMessage:
     # out of the cache, after a restart): that message's id. Whether it is one of the bot's
     # answers is for the service to look up in what it stored.
     replies_to_unknown: int | None = None
-    has_attachments: bool = False
+    # The names of the files and stickers it carries, which the bot cannot open: named to the
+    # model beside the text (for the prompt only, like replied_text).
+    attachment_names: tuple[str, ...] = ()
     # What it replies to, when that is someone else's message ('Mod: "Rules: no spam"', cut short):
     # the model needs it to know what "this" is. For the prompt only: the stored turn keeps the
     # person's own words, so a later delete of that message leaves nothing of it behind.
@@ -57,6 +59,10 @@ class IncomingMessage:
     @property
     def is_dm(self) -> bool:
         return self.guild_id is None
+
+    @property
+    def has_attachments(self) -> bool:
+        return bool(self.attachment_names)
 
 
 @dataclass(frozen=True)

@@ -97,16 +97,39 @@ class ChatBot(discord.Client):
                 await self._server_check
         await super().close()
 
-    async def _forget_servers_left_while_offline(self) -> None:
+    def my_shards(self) -> set[int] | None:
+        """The shards this process runs; None: it is not sharded, every server is its own."""
+        return None
+
+    def _start_server_check(self, shards: set[int] | None) -> None:
+        """After a new session: forget the servers, on `shards` (None: all), that removed the bot
+        while it was not listening. One check at a time."""
+        if self._server_check is None or self._server_check.done():
+            self._server_check = asyncio.create_task(self._check_servers_left_while_offline(shards))
+
+    async def _check_servers_left_while_offline(self, shards: set[int] | None) -> None:
+        try:
+            await self._forget_servers_left_while_offline(shards)
+        except Exception:  # a task nobody awaits: its failure would otherwise go unseen
+            log.exception("the check for servers that removed the bot while it was offline failed")
+
+    async def _forget_servers_left_while_offline(self, shards: set[int] | None) -> None:
         """Discord's list of the bot's servers: one that removed the bot while it was offline is not
-        in it, and no event will say so any more."""
+        in it, and no event will say so any more. Only servers on `shards` are candidates (another
+        process keeps the others), and only those stored before the list is read (one the bot
+        joins meanwhile is in neither)."""
+        candidates = {guild_id for guild_id in await self.service.stored_servers()
+                      if on_shards(guild_id, shards, self.shard_count)}
+        if not candidates:
+            return
         try:
             member_of = {guild.id async for guild in self.fetch_guilds(limit=None)}
         except POSTING_ERRORS as error:
             log.info("could not list the bot's servers (to forget those that removed it while it was "
                      "offline): %s", describe(error))
             return
-        await self.events.servers_listed(member_of, [guild.id for guild in self.guilds])
+        connected_to = [guild.id for guild in self.guilds if on_shards(guild.id, shards, self.shard_count)]
+        await self.events.servers_listed(candidates, member_of, connected_to)
 
     def invite_link(self) -> str:
         return discord.utils.oauth_url(self.application_id, permissions=INVITE_PERMISSIONS, scopes=INVITE_SCOPES)
@@ -136,8 +159,7 @@ class ChatBot(discord.Client):
                      self.user, self.invite_link())
         # Each READY starts a new session: what happened before it (while offline, or between
         # sessions) is not sent. A resumed session gets the events it missed, and no READY.
-        if self._server_check is None or self._server_check.done():
-            self._server_check = asyncio.create_task(self._forget_servers_left_while_offline())
+        self._start_server_check(self.my_shards())
 
     async def on_app_command_completion(self, interaction: discord.Interaction, _command: Any) -> None:
         log_command(interaction, "ok")  # failures are logged where they are reported (commands.py)
@@ -165,6 +187,11 @@ class ChatBot(discord.Client):
         await self._channel_deleted(event.thread_id, event.guild_id)
 
 
+def on_shards(guild_id: int, shards: set[int] | None, shard_count: int | None) -> bool:
+    """Whether a server is on one of `shards` (None: every server is), by Discord's rule."""
+    return shards is None or not shard_count or (guild_id >> 22) % shard_count in shards
+
+
 class ShardedChatBot(ChatBot, discord.AutoShardedClient):
     """The same bot over some of Discord's shards, so that several processes share the servers.
 
@@ -172,6 +199,15 @@ class ShardedChatBot(ChatBot, discord.AutoShardedClient):
     (guild_id >> 22) % shard_count and DMs on shard 0, so every channel's events reach one
     process, which keeps them in order as the unsharded bot does. The processes share only the
     database, and each writes only its own channels' rows."""
+
+    def my_shards(self) -> set[int] | None:
+        return set(self.shard_ids) if self.shard_ids is not None else set(range(self.shard_count or 1))
+
+    async def on_shard_ready(self, shard_id: int) -> None:
+        # Once every shard is up (on_ready, which checks them all), a shard's own new session is
+        # told only here: discord.py dispatches no second on_ready.
+        if self.is_ready():
+            self._start_server_check({shard_id})
 
 
 def shard_options(settings: DiscordSettings) -> dict[str, Any]:

@@ -17,9 +17,6 @@ from .mentions import MentionNames, readable_text
 # Put before a forwarded message's text, so that the model reads it as quoted, not as the
 # words of whoever passed it on.
 FORWARDED = "(forwarded) "
-# Put after the text of a message with files or stickers, which the model cannot see.
-UNREAD_ATTACHMENTS = "[attached, not readable by the bot: {names}]"
-MOST_ATTACHMENTS_NAMED = 5
 # How much of the message replied to the model is shown (a reply is mostly about its gist).
 QUOTED_CHARS = 300
 
@@ -37,7 +34,7 @@ def to_incoming(message: discord.Message, bot_user_id: int) -> IncomingMessage:
         mentions_bot=mentions_user(message, bot_user_id),
         replies_to_bot=replies_to_user(message, bot_user_id),
         replies_to_unknown=unseen_reply_target(message),
-        has_attachments=has_attachments(message),
+        attachment_names=tuple(attachment_names(message)),
         replied_text=quoted_reply(message, bot_user_id),
     )
 
@@ -67,19 +64,17 @@ def readable_content(message: discord.Message, bot_user_id: int) -> str:
     if not text and forwarded is not None:
         quoted = readable_text(forwarded.content, names)
         text = FORWARDED + quoted if quoted else ""
-    attached = attachment_names(message)
-    if text.strip() and attached:  # so that the model does not answer as if it had seen them
-        text += "\n" + UNREAD_ATTACHMENTS.format(names=", ".join(attached))
     return without_lone_surrogates(text)
 
 
 def attachment_names(message: discord.Message) -> list[str]:
-    """The files and stickers the message (or what it forwards) carries: the bot cannot open them."""
+    """The files and stickers the message (or what it forwards) carries: the bot cannot open them
+    (stickers are pictures too)."""
     forwarded = forwarded_message(message)
     shown = [part for part in (message, forwarded) if part is not None]
     names = [file.filename for part in shown for file in part.attachments]
     names += [f"sticker {sticker.name}" for part in shown for sticker in part.stickers]
-    return names[:MOST_ATTACHMENTS_NAMED] + (["..."] if len(names) > MOST_ATTACHMENTS_NAMED else [])
+    return [without_lone_surrogates(name) for name in names]
 
 
 def forwarded_message(message: discord.Message) -> discord.MessageSnapshot | None:
@@ -88,11 +83,6 @@ def forwarded_message(message: discord.Message) -> discord.MessageSnapshot | Non
     if reference is None or reference.type is not discord.MessageReferenceType.forward:
         return None
     return next(iter(message.message_snapshots), None)
-
-
-def has_attachments(message: discord.Message) -> bool:
-    """Stickers are pictures too: the bot cannot read them either. A forward's are in what it passes on."""
-    return bool(attachment_names(message))
 
 
 def mention_names(message: discord.Message, bot_user_id: int) -> MentionNames:

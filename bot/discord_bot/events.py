@@ -162,9 +162,10 @@ class DiscordEvents:
     async def messages_deleted(self, channel_id: int, message_ids: set[int]) -> None:
         await self.service.messages_deleted(channel_id, message_ids)
 
-    async def servers_listed(self, member_of: set[int], connected_to: Iterable[int]) -> None:
-        """Discord listed the bot's servers (`member_of`): the data of any other server goes, as on
-        removal. A list that lacks a server the bot is connected to is not trusted with that."""
+    async def servers_listed(self, candidates: set[int], member_of: set[int], connected_to: Iterable[int]) -> None:
+        """Discord listed the bot's servers (`member_of`): the data of each of `candidates` (servers
+        something is stored for) not in it goes, as on removal. A list that lacks a server the bot
+        is connected to is not trusted with that."""
         if not self.delete_data_on_guild_remove:
             return
         left_out = set(connected_to) - member_of
@@ -172,7 +173,7 @@ class DiscordEvents:
             log.warning("Discord's list of the bot's servers lacks %d it is connected to; no server's data "
                         "was deleted for not being in it", len(left_out))
             return
-        for guild_id, count in (await self.service.forget_servers_except(member_of)).items():
+        for guild_id, count in (await self.service.forget_servers(candidates - member_of)).items():
             log.info("server %s removed the bot while it was offline: deleted its settings and %d stored "
                      "message(s)", guild_id, count)
 

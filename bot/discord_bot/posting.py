@@ -30,8 +30,8 @@ NO_PINGS = discord.AllowedMentions.none()
 # (discord.RateLimited, past the client's max_ratelimit_timeout), or the network failing under it.
 POSTING_ERRORS = (discord.HTTPException, discord.RateLimited, aiohttp.ClientError, asyncio.TimeoutError)
 
-# A 429 discord.py did not wait out itself is waited out this many times, each wait at most
-# LONGEST_RATE_LIMIT_WAIT_S (the client's max_ratelimit_timeout, bot/discord_bot/client.py).
+# A 429 discord.py did not wait out itself is waited out up to this many times, the waits adding
+# up to at most LONGEST_RATE_LIMIT_WAIT_S (also the client's max_ratelimit_timeout, client.py).
 RATE_LIMIT_RETRIES = 3
 LONGEST_RATE_LIMIT_WAIT_S = 60.0
 
@@ -83,28 +83,33 @@ async def _post_rest(trigger: discord.Message, parts: list[str], posted: list[in
 
 
 async def patiently(send: Callable[[], Awaitable[Sent]]) -> Sent:
-    """`send()`, with a 429 waited out for as long as Discord says (its Retry-After header).
-    discord.py waits out a 429 itself only when it carries a `Via` header, and takes one without
-    for a Cloudflare ban; Discord documents a 429 by its body and headers alone, so a server
-    that answers without `Via` would otherwise lose the answer at its first rate limit. A 429
-    that names no wait (a real ban's page) is not retried."""
+    """`send()`, with a 429 that discord.py gave up on waited out for as long as Discord says.
+    discord.py waits out a 429 itself (up to 5 tries) only when it carries a `Via` header, and
+    takes one without for a Cloudflare ban; Discord documents a 429 by its JSON body and headers
+    alone, so a server that answers without `Via` would otherwise lose the answer at its first
+    rate limit. Only such a 429 (JSON, no `Via`, a wait named) is retried, and the waits add up
+    to at most LONGEST_RATE_LIMIT_WAIT_S: a ban's page, or a 429 discord.py already retried,
+    is not sent again (refused requests count towards Discord's ban)."""
+    waited = 0.0
     for attempt in range(RATE_LIMIT_RETRIES + 1):
         try:
             return await send()
         except discord.HTTPException as error:
             wait = retry_after(error)
-            if wait is None or wait > LONGEST_RATE_LIMIT_WAIT_S or attempt == RATE_LIMIT_RETRIES:
+            if wait is None or waited + wait > LONGEST_RATE_LIMIT_WAIT_S or attempt == RATE_LIMIT_RETRIES:
                 raise
             log.info("rate limited (HTTP 429): sending again in %.2f s", wait)
             await asyncio.sleep(wait)
+            waited += wait
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def retry_after(error: discord.HTTPException) -> float | None:
-    """Seconds Discord asks to wait before sending again, for a 429 that says (None: not one)."""
-    if error.status != 429:
-        return None
+    """Seconds to wait before sending again, for a 429 discord.py did not wait out itself (JSON,
+    without `Via`) and that names a wait; None for anything else."""
     headers = getattr(error.response, "headers", None) or {}
+    if error.status != 429 or "Via" in headers or not headers.get("Content-Type", "").startswith("application/json"):
+        return None
     for name in ("X-RateLimit-Reset-After", "Retry-After"):  # the first is the finer-grained
         try:
             return max(0.0, float(headers[name]))

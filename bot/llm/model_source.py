@@ -46,7 +46,7 @@ def locate_model(name: str, *, environ: dict[str, str] | None = None) -> ModelSo
         from huggingface_hub.constants import HF_HUB_CACHE
 
         log.info('The model "%s" is not on this machine yet: downloading it from the Hugging Face hub into %s '
-                 "(SmolLM3-3B is about 6 GB: minutes on a first start).", name, HF_HUB_CACHE)
+                 "(a model of a few GB takes minutes; this happens once).", name, HF_HUB_CACHE)
     return ModelSource(name, local_files_only=False)
 
 
