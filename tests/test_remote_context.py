@@ -9,12 +9,16 @@ really gets). The bot's side is real: settings, load_model, the HTTP requests, /
 """
 
 import asyncio
+import logging
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
+import pytest
 from aiohttp import web
 
+from bot.llm import remote_setup
 from bot.llm.loading import load_model
+from bot.llm.model_source import ModelLoadError
 from bot.llm.remote_setup import FALLBACK_CONTEXT_TOKENS
 from bot.llm.server_kind import ServerKind
 from bot.service import ChatService
@@ -92,3 +96,35 @@ async def test_a_server_that_says_nothing_or_cannot_be_reached_gets_the_fallback
     assert silent.context_tokens == unreachable.context_tokens == FALLBACK_CONTEXT_TOKENS
     status = await ChatService(store, silent, settings).status()
     assert "(4,096 tokens of context, a guess: the server does not say; set [model] context_tokens)" in status
+
+
+async def test_a_server_still_loading_its_model_is_waited_for_then_read_right(tmp_path, monkeypatch, caplog):
+    """llama-server and Ollama answer 503 to everything while they load: read then, the server
+    would pass for an unknown one with a guessed context for the bot's whole life."""
+    monkeypatch.setattr(remote_setup, "LOADING_POLL_S", 0.01)
+    asked = []
+
+    async def models(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        if len(asked) <= 3:
+            return web.json_response({"error": {"message": "Loading model", "code": 503}}, status=503)
+        return web.json_response(VLLM_MODELS)
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    async with stub_server(app) as base_url:
+        with caplog.at_level(logging.INFO, logger="bot.llm.remote_setup"):
+            model = await remote_model(tmp_path, base_url)
+    assert model.server is ServerKind.VLLM and model.context_tokens == 32768
+    assert any("still loading its model" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_refused_api_key_stops_the_start_with_a_sentence(tmp_path):
+    async def refuse(_request: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": "Incorrect API key provided"}}, status=401)
+
+    app = web.Application()
+    app.router.add_get("/v1/models", refuse)
+    async with stub_server(app) as base_url:
+        with pytest.raises(ModelLoadError, match=r"refused the API key \(HTTP 401\): set OPENAI_API_KEY"):
+            await remote_model(tmp_path, base_url)

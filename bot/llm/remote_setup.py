@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 from ..config import ConfigError, ModelSettings
 from . import embedded
 from .adapters import Adapters, find_adapters
+from .model_source import ModelLoadError
 from .openai_backend import OpenAICompatibleModel
 from .remote_counting import RemoteTokenCounter, ServerCounting
 from .server_kind import ServerApi, ServerKind, server_facts
@@ -19,6 +21,8 @@ log = logging.getLogger(__name__)
 
 API_KEY_VARIABLES = ("BOT_MODEL_API_KEY", "OPENAI_API_KEY")
 FALLBACK_CONTEXT_TOKENS = 4096  # when neither the setting, the server nor a local config says
+LOADING_WAIT_S = 600.0  # how long a server still loading its model (HTTP 503) is waited for at start
+LOADING_POLL_S = 2.0
 
 
 def load_openai_model(settings: ModelSettings) -> OpenAICompatibleModel:
@@ -27,6 +31,7 @@ def load_openai_model(settings: ModelSettings) -> OpenAICompatibleModel:
         raise ConfigError('[model] backend = "openai" needs base_url, e.g. "http://127.0.0.1:8000/v1".')
     api_key = api_key_from_environment()
     api = ServerApi(settings.base_url, api_key)
+    wait_while_loading(api, settings.base_url)
     facts = server_facts(api, settings.name, settings.server)
     local_source = _local_model_source(settings.name)
     context, source = _context_length(settings, facts.context_tokens, local_source)
@@ -45,6 +50,27 @@ def load_openai_model(settings: ModelSettings) -> OpenAICompatibleModel:
                                  timeout_s=settings.generation_timeout, api_key=api_key,
                                  send_repetition_penalty=settings.send_repetition_penalty, adapters=adapters,
                                  server=facts.kind, context_source=source)
+
+
+def wait_while_loading(api: ServerApi, base_url: str, wait_s: float = LOADING_WAIT_S) -> None:
+    """A server still loading its model answers 503 to everything (llama-server, Ollama), so what
+    it is and its context would be read wrong for the bot's whole life: it is waited for, up to
+    `wait_s`, with a line saying so. A refused API key stops the start with a sentence. A server
+    that cannot be reached is not waited for: each reply says so, until it can."""
+    deadline = time.monotonic() + wait_s
+    status = api.status("/v1/models")
+    if status == 503:
+        log.info("The model server at %s is still loading its model (HTTP 503): waiting for it, up to %.0f s.",
+                 base_url, wait_s)
+    while status == 503 and time.monotonic() < deadline:
+        time.sleep(LOADING_POLL_S)
+        status = api.status("/v1/models")
+    if status in (401, 403):
+        raise ModelLoadError(f"The model server at {base_url} refused the API key (HTTP {status}): set "
+                             "OPENAI_API_KEY (or BOT_MODEL_API_KEY) to a key it accepts.")
+    if status == 503:
+        log.warning("The model server at %s was still loading after %.0f s: starting anyway; what it is and "
+                    "its context length are guessed (see the next line).", base_url, wait_s)
 
 
 def _context_length(settings: ModelSettings, served: int, local_source: str | Path) -> tuple[int, str]:

@@ -199,6 +199,17 @@ class ServerApi:
     def get_json(self, path: str) -> object:
         return self._ask(urllib.request.Request(self.root + path, headers=self._headers))
 
+    def status(self, path: str) -> int | None:
+        """The HTTP status of GET `path`; None when the server cannot be reached."""
+        try:
+            with urllib.request.urlopen(urllib.request.Request(self.root + path, headers=self._headers),
+                                        timeout=SERVER_INFO_TIMEOUT_S) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+        except OSError:
+            return None
+
     def post_json(self, path: str, body: dict, keep_error: bool = False) -> object:
         """`keep_error`: an HTTP error's JSON body is the answer (else None)."""
         request = urllib.request.Request(self.root + path, data=json.dumps(body).encode(), method="POST",
