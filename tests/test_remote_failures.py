@@ -79,6 +79,16 @@ async def service_on(base_url: str, store, settings, context_tokens: int = 4096,
     return ChatService(store, model, settings), model
 
 
+async def replies_to(play, store, settings, *texts: str) -> tuple[list, PlayedServer]:
+    """Each text asked in turn, in one channel, of a chat service on a PlayedServer playing `play`."""
+    server = PlayedServer(play)
+    async with stub_server(server.app()) as base_url:
+        service, model = await service_on(base_url, store, settings)
+        replies = [await service.reply(said(text)) for text in texts]
+        await model.aclose()
+    return replies, server
+
+
 async def test_a_kept_alive_connection_the_server_closed_is_retried_once_on_a_fresh_one(store, settings):
     server = PlayedServer(lambda number, body: ([], "drop before answering") if number == 1 else whole("Hello there"))
     async with stub_server(server.app()) as base_url:
@@ -105,17 +115,12 @@ async def test_a_server_that_dies_mid_answer_leaves_the_answer_cut_short_and_the
             return [chunk("Once "), chunk("upon "), chunk("a ")], "drop"
         return whole("Still here")
 
-    server = PlayedServer(play)
-    async with stub_server(server.app()) as base_url:
-        service, model = await service_on(base_url, store, settings)
-        cut = await service.reply(said("tell me a story"))
-        after = await service.reply(said("are you there?"))
-        await model.aclose()
+    (cut, after), _ = await replies_to(play, store, settings, "tell me a story", "are you there?")
     assert cut.ok and cut.text == "Once upon a" and messages.CUT_SHORT_SERVER in cut.notes
     assert after.ok and after.text == "Still here"
     assert await stored(store) == [("user", "tell me a story"), ("assistant", "Once upon a"),
                                    ("user", "are you there?"), ("assistant", "Still here")]
-    assert [turn.cut_short for turn in await service.history(10)] == [None, "interrupted", None, None]
+    assert [turn.cut_short for turn in await store.recent_turns(10, 10)] == [None, "interrupted", None, None]
 
 
 async def test_a_stream_that_ends_without_a_finish_reason_is_cut_short(store, settings):
@@ -280,14 +285,10 @@ OPENAI_FIXED_TEMPERATURE = (400, {"error": {
 
 
 async def test_fields_a_server_refuses_are_left_out_from_then_on_with_one_warning_each(store, settings, caplog):
-    server = PlayedServer(refusing({"chat_template_kwargs": OPENAI_UNKNOWN, "repetition_penalty": GROQ_UNKNOWN,
-                                    "max_tokens": OPENAI_NO_MAX_TOKENS, "temperature": OPENAI_FIXED_TEMPERATURE}))
-    async with stub_server(server.app()) as base_url:
-        service, model = await service_on(base_url, store, settings)
-        with caplog.at_level(logging.WARNING, logger="bot.llm.openai_backend"):
-            first = await service.reply(said("hello"))
-            second = await service.reply(said("and again"))
-        await model.aclose()
+    play = refusing({"chat_template_kwargs": OPENAI_UNKNOWN, "repetition_penalty": GROQ_UNKNOWN,
+                     "max_tokens": OPENAI_NO_MAX_TOKENS, "temperature": OPENAI_FIXED_TEMPERATURE})
+    with caplog.at_level(logging.WARNING, logger="bot.llm.openai_backend"):
+        (first, second), server = await replies_to(play, store, settings, "hello", "and again")
     assert first.ok and first.text == "Plain answer" and second.ok
     last = server.bodies[-1]
     assert last["max_completion_tokens"] == settings.generation.max_new_tokens
@@ -329,12 +330,7 @@ async def test_a_busy_or_loading_server_is_asked_again_once_after_the_wait_it_na
                                      headers={"Retry-After": "0"})
         return whole("Ready now")
 
-    server = PlayedServer(play)
-    async with stub_server(server.app()) as base_url:
-        service, model = await service_on(base_url, store, settings)
-        after_loading = await service.reply(said("hello"))
-        still_busy = await service.reply(said("and again"))
-        await model.aclose()
+    (after_loading, still_busy), server = await replies_to(play, store, settings, "hello", "and again")
     assert after_loading.ok and after_loading.text == "Ready now"
     assert not still_busy.ok and "busy right now" in still_busy.text  # asked again once, then told
     assert len(server.bodies) == 4
@@ -346,21 +342,14 @@ async def test_a_model_that_only_thinks_says_so_instead_of_an_empty_answer(store
         done = {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}
         return [f"data: {json.dumps(thought)}\n\n".encode() * 3, f"data: {json.dumps(done)}\n\n".encode()], "finish"
 
-    server = PlayedServer(play)
-    async with stub_server(server.app()) as base_url:
-        service, model = await service_on(base_url, store, settings)
-        reply = await service.reply(said("what is 2+2?"))
-        await model.aclose()
+    (reply,), _ = await replies_to(play, store, settings, "what is 2+2?")
     assert not reply.ok and "spent its whole allowance thinking" in reply.text
 
 
 async def test_a_whole_document_instead_of_a_stream_is_an_error_not_a_prompt_too_long(store, settings):
     """A proxy's page or an error sent as 200 JSON read as an empty stream, which llama-cpp-python
     sends for a prompt too long: the message would have been refused and dropped."""
-    server = PlayedServer(lambda number, body: web.json_response({"error": "upstream timed out"}))
-    async with stub_server(server.app()) as base_url:
-        service, model = await service_on(base_url, store, settings)
-        reply = await service.reply(said("hello"))
-        await model.aclose()
+    (reply,), _ = await replies_to(lambda number, body: web.json_response({"error": "upstream timed out"}),
+                                   store, settings, "hello")
     assert not reply.ok and "application/json instead of a stream" in reply.text and "upstream timed out" in reply.text
     assert await stored(store) == [("user", "hello")]  # kept: the server failed, not the message
