@@ -353,3 +353,13 @@ async def test_a_whole_document_instead_of_a_stream_is_an_error_not_a_prompt_too
                                    store, settings, "hello")
     assert not reply.ok and "application/json instead of a stream" in reply.text and "upstream timed out" in reply.text
     assert await stored(store) == [("user", "hello")]  # kept: the server failed, not the message
+
+
+async def test_a_server_that_does_not_stream_gets_its_whole_answer_read(store, settings):
+    """Some servers (and proxies) ignore "stream": true and send the whole chat completion."""
+    completion = {"id": "c1", "object": "chat.completion", "usage": {"prompt_tokens": 12},
+                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "All at once"},
+                               "finish_reason": "stop"}]}
+    (reply,), _ = await replies_to(lambda number, body: web.json_response(completion), store, settings, "hello")
+    assert reply.ok and reply.text == "All at once"
+    assert await stored(store) == [("user", "hello"), ("assistant", "All at once")]

@@ -173,8 +173,8 @@ class OpenAICompatibleModel(ChatModel):
         try:
             async with self._post(body, fresh=fresh) as response:
                 await _raise_for_status(response, body)
-                await _refuse_a_plain_answer(response)
-                async for chunk in _chunks(response, deadline):
+                whole = await _whole_document(response)
+                async for chunk in (_chunks(response, deadline) if whole is None else _just(whole)):
                     delta, finish, usage = _parts_of(chunk)
                     if usage is not None:
                         self.counter.server_counted(messages, usage)
@@ -315,16 +315,32 @@ def _error_code(text: str) -> object:
     return error.get("code") if isinstance(error, dict) else None
 
 
-async def _refuse_a_plain_answer(response: aiohttp.ClientResponse) -> None:
-    """A 200 that is a whole document, not a stream (a proxy's page, an error as JSON): its text
-    is the error. Without this it would read as an empty stream, which llama-cpp-python sends
-    for a prompt too long, and the message would be refused as too long."""
+async def _whole_document(response: aiohttp.ClientResponse) -> dict | None:
+    """A 200 that is a whole document, not a stream: a server that does not stream sends its
+    whole chat completion (returned as one chunk of the stream it would have sent); anything
+    else (a proxy's page, an error as JSON) is the error. Without this it would read as an empty
+    stream, which llama-cpp-python sends for a prompt too long, and the message would be
+    refused as too long. None: it is a stream."""
     if response.content_type not in ("application/json", "text/html"):
-        return
-    detail = _server_message(await response.text())
+        return None
+    text = await response.text()
+    try:
+        document = json.loads(text)
+        choice = document["choices"][0]
+        content = choice["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        content = None
+    if isinstance(content, str):
+        return {"choices": [{"delta": {"content": content}, "finish_reason": choice.get("finish_reason") or "stop"}],
+                "usage": document.get("usage")}
+    detail = _server_message(text)
     log.warning("the model server answered with %s instead of a stream: %s", response.content_type, detail)
     raise GenerationFailed(f"The model server sent no answer ({response.content_type} instead of a stream): "
                            f"{detail}. Check [model] base_url.")
+
+
+async def _just(chunk: dict) -> AsyncIterator[dict]:
+    yield chunk
 
 
 def _server_message(text: str) -> str:
