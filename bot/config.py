@@ -58,7 +58,7 @@ class ModelSettings:
     base_url: str = setting("", 'the server\'s API root for backend = "openai", e.g. "http://127.0.0.1:8000/v1"')
     server: str = setting("auto", 'which OpenAI-compatible server base_url is, for the fields it reads and how it '
                           'counts tokens; "auto" asks the server', choices=("auto", "vllm", "sglang", "llama.cpp",
-                                                           "llama-cpp-python", "transformers", "openai"))
+                                                           "llama-cpp-python", "transformers", "ollama", "openai"))
     send_repetition_penalty: bool = setting(True, "send the repetition penalty to the server, under the name that "
                                             "server reads (none for `transformers serve`, which refuses it)")
     adapter: str = setting("", "a LoRA adapter folder (peft layout) used for every reply unless a server picks "

@@ -128,3 +128,22 @@ async def test_a_refused_api_key_stops_the_start_with_a_sentence(tmp_path):
     async with stub_server(app) as base_url:
         with pytest.raises(ModelLoadError, match=r"refused the API key \(HTTP 401\): set OPENAI_API_KEY"):
             await remote_model(tmp_path, base_url)
+
+
+OLLAMA_MODELS = {"object": "list", "data": [
+    {"id": "qwen3:4b", "object": "model", "created": 1735142223, "owned_by": "library"}]}
+
+
+async def test_ollama_is_recognised_and_what_it_cannot_take_is_said_at_start(tmp_path, caplog):
+    """Ollama's /v1 reads no repetition penalty and no chat_template_kwargs (it ignores them
+    without a word), and cuts a prompt past its num_ctx silently: all said at start."""
+    routes = {"/v1/models": OLLAMA_MODELS, "/api/version": {"version": "0.6.2"}}
+    async with model_server(routes) as base_url:
+        with caplog.at_level(logging.WARNING, logger="bot.llm.remote_setup"):
+            model = await remote_model(tmp_path, base_url, thinking=True)
+    assert model.server is ServerKind.OLLAMA
+    body = model.request_body([{"role": "user", "content": "hi"}], settings_for(tmp_path / "x.db").generation)
+    assert not {"repetition_penalty", "repeat_penalty", "chat_template_kwargs"} & set(body)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "takes no repetition penalty" in said and "cannot be told to think" in said
+    assert "Ollama cuts a prompt longer than the context" in said

@@ -94,6 +94,10 @@ def _tell_what_is_lost(kind: ServerKind, settings: ModelSettings) -> None:
     if settings.thinking and not kind.takes_template_arguments:
         log.warning("The %s server cannot be told to think (chat_template_kwargs): [model] thinking is not "
                     "applied; start the server with a chat template that thinks, if you want it.", kind.value)
+    if kind is ServerKind.OLLAMA and not settings.context_tokens:
+        log.warning("Ollama cuts a prompt longer than the context it runs a model with (its num_ctx, "
+                    "OLLAMA_CONTEXT_LENGTH) without an error, and does not say what that is: set [model] "
+                    "context_tokens to it, or older turns may be lost without the note that says so.")
 
 
 def served_adapters(settings: ModelSettings) -> Adapters:

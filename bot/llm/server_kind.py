@@ -28,6 +28,7 @@ class ServerKind(Enum):
     LLAMA_CPP = "llama.cpp"  # llama.cpp's own C++ server, llama-server
     LLAMA_CPP_PYTHON = "llama-cpp-python"  # the server of the llama-cpp-python package
     TRANSFORMERS = "transformers"  # `transformers serve`
+    OLLAMA = "ollama"  # Ollama's OpenAI-compatible API (/v1)
     OTHER = "openai"  # any other OpenAI-compatible server: only the API's own fields are certain
 
     @property
@@ -37,6 +38,8 @@ class ServerKind(Enum):
             return "repeat_penalty"
         if self is ServerKind.TRANSFORMERS:
             return None  # it refuses unknown fields
+        if self is ServerKind.OLLAMA:
+            return None  # its /v1 reads frequency_penalty and presence_penalty only, and ignores the rest
         return "repetition_penalty"  # vLLM, SGLang, and the most common name elsewhere
 
     @property
@@ -47,7 +50,7 @@ class ServerKind(Enum):
     @property
     def takes_template_arguments(self) -> bool:
         """It passes chat_template_kwargs (SmolLM3's enable_thinking) to the chat template."""
-        return self is not ServerKind.LLAMA_CPP_PYTHON
+        return self not in (ServerKind.LLAMA_CPP_PYTHON, ServerKind.OLLAMA)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,9 @@ def _detect(api: "ServerApi", entry: dict, props: object) -> ServerKind:
         return ServerKind.LLAMA_CPP_PYTHON
     if "/load_model" in (schema.get("paths") or {}):  # `transformers serve` (its title is FastAPI's default)
         return ServerKind.TRANSFORMERS
+    version = api.get_json("/api/version")  # Ollama's own API, beside its /v1
+    if owner == "library" or (isinstance(version, dict) and set(version) == {"version"}):
+        return ServerKind.OLLAMA
     return ServerKind.OTHER
 
 
