@@ -408,19 +408,23 @@ def _chunk(data: str) -> dict:
     return chunk
 
 
+def _first_choice(chunk: dict) -> dict:
+    """The chunk's first choice ({} in a usage-only chunk, whose choices are empty or null)."""
+    choices = chunk.get("choices") or [{}]
+    return choices[0] if isinstance(choices[0], dict) else {}
+
+
 def _thinks(chunk: dict) -> bool:
     """Whether the chunk carries thought, which servers that split it off send apart from the
     answer (vLLM, llama-server, LM Studio: reasoning_content; Ollama, OpenRouter: reasoning)."""
-    choices = chunk.get("choices") or [{}]
-    delta = (choices[0] if isinstance(choices[0], dict) else {}).get("delta") or {}
+    delta = _first_choice(chunk).get("delta") or {}
     return isinstance(delta, dict) and bool(delta.get("reasoning_content") or delta.get("reasoning"))
 
 
 def _parts_of(chunk: dict) -> tuple[str, bool, int | None]:
     """A chunk's text, whether it says the answer is finished, and the prompt's token count if
     it reports one (the last chunk, with stream_options.include_usage)."""
-    choices = chunk.get("choices") or [{}]
-    choice = choices[0] if isinstance(choices[0], dict) else {}
+    choice = _first_choice(chunk)
     usage = chunk.get("usage")
     prompt_tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
     return ((choice.get("delta") or {}).get("content") or "", bool(choice.get("finish_reason")),

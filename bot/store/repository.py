@@ -23,6 +23,10 @@ from .models import (AnswerPart, AnswerPersona, AuditEntry, ChannelPersona, Chan
 
 log = logging.getLogger(__name__)
 
+# The tables, beside the turns, that hold something of a server, by its guild_id: what a server's
+# removal deletes, and where a server is found to have something stored.
+SERVER_SETTINGS = (ChannelSettings, ChannelPersona, GuildSettings, ThreadParent)
+
 
 @dataclass(frozen=True)
 class Erased:
@@ -253,7 +257,7 @@ class Store:
         """Every server something is stored for: turns, settings, personas, thread notes."""
         async with self._sessions() as session:
             found: set[int] = set()
-            for table in (Message, ChannelSettings, ChannelPersona, GuildSettings, ThreadParent):
+            for table in (Message, *SERVER_SETTINGS):
                 found.update(await session.scalars(
                     select(table.guild_id).where(table.guild_id.is_not(None)).distinct()))
         return found
@@ -262,8 +266,7 @@ class Store:
         """Forget a server: its turns, its settings, its channels' settings and personas, and
         the persona texts no stored answer was written under any more."""
         async with self._sessions.begin() as session:
-            count = await self._delete_where(session, Message.guild_id == guild_id,
-                                             (ChannelSettings, ChannelPersona, GuildSettings, ThreadParent),
+            count = await self._delete_where(session, Message.guild_id == guild_id, SERVER_SETTINGS,
                                              lambda table: table.guild_id == guild_id)
         return count
 
