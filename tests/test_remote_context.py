@@ -147,3 +147,77 @@ async def test_ollama_is_recognised_and_what_it_cannot_take_is_said_at_start(tmp
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "takes no repetition penalty" in said and "cannot be told to think" in said
     assert "Ollama cuts a prompt longer than the context" in said
+
+
+def ollama_app(shown_parameters: str, running_context: int, loads: list) -> web.Application:
+    """Ollama's own API beside its /v1, as its documentation gives it: /api/show's `parameters`
+    (the Modelfile's, one "name value" a line), /api/ps listing the loaded models with the context
+    each runs with, and /api/generate with no prompt loading a model."""
+    loaded: list[dict] = []
+
+    async def show(request: web.Request) -> web.Response:
+        assert (await request.json())["model"] == "qwen3:4b"
+        return web.json_response({"parameters": shown_parameters, "template": "{{ .Prompt }}",
+                                  "details": {"family": "qwen3"}})
+
+    async def generate(request: web.Request) -> web.Response:
+        body = await request.json()
+        loads.append(body)
+        loaded.append({"name": body["model"], "model": body["model"], "size": 3_340_000_000,
+                       "context_length": running_context, "expires_at": "2026-12-01T09:00:00Z"})
+        return web.json_response({"model": body["model"], "response": "", "done": True, "done_reason": "load"})
+
+    async def running(_request: web.Request) -> web.Response:
+        return web.json_response({"models": loaded})
+
+    async def models(_request: web.Request) -> web.Response:
+        return web.json_response(OLLAMA_MODELS)
+
+    async def version(_request: web.Request) -> web.Response:
+        return web.json_response({"version": "0.13.0"})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/api/version", version)
+    app.router.add_post("/api/show", show)
+    app.router.add_post("/api/generate", generate)
+    app.router.add_get("/api/ps", running)
+    return app
+
+
+async def ollama_model(tmp_path, app: web.Application, caplog, **model):
+    async with stub_server(app) as base_url:
+        with caplog.at_level(logging.INFO, logger="bot.llm"):
+            settings = settings_for(tmp_path / "bot.db").with_overrides(
+                "model", backend="openai", base_url=base_url, name="qwen3:4b", **model)
+            return await asyncio.to_thread(load_model, settings)
+
+
+# /api/show's parameters as Ollama writes them: each name padded to a column.
+SHOWN_PARAMETERS = 'num_ctx                        8192\nstop                           "<|im_end|>"\ntemperature                    0.6'
+
+
+async def test_ollama_context_set_in_the_modelfile_is_read_from_api_show(tmp_path, caplog):
+    loads: list = []
+    model = await ollama_model(tmp_path, ollama_app(SHOWN_PARAMETERS, 4096, loads),
+                               caplog)
+    assert model.context_tokens == 8192 and model.abilities.context_source == "as the server reports"
+    assert loads == []  # nothing loaded just to ask
+    assert "cuts a prompt longer" not in caplog.text
+
+
+async def test_ollama_default_context_is_read_from_the_loaded_model(tmp_path, caplog):
+    """Without num_ctx in the Modelfile, each request gets the server's default (its
+    OLLAMA_CONTEXT_LENGTH or one chosen by GPU memory), which only /api/ps says, of a model
+    loaded: the bot loads it at start, as the first reply would have."""
+    loads: list = []
+    model = await ollama_model(tmp_path, ollama_app("stop \"<|im_end|>\"", 32768, loads), caplog)
+    assert model.context_tokens == 32768
+    assert [load["model"] for load in loads] == ["qwen3:4b"] and "prompt" not in loads[0]
+    assert "Ollama is loading qwen3:4b" in caplog.text and "cuts a prompt longer" not in caplog.text
+
+
+async def test_a_context_setting_above_what_ollama_runs_is_warned_of(tmp_path, caplog):
+    model = await ollama_model(tmp_path, ollama_app("num_ctx 4096", 4096, []), caplog, context_tokens=16384)
+    assert model.context_tokens == 16384  # the operator's word stands, with the warning
+    assert "context_tokens = 16384 is more than the 4096 tokens Ollama runs qwen3:4b with" in caplog.text

@@ -15,7 +15,7 @@ from .adapters import Adapters, find_adapters
 from .model_source import ModelLoadError
 from .openai_backend import OpenAICompatibleModel
 from .remote_counting import RemoteTokenCounter, ServerCounting
-from .server_kind import ServerApi, ServerKind, server_facts
+from .server_kind import ServerApi, ServerFacts, ServerKind, server_facts
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def load_openai_model(settings: ModelSettings) -> OpenAICompatibleModel:
     context, source = _context_length(settings, facts.context_tokens, local_source)
     counter = RemoteTokenCounter(settings.thinking, _local_tokenizer(local_source),
                                  ServerCounting.for_server(api, facts.kind, settings.name))
-    _tell_what_is_lost(facts.kind, settings)
+    _tell_what_is_lost(facts, settings)
     if not counter.exact:
         log.warning("Prompt token counts for %s are approximate (%s): the window is kept on the safe side.",
                     settings.name, counter.method)
@@ -86,18 +86,25 @@ def _context_length(settings: ModelSettings, served: int, local_source: str | Pa
     return FALLBACK_CONTEXT_TOKENS, "a guess: the server does not say; set [model] context_tokens"
 
 
-def _tell_what_is_lost(kind: ServerKind, settings: ModelSettings) -> None:
+def _tell_what_is_lost(facts: ServerFacts, settings: ModelSettings) -> None:
     """The operator hears at start about a setting the server cannot be given."""
+    kind = facts.kind
     if kind.penalty_field is None and settings.send_repetition_penalty:
         log.warning("The %s server takes no repetition penalty: generation.repetition_penalty is not applied.",
                     kind.value)
     if settings.thinking and not kind.takes_template_arguments:
         log.warning("The %s server cannot be told to think (chat_template_kwargs): [model] thinking is not "
                     "applied; start the server with a chat template that thinks, if you want it.", kind.value)
-    if kind is ServerKind.OLLAMA and not settings.context_tokens:
+    if kind is ServerKind.OLLAMA and not (settings.context_tokens or facts.context_tokens):
         log.warning("Ollama cuts a prompt longer than the context it runs a model with (its num_ctx, "
-                    "OLLAMA_CONTEXT_LENGTH) without an error, and does not say what that is: set [model] "
-                    "context_tokens to it, or older turns may be lost without the note that says so.")
+                    "OLLAMA_CONTEXT_LENGTH) without an error, and did not say what that is (its /api/ps "
+                    "does in releases since July 2025): set [model] context_tokens to it, or older turns may be lost "
+                    "without the note that says so.")
+    if kind is ServerKind.OLLAMA and settings.context_tokens > facts.context_tokens > 0:
+        log.warning("[model] context_tokens = %d is more than the %d tokens Ollama runs %s with: it cuts a "
+                    "longer prompt without an error, so older turns may be lost without the note that says "
+                    "so. Set context_tokens to %d or less, or give the model a larger num_ctx.",
+                    settings.context_tokens, facts.context_tokens, settings.name, facts.context_tokens)
 
 
 def served_adapters(settings: ModelSettings) -> Adapters:

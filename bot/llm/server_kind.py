@@ -68,7 +68,7 @@ def server_facts(api: "ServerApi", model_name: str, setting: str = "auto") -> Se
     entry = _model_entry(entries if isinstance(entries, list) else [], model_name)
     props = api.get_json("/props")
     kind = ServerKind(setting) if setting != "auto" else _detect(api, entry, props)
-    return ServerFacts(kind, _context_length(api, kind, entry, props))
+    return ServerFacts(kind, _context_length(api, kind, entry, props, model_name))
 
 
 def _detect(api: "ServerApi", entry: dict, props: object) -> ServerKind:
@@ -92,10 +92,11 @@ def _detect(api: "ServerApi", entry: dict, props: object) -> ServerKind:
     return ServerKind.OTHER
 
 
-def _context_length(api: "ServerApi", kind: ServerKind, entry: dict, props: object) -> int:
+def _context_length(api: "ServerApi", kind: ServerKind, entry: dict, props: object, model_name: str) -> int:
     """vLLM and SGLang: `max_model_len` in the model's /v1/models entry. llama-server: a slot's
     `n_ctx` (in /props, else /slots); its /models entry's n_ctx_train is what the model was
-    trained for, which the server may not have allotted. The others do not say."""
+    trained for, which the server may not have allotted. Ollama: see `_ollama_context`. The
+    others do not say."""
     if length := _length_in(entry, "max_model_len"):
         return length
     if kind is ServerKind.LLAMA_CPP:
@@ -106,6 +107,49 @@ def _context_length(api: "ServerApi", kind: ServerKind, entry: dict, props: obje
         return _length_in(slots[0] if isinstance(slots, list) and slots else None, "n_ctx")
     if kind is ServerKind.LLAMA_CPP_PYTHON:
         return _context_from_refusal(api)
+    if kind is ServerKind.OLLAMA:
+        return _ollama_context(api, model_name)
+    return 0
+
+
+OLLAMA_LOAD_TIMEOUT_S = 300  # loading a model of several GB from disk, once at start
+
+
+def _ollama_context(api: "ServerApi", model_name: str) -> int:
+    """The context Ollama runs the model with, which its /v1 cannot be told and past which it cuts
+    a prompt without a word: a `num_ctx` the Modelfile sets (in /api/show's parameters) is what
+    every request gets; else the server's default (OLLAMA_CONTEXT_LENGTH, or one chosen from the
+    GPU's memory), which only /api/ps tells (`context_length`, in releases since July 2025), of a
+    loaded model. So a model not loaded yet is loaded (a generate request with no prompt only
+    loads it), as the first reply would have done anyway."""
+    shown = api.post_json("/api/show", {"model": model_name})
+    if set_in_modelfile := _num_ctx(shown.get("parameters") if isinstance(shown, dict) else None):
+        return set_in_modelfile
+    if loaded := _ollama_loaded_context(api, model_name):
+        return loaded
+    log.info("Ollama is loading %s, to read the context it runs it with.", model_name)
+    api.post_json("/api/generate", {"model": model_name, "stream": False}, timeout_s=OLLAMA_LOAD_TIMEOUT_S)
+    return _ollama_loaded_context(api, model_name)
+
+
+def _num_ctx(parameters: object) -> int:
+    """`num_ctx` in /api/show's parameters, one "name value" a line ("num_ctx 8192"); 0 if unset."""
+    for line in parameters.splitlines() if isinstance(parameters, str) else ():
+        name, _, value = line.strip().partition(" ")
+        if name == "num_ctx" and value.strip().isdigit():
+            return int(value.strip())
+    return 0
+
+
+def _ollama_loaded_context(api: "ServerApi", model_name: str) -> int:
+    """The model's `context_length` in /api/ps, which lists the models loaded now. A name without
+    a tag is Ollama's ":latest"."""
+    names = {model_name, model_name if ":" in model_name else f"{model_name}:latest"}
+    running = api.get_json("/api/ps")
+    models = running.get("models") if isinstance(running, dict) else None
+    for model in models if isinstance(models, list) else ():
+        if isinstance(model, dict) and names & {model.get("name"), model.get("model")}:
+            return _length_in(model, "context_length")
     return 0
 
 
@@ -216,15 +260,17 @@ class ServerApi:
         except OSError:
             return None
 
-    def post_json(self, path: str, body: dict, keep_error: bool = False) -> object:
+    def post_json(self, path: str, body: dict, keep_error: bool = False,
+                  timeout_s: float = SERVER_INFO_TIMEOUT_S) -> object:
         """`keep_error`: an HTTP error's JSON body is the answer (else None)."""
         request = urllib.request.Request(self.root + path, data=json.dumps(body).encode(), method="POST",
                                          headers={**self._headers, "Content-Type": "application/json"})
-        return self._ask(request, keep_error)
+        return self._ask(request, keep_error, timeout_s)
 
-    def _ask(self, request: urllib.request.Request, keep_error: bool = False) -> object:
+    def _ask(self, request: urllib.request.Request, keep_error: bool = False,
+             timeout_s: float = SERVER_INFO_TIMEOUT_S) -> object:
         try:
-            with urllib.request.urlopen(request, timeout=SERVER_INFO_TIMEOUT_S) as response:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as error:
             if keep_error:
