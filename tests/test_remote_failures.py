@@ -9,6 +9,7 @@ all real: the backend, the chat service, a SQLite file.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -16,12 +17,16 @@ import pytest
 from aiohttp import web
 
 from bot import messages
+from bot.llm.loading import load_model
 from bot.llm.openai_backend import OpenAICompatibleModel
 from bot.llm.remote_counting import RemoteTokenCounter, estimate_text_tokens, estimate_tokens
+from bot.llm.remote_setup import FALLBACK_CONTEXT_TOKENS
 from bot.llm.server_kind import ServerKind
 from bot.service import ChatService
 from tests.support.conversation import said, stored
 from tests.support.openai_server import stub_server
+from tests.support.ports import free_port
+from tests.support.settings import settings_for
 
 
 def chunk(content: str | None = None, finish: str | None = None, usage: dict | None = None) -> bytes:
@@ -363,3 +368,41 @@ async def test_a_server_that_does_not_stream_gets_its_whole_answer_read(store, s
     (reply,), _ = await replies_to(lambda number, body: web.json_response(completion), store, settings, "hello")
     assert reply.ok and reply.text == "All at once"
     assert await stored(store) == [("user", "hello"), ("assistant", "All at once")]
+
+
+async def test_a_server_unreachable_at_start_is_read_when_it_first_answers(tmp_path, store, settings, caplog):
+    """The bot started before its model server (a reboot, compose without a health check): the
+    replies meanwhile say the server cannot be reached, and once it answers, what it is and its
+    context are read then, not guessed for the bot's whole life."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}/v1"
+    remote = settings_for(tmp_path / "bot.db").with_overrides("model", backend="openai", base_url=base_url,
+                                                              name="example-org/served-model")
+    with caplog.at_level(logging.INFO, logger="bot.llm"):
+        model = await asyncio.to_thread(load_model, remote)
+    assert "cannot be reached: is it running, and is [model] base_url right?" in caplog.text
+    assert model.server is ServerKind.OTHER and model.context_tokens == FALLBACK_CONTEXT_TOKENS
+    service = ChatService(store, model, settings)
+    early = await service.reply(said("anyone there?"))
+    assert not early.ok and "could not be reached" in early.text
+
+    server = PlayedServer(lambda number, body: whole("Here now"))
+    app = server.app()
+    app.router.add_get("/v1/models", vllm_models)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        later = await service.reply(said("and now?"))
+    finally:
+        await model.aclose()
+        await runner.cleanup()
+    assert later.ok and later.text == "Here now"
+    assert model.server is ServerKind.VLLM and model.context_tokens == 32768
+    assert "repetition_penalty" in server.bodies[0] and server.bodies[0]["stream_options"] == {"include_usage": True}
+    assert "(32,768 tokens of context, as the server reports)" in await service.status()
+
+
+async def vllm_models(_request: web.Request) -> web.Response:
+    return web.json_response({"object": "list", "data": [
+        {"id": "example-org/served-model", "object": "model", "owned_by": "vllm", "max_model_len": 32768}]})

@@ -23,7 +23,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-from typing import AsyncIterator, Hashable
+from typing import AsyncIterator, Callable, Hashable
 
 import aiohttp
 
@@ -52,6 +52,16 @@ OPTIONAL_FIELDS = {
     "temperature": "the server's own temperature and top-p apply",
     "max_tokens": "the answer's length limit is sent as max_completion_tokens instead",
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerReading:
+    """What the bot takes the server to be: read at start, or when it first answers."""
+
+    kind: ServerKind
+    context_tokens: int
+    context_source: str  # where the context length comes from, said in /status
+    counter: RemoteTokenCounter
 
 
 class _NotAnswered(Exception):
@@ -99,10 +109,36 @@ class OpenAICompatibleModel(ChatModel):
         self.counter = counter
         self.thinking = thinking
         self.timeout_s = timeout_s
+        self._send_penalty = send_repetition_penalty
         self._penalty_field = server.penalty_field if send_repetition_penalty else None
         self._left_out: set[str] = set()  # fields the server refused (see OPTIONAL_FIELDS)
+        self._read_later: Callable[[], ServerReading | None] | None = None
+        self._reading = asyncio.Lock()
         self._api_key = api_key  # never logged: kept out of repr and messages
         self._session: aiohttp.ClientSession | None = None
+
+    def read_server_when_it_answers(self, read: Callable[[], ServerReading | None]) -> None:
+        """The server could not be read at start (not reachable yet, or still loading), so what it
+        is and its context are guesses: `read` (None while the server still does not answer) is
+        tried before each reply until it answers, and what it says then replaces the guesses."""
+        self._read_later = read
+
+    async def _read_server_if_still_unread(self) -> None:
+        async with self._reading:  # one reading, however many channels ask at once
+            if self._read_later is None:
+                return
+            reading = await asyncio.to_thread(self._read_later)
+            if reading is not None:
+                self._read_later = None
+                self._take(reading)
+
+    def _take(self, reading: ServerReading) -> None:
+        self.server = reading.kind
+        self.context_tokens = reading.context_tokens
+        self.counter = reading.counter
+        self._penalty_field = reading.kind.penalty_field if self._send_penalty else None
+        self.abilities = dataclasses.replace(self.abilities, counts_exactly=reading.counter.exact,
+                                             context_source=reading.context_source)
 
     def render(self, messages: ChatMessages, thinking: bool | None = None) -> RenderedPrompt:
         return RenderedPrompt(messages, self.counter.count(messages, thinking), thinking=thinking)
@@ -115,6 +151,7 @@ class OpenAICompatibleModel(ChatModel):
         """The reply in text pieces as the server writes them. Stopping the iteration (break,
         cancel, time limit) closes the connection, which tells the server to stop generating.
         `adapter` (a name, "base", or None for the default) picks the served model."""
+        await self._read_server_if_still_unread()
         model = self.adapter_to_run(adapter) or self.name
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         tries = _Tries(prompt.messages)

@@ -13,7 +13,7 @@ from ..config import ConfigError, ModelSettings
 from . import embedded
 from .adapters import Adapters, find_adapters
 from .model_source import ModelLoadError
-from .openai_backend import OpenAICompatibleModel
+from .openai_backend import OpenAICompatibleModel, ServerReading
 from .remote_counting import RemoteTokenCounter, ServerCounting
 from .server_kind import ServerApi, ServerFacts, ServerKind, server_facts
 
@@ -31,32 +31,61 @@ def load_openai_model(settings: ModelSettings) -> OpenAICompatibleModel:
         raise ConfigError('[model] backend = "openai" needs base_url, e.g. "http://127.0.0.1:8000/v1".')
     api_key = api_key_from_environment()
     api = ServerApi(settings.base_url, api_key)
-    wait_while_loading(api, settings.base_url)
-    facts = server_facts(api, settings.name, settings.server)
+    answers = wait_while_loading(api, settings.base_url)
     local_source = _local_model_source(settings.name)
+    tokenizer = _local_tokenizer(local_source)
+    reading = _read_server(api, settings, local_source, tokenizer)
+    adapters = served_adapters(settings)
+    _say_where_replies_come_from(settings, reading, adapters)
+    model = OpenAICompatibleModel(settings.base_url, settings.name, reading.context_tokens, reading.counter,
+                                  thinking=settings.thinking, timeout_s=settings.generation_timeout, api_key=api_key,
+                                  send_repetition_penalty=settings.send_repetition_penalty, adapters=adapters,
+                                  server=reading.kind, context_source=reading.context_source)
+    if not answers:
+        model.read_server_when_it_answers(
+            lambda: _read_server_once_it_answers(api, settings, local_source, tokenizer, adapters))
+    return model
+
+
+def _read_server(api: ServerApi, settings: ModelSettings, local_source: str | Path, tokenizer) -> ServerReading:
+    """What the server is and says of itself, and how prompts are counted for it; what it cannot
+    be given is said."""
+    facts = server_facts(api, settings.name, settings.server)
     context, source = _context_length(settings, facts.context_tokens, local_source)
-    counter = RemoteTokenCounter(settings.thinking, _local_tokenizer(local_source),
+    counter = RemoteTokenCounter(settings.thinking, tokenizer,
                                  ServerCounting.for_server(api, facts.kind, settings.name))
     _tell_what_is_lost(facts, settings)
     if not counter.exact:
         log.warning("Prompt token counts for %s are approximate (%s): the window is kept on the safe side.",
                     settings.name, counter.method)
-    adapters = served_adapters(settings)
+    return ServerReading(facts.kind, context, source, counter)
+
+
+def _read_server_once_it_answers(api: ServerApi, settings: ModelSettings, local_source: str | Path, tokenizer,
+                                 adapters: Adapters) -> ServerReading | None:
+    """The server read afresh, if it answers now (None while it cannot be reached or loads)."""
+    if api.status("/v1/models") in (None, 503):
+        return None
+    log.info("The model server at %s answers now: reading what it is.", settings.base_url)
+    reading = _read_server(api, settings, local_source, tokenizer)
+    _say_where_replies_come_from(settings, reading, adapters)
+    return reading
+
+
+def _say_where_replies_come_from(settings: ModelSettings, reading: ServerReading, adapters: Adapters) -> None:
     log.info("Replies come from %s (%s server, model %s, %d tokens of context %s; prompt tokens %s%s).",
-             settings.base_url, facts.kind.value, settings.name, context, source, counter.method,
+             settings.base_url, reading.kind.value, settings.name, reading.context_tokens, reading.context_source,
+             reading.counter.method,
              f"; LoRA adapters: {', '.join(adapters.names) or 'none to pick'}, default {adapters.default or 'none'}"
              if adapters.any else "")
-    return OpenAICompatibleModel(settings.base_url, settings.name, context, counter, thinking=settings.thinking,
-                                 timeout_s=settings.generation_timeout, api_key=api_key,
-                                 send_repetition_penalty=settings.send_repetition_penalty, adapters=adapters,
-                                 server=facts.kind, context_source=source)
 
 
-def wait_while_loading(api: ServerApi, base_url: str, wait_s: float = LOADING_WAIT_S) -> None:
+def wait_while_loading(api: ServerApi, base_url: str, wait_s: float = LOADING_WAIT_S) -> bool:
     """A server still loading its model answers 503 to everything (llama-server, Ollama), so what
-    it is and its context would be read wrong for the bot's whole life: it is waited for, up to
-    `wait_s`, with a line saying so. A refused API key stops the start with a sentence. A server
-    that cannot be reached is not waited for: each reply says so, until it can."""
+    it is and its context would be read wrong: it is waited for, up to `wait_s`, with a line
+    saying so. A refused API key stops the start with a sentence. A server that cannot be reached
+    is not waited for (each reply says so, until it can). Whether the server answers: if not,
+    it is read when it first does."""
     deadline = time.monotonic() + wait_s
     status = api.status("/v1/models")
     if status == 503:
@@ -70,7 +99,12 @@ def wait_while_loading(api: ServerApi, base_url: str, wait_s: float = LOADING_WA
                              "OPENAI_API_KEY (or BOT_MODEL_API_KEY) to a key it accepts.")
     if status == 503:
         log.warning("The model server at %s was still loading after %.0f s: starting anyway; what it is and "
-                    "its context length are guessed (see the next line).", base_url, wait_s)
+                    "its context length are guessed (see the next line) until it answers.", base_url, wait_s)
+    if status is None:
+        log.warning("The model server at %s cannot be reached: is it running, and is [model] base_url right? "
+                    "Starting anyway: replies say so until it answers, and what it is and its context length "
+                    "are guessed (see the next line) until then.", base_url)
+    return status not in (None, 503)
 
 
 def _context_length(settings: ModelSettings, served: int, local_source: str | Path) -> tuple[int, str]:
