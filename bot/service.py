@@ -374,9 +374,9 @@ class ChatService:
                             if told_to_stop():
                                 break
                             if on_progress is not None:
-                                await on_progress(visible_so_far(raw))
+                                await on_progress(visible_so_far(raw, prompt.rendered.opens_thought))
         except (GenerationTimeout, GenerationInterrupted) as error:
-            if not clean_reply(raw):
+            if not clean_reply(raw, prompt.rendered.opens_thought):
                 raise
             ending = Ending.TIMEOUT if isinstance(error, GenerationTimeout) else Ending.INTERRUPTED
         except GenerationError:
@@ -392,7 +392,7 @@ class ChatService:
             ending = Ending.STOPPED
         elif self._shutting_down.is_set():
             ending = Ending.RESTART
-        return clean_reply(raw), ending
+        return clean_reply(raw, prompt.rendered.opens_thought), ending
 
     def _model_turn(self, message: IncomingMessage):
         """Wait for this reply's fair turn at the model (see bot/fair_share.py)."""

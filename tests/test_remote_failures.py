@@ -351,12 +351,14 @@ async def test_a_model_that_only_thinks_says_so_instead_of_an_empty_answer(store
     assert not reply.ok and "spent its whole allowance thinking" in reply.text
 
 
-async def test_a_whole_document_instead_of_a_stream_is_an_error_not_a_prompt_too_long(store, settings):
+async def test_a_whole_document_instead_of_a_stream_is_an_error_not_a_prompt_too_long(store, settings, caplog):
     """A proxy's page or an error sent as 200 JSON read as an empty stream, which llama-cpp-python
     sends for a prompt too long: the message would have been refused and dropped."""
-    (reply,), _ = await replies_to(lambda number, body: web.json_response({"error": "upstream timed out"}),
-                                   store, settings, "hello")
-    assert not reply.ok and "application/json instead of a stream" in reply.text and "upstream timed out" in reply.text
+    with caplog.at_level(logging.WARNING, logger="bot.llm.openai_backend"):
+        (reply,), _ = await replies_to(lambda number, body: web.json_response({"error": "upstream timed out"}),
+                                       store, settings, "hello")
+    assert not reply.ok and "application/json instead of a stream" in reply.text
+    assert "upstream timed out" in caplog.text and "upstream" not in reply.text  # the operator's to read
     assert await stored(store) == [("user", "hello")]  # kept: the server failed, not the message
 
 
@@ -406,3 +408,23 @@ async def test_a_server_unreachable_at_start_is_read_when_it_first_answers(tmp_p
 async def vllm_models(_request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": [
         {"id": "example-org/served-model", "object": "model", "owned_by": "vllm", "max_model_len": 32768}]})
+
+
+async def test_what_a_failing_server_says_goes_to_the_log_not_the_channel(store, settings, caplog):
+    """A channel is public: the server's address, and an error page with internal paths and
+    hosts, are for the operator; the user reads what failed, in a sentence."""
+    page = "<html><body>502 Bad Gateway: upstream 10.0.0.7:8000 (/srv/models/llama) failed</body></html>"
+
+    def play(number, body):
+        return web.Response(text=page, status=502, content_type="text/html")
+
+    with caplog.at_level(logging.WARNING, logger="bot.llm.openai_backend"):
+        (failed,), _ = await replies_to(play, store, settings, "hello")
+    assert not failed.ok and "The model server failed (HTTP 502)." in failed.text
+    assert "10.0.0.7" not in failed.text and "10.0.0.7" in caplog.text
+
+    closed_port = free_port()
+    service, model = await service_on(f"http://10.0.0.7.invalid:{closed_port}/v1", store, settings)
+    unreachable = await service.reply(said("anyone?"))
+    await model.aclose()
+    assert not unreachable.ok and "could not be reached" in unreachable.text and "10.0.0.7" not in unreachable.text

@@ -176,6 +176,24 @@ async def test_progress_shows_the_answer_growing_without_its_think_block(store, 
     assert not any("plan" in text or "<think" in text for text in seen)
 
 
+async def test_a_thought_the_chat_template_opened_is_never_shown_or_kept(store, settings):
+    """Templates such as DeepSeek-R1's and Qwen3-Thinking's end the prompt with <think>: the
+    model's text starts inside the thought, with no opening of its own to recognise."""
+    backend = ScriptedBackend(reply=lambda m: "The user wants the password hunter2; I must not say it.\n</think>\n"
+                              "Sorry, I can't share that.", word_delay_s=0.001)
+    backend.opens_thought = True
+    service = ChatService(store, ModelWorker(backend, timeout_s=5), settings)
+    seen = []
+
+    async def progress(text):
+        seen.append(text)
+
+    reply = await service.reply(said("what is the admin password?"), on_progress=progress)
+    assert reply.text == "Sorry, I can't share that."
+    assert seen and not any("hunter2" in text or "password" in text for text in seen)
+    assert [content for role, content in await stored(store) if role == "assistant"] == [reply.text]
+
+
 async def test_reset_stops_the_answer_being_written_and_nothing_of_it_is_kept(store, settings):
     never = threading.Event()  # the model holds after five words until the reset stops it
     backend = ScriptedBackend(reply=lambda m: "word " * 400, gate=never, gate_after_words=5)

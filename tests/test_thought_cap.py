@@ -66,7 +66,7 @@ def mid_thought(backend):
     """A prompt whose answer starts inside a thought, as a template that opens it would end."""
     prompt = backend.render(chat("Think hard: why is the sky blue?"), thinking=True)
     ids = (*prompt.token_ids, backend.thought_markers.open_id)
-    return dataclasses.replace(prompt, token_ids=ids, tokens=len(ids))
+    return dataclasses.replace(prompt, token_ids=ids, tokens=len(ids), opens_thought=True)
 
 
 async def engine_answer(engine, prompt, params) -> str:
@@ -90,7 +90,7 @@ async def test_the_engine_closes_a_long_thought_at_the_limit_and_still_answers(t
     assert closing and uncapped.startswith(thought)  # its own thought, cut at the limit
     tokenizer = thinking_backend.tokenizer
     assert len(tokenizer.encode(thought, add_special_tokens=False)) == THINK_LIMIT
-    assert clean_reply(capped) == clean_reply(answer) != ""  # what people see: the answer alone
+    assert clean_reply(capped, prompt.opens_thought) == clean_reply(answer) != ""  # what people see: the answer alone
 
 
 @pytest.mark.parametrize("penalty", [1.0, 1.3])  # with a penalty, the closing counts as seen on both paths

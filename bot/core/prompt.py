@@ -27,6 +27,9 @@ class RenderedPrompt:
     tokens: int
     token_ids: tuple[int, ...] | None = None
     thinking: bool | None = None  # SmolLM3's reasoning switch it was rendered with (None: the model's default)
+    # The prompt ends inside a thought its chat template opened, so the answer starts in one
+    # (None: not known, where a server renders the prompt).
+    opens_thought: bool | None = False
 
 
 Render = Callable[[ChatMessages], RenderedPrompt]

@@ -141,7 +141,7 @@ class OpenAICompatibleModel(ChatModel):
                                              context_source=reading.context_source)
 
     def render(self, messages: ChatMessages, thinking: bool | None = None) -> RenderedPrompt:
-        return RenderedPrompt(messages, self.counter.count(messages, thinking), thinking=thinking)
+        return RenderedPrompt(messages, self.counter.count(messages, thinking), thinking=thinking, opens_thought=None)
 
     def output_tokens(self, text: str) -> int | None:
         return self.counter.output_tokens(text)
@@ -193,7 +193,7 @@ class OpenAICompatibleModel(ChatModel):
             tries.waited = True
         elif tries.fresh:
             log.warning("cannot reach the model server at %s: %s", self.base_url, failure)
-            raise GenerationFailed(f"The model server at {self.base_url} could not be reached.")
+            raise GenerationFailed("The model server could not be reached.")  # where: in the log line above
         else:
             log.info("the model server did not answer (%s); trying once more on a fresh connection", failure)
             tries.fresh = True
@@ -327,7 +327,8 @@ async def _raise_for_status(response: aiohttp.ClientResponse, sent: dict) -> Non
     if response.status in (400, 413, 422) and (says_too_long(detail) or _error_code(body) == TOO_LONG_CODE):
         raise _NotAnswered(detail, too_long=True, context=named_context(body))
     side = "refused the request" if response.status < 500 else "failed"
-    error = GenerationFailed(f"The model server {side} (HTTP {response.status}): {detail}")
+    # The channel reads a sentence; the server's own words (addresses, paths, pages) go to the log only.
+    error = GenerationFailed(f"The model server {side} (HTTP {response.status}).")
     if response.status == 429:
         error = GenerationFailed("The model server is busy right now (too many requests); try again in a moment.")
     if response.status in (429, 503):  # busy, or still loading its model: worth one more try
@@ -371,9 +372,9 @@ async def _whole_document(response: aiohttp.ClientResponse) -> dict | None:
         return {"choices": [{"delta": {"content": content}, "finish_reason": choice.get("finish_reason") or "stop"}],
                 "usage": document.get("usage")}
     detail = _server_message(text)
-    log.warning("the model server answered with %s instead of a stream: %s", response.content_type, detail)
-    raise GenerationFailed(f"The model server sent no answer ({response.content_type} instead of a stream): "
-                           f"{detail}. Check [model] base_url.")
+    log.warning("the model server answered with %s instead of a stream (check [model] base_url): %s",
+                response.content_type, detail)
+    raise GenerationFailed(f"The model server sent no answer ({response.content_type} instead of a stream).")
 
 
 async def _just(chunk: dict) -> AsyncIterator[dict]:
@@ -441,7 +442,8 @@ def _chunk(data: str) -> dict:
     if not isinstance(chunk, dict):
         raise GenerationFailed("The model server sent a reply the bot could not read.")
     if "error" in chunk:  # vLLM reports errors inside the stream once it has started
-        raise GenerationFailed(f"The model server failed while writing: {_server_message(data)}")
+        log.warning("the model server failed while writing: %s", _server_message(data))
+        raise GenerationFailed("The model server failed while writing the reply.")
     return chunk
 
 

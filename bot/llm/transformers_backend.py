@@ -103,7 +103,8 @@ class TransformersBackend:
         thinking = self.thinking if thinking is None else thinking
         with self._tokenizers.borrowed() as tokenizer:
             ids = render_prompt_ids(tokenizer, messages, enable_thinking=thinking)
-        return RenderedPrompt(messages, len(ids), tuple(ids), thinking)
+        opens_thought = self.thought_markers is not None and self.thought_markers.open_at_end(ids)
+        return RenderedPrompt(messages, len(ids), tuple(ids), thinking, opens_thought)
 
     def output_tokens(self, text: str) -> int:
         with self._tokenizers.borrowed() as tokenizer:

@@ -47,6 +47,7 @@ class ScriptedBackend:
         self.thinking: list[bool | None] = []  # the thinking switch each render was asked for
         self.renders = 0  # chat-template renders asked for
         self.stopped_early = threading.Event()
+        self.opens_thought = False  # as a chat template that opens the thought for the model
 
     def count_tokens(self, messages: ChatMessages) -> int:
         """One token per word plus a few per message for the template: deterministic and easy to reason about."""
@@ -55,7 +56,8 @@ class ScriptedBackend:
     def render(self, messages: ChatMessages, thinking: bool | None = None) -> RenderedPrompt:
         self.renders += 1
         self.thinking.append(thinking)
-        return RenderedPrompt(messages, self.count_tokens(messages), thinking=thinking)
+        return RenderedPrompt(messages, self.count_tokens(messages), thinking=thinking,
+                              opens_thought=self.opens_thought)
 
     def output_tokens(self, text: str) -> int | None:
         return None
