@@ -55,6 +55,38 @@ async def test_upgrade_downgrade_upgrade_and_models_match_migrations(database_ur
     await engine.dispose()
 
 
+async def row_counts(engine, *tables):
+    async with engine.connect() as connection:
+        return {table: (await connection.execute(text(f"SELECT count(*) FROM {table}"))).scalar() for table in tables}
+
+
+async def test_a_migration_that_rebuilds_the_messages_table_keeps_the_rows_that_refer_to_it(database_url):
+    """On SQLite, changing a column rebuilds the table (copy, DROP, rename): with foreign keys on,
+    the DROP deleted every answer's posted parts through ON DELETE CASCADE. Undoing
+    0004 (the cut_short column) and doing it again is such a rebuild, twice."""
+    store = await Store.open(database_url)
+    question = await store.add_turn(channel_id=1, guild_id=2, role="user", content="my cat is Tiberius",
+                                    author_id=3, author_name="Ann", message_id=100)
+    answer = await store.add_turn(channel_id=1, guild_id=2, role="assistant", content="A fine name.",
+                                  reply_to=question, persona="Be kind.", cut_short="timeout")
+    await store.record_answer_parts(answer, [200, 201])
+    await store.close()
+    engine = create_engine(database_url)
+    tables = ("messages", "answer_parts")  # (answers' personas came later than 0003: undone with it)
+    before = await row_counts(engine, *tables)
+    assert before == {"messages": 2, "answer_parts": 2}
+    await downgrade(engine, "0003")
+    await upgrade(engine)
+    assert await row_counts(engine, *tables) == before
+    await engine.dispose()
+    store = await Store.open(database_url)
+    try:
+        assert await store.forget_message(201) == 1  # a posted part still finds its answer
+        assert await count_turns(store, 1) == 1
+    finally:
+        await store.close()
+
+
 async def test_processes_starting_at_once_on_a_new_database_migrate_it_once(database_url):
     """Shards start together: real processes, released at one barrier, open a new database. The
     first migrates, the others wait for it and find the schema done."""

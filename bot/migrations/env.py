@@ -26,10 +26,10 @@ def run_with_connection(connection: Connection) -> None:
 
 async def run_from_settings() -> None:
     from bot.config import load_settings
-    from bot.store.database import create_engine
+    from bot.store.database import create_engine, migration_connection
 
     engine = create_engine(context.config.get_main_option("sqlalchemy.url") or load_settings().database.url)
-    async with engine.begin() as connection:
+    async with migration_connection(engine) as connection:  # as the bot migrates: see there
         await connection.run_sync(run_with_connection)
     await engine.dispose()
 

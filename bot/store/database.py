@@ -7,8 +7,10 @@ import logging
 import sqlite3
 import time
 import weakref
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import AsyncIterator
 
 from alembic import command
 from alembic.config import Config
@@ -93,6 +95,10 @@ def _one_alembic_at_a_time() -> asyncio.Lock:
     return _alembic_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
 
 
+class StoreError(Exception):
+    """The database cannot be used. str() is a sentence an operator can act on."""
+
+
 @dataclass(frozen=True)
 class SchemaChange:
     """The schema's revision before and after an upgrade (None: no schema, a new database)."""
@@ -109,8 +115,7 @@ class SchemaChange:
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> SchemaChange:
     """Bring the schema to `revision` on this engine's database; say what it was and is."""
-    async with _one_alembic_at_a_time(), engine.begin() as connection:
-        await _one_migration_at_a_time(connection)
+    async with _one_alembic_at_a_time(), migration_connection(engine) as connection:
         before = await connection.run_sync(_current_revision)
         await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
         return SchemaChange(before, await connection.run_sync(_current_revision))
@@ -136,5 +141,37 @@ async def _one_migration_at_a_time(connection: AsyncConnection) -> None:
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
-    async with _one_alembic_at_a_time(), engine.begin() as connection:
+    async with _one_alembic_at_a_time(), migration_connection(engine) as connection:
         await connection.run_sync(lambda sync: command.downgrade(alembic_config(sync), revision))
+
+
+@asynccontextmanager
+async def migration_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection in one transaction, with the migration lock, for Alembic. On SQLite, foreign
+    keys are off meanwhile: a migration that changes a column rebuilds the table (a copy, then
+    DROP TABLE of the old one), and with them on, that DROP would delete every row that refers
+    to it through ON DELETE CASCADE (answer_parts, answer_personas). The references are checked
+    before the migration commits instead."""
+    async with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:  # outside any transaction, or SQLite ignores it
+            await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            await connection.commit()
+        try:
+            async with connection.begin():
+                await _one_migration_at_a_time(connection)
+                yield connection
+                if sqlite:
+                    await _no_broken_references(connection)
+        finally:
+            if sqlite:
+                await connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                await connection.commit()
+
+
+async def _no_broken_references(connection: AsyncConnection) -> None:
+    broken = (await connection.exec_driver_sql("PRAGMA foreign_key_check")).fetchall()
+    if broken:
+        tables = sorted({row[0] for row in broken})
+        raise StoreError(f"The migration would leave {len(broken)} row(s) in {', '.join(tables)} referring to "
+                         "rows that no longer exist; it was not applied.")

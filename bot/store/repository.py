@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from ..core.types import Turn
-from .database import SchemaChange, create_engine, upgrade
+from .database import SchemaChange, StoreError, create_engine, upgrade
 from .search import channel_match, search_terms
 from .models import (AnswerPart, AnswerPersona, AuditEntry, ChannelPersona, ChannelSettings, ExportOptOut,
                      GuildSettings, Message, Persona, ThreadParent, utc_now)
@@ -34,10 +34,6 @@ class Erased:
 
     count: int
     channel_ids: frozenset[int]
-
-
-class StoreError(Exception):
-    """The database cannot be used. str() is a sentence an operator can act on."""
 
 
 class OneWriterAtATime:
