@@ -17,8 +17,8 @@ PROMPT_TOO_LONG = ("Your message is too long for the model's context ({needed:,}
                    "{budget:,} fit). Nothing was saved. Please shorten it.")
 NOTHING_TO_SAY = "(The model gave an empty answer. Try rephrasing your message.)"
 GENERATION_FAILED = "Sorry, I could not write a reply: {reason} Please try again in a moment."
-BUSY = ("I'm busy right now ({waiting} waiting ahead of yours). "
-        "Please try again in a minute. (Your message is kept in the conversation.)")
+BUSY = ("I'm busy right now ({waiting} waiting ahead of yours), so I could not answer that. "
+        "Please send it again in a minute.")
 STORAGE_FAILED = "Sorry, I could not reach my memory (the database) just now. Please try again in a moment."
 CUT_SHORT_TIMEOUT = "This answer was cut short: the model ran out of time."
 CUT_SHORT_RESET = "This answer was cut short: the channel's history was reset."

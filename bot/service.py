@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
-from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
+from contextlib import AbstractAsyncContextManager, aclosing, nullcontext, suppress
 from enum import Enum
 from typing import Awaitable, Callable, Iterable, Protocol
 
@@ -253,11 +253,11 @@ class ChatService:
         try:
             text, ending = await self._write(message, prompt, adapter, on_progress, trace)
         except ModelBusy as busy:
+            await self._take_back(message, user_turn_id)  # the user is asked to send it again
             return trace.refusal("busy", messages.BUSY.format(waiting=busy.waiting))
         except PromptRefused:
             # Not kept: a message the model can never take would fail every later turn too.
-            await self.store.forget_turn(user_turn_id)
-            self._prompt_starts.forget(message.channel_id)
+            await self._take_back(message, user_turn_id)
             return trace.refusal("prompt_too_long",
                                  messages.SERVER_PROMPT_TOO_LONG.format(context=self.model.context_tokens))
         except GenerationError as error:
@@ -269,6 +269,7 @@ class ChatService:
                 trace.cut_short = ending.value
                 return Reply("", ok=False, notes=[ending.note])
             if ending is Ending.RESTART:
+                await self._take_back(message, user_turn_id)  # the user is asked to send it again
                 return trace.refusal("restarting", messages.RESTARTING)
             return trace.failure("empty_answer", messages.NOTHING_TO_SAY)
         if ending is Ending.RESET:  # the history it belongs to is being wiped: keep nothing
@@ -286,6 +287,12 @@ class ChatService:
             notes.append(ending.note)
             trace.cut_short = ending.value
         return Reply(text, dropped_turns=dropped, notes=notes, stored_as=answer_id)
+
+    async def _take_back(self, message: IncomingMessage, user_turn_id: int) -> None:
+        """Forget a question that gets no answer and that its author is asked to send again: kept,
+        it would be in the history twice once they do, the first time with no answer."""
+        await self.store.forget_turn(user_turn_id)
+        self._prompt_starts.forget(message.channel_id)
 
     async def _prompt_for(self, message: IncomingMessage) -> tuple[Prompt, int | None, str]:
         """Build the prompt from where the channel's previous prompt started, so it only grows
@@ -355,26 +362,55 @@ class ChatService:
         if message.message_id in self._deleted_meanwhile:  # deleted before there was an answer to stop
             reset.set()
 
-        def told_to_stop() -> bool:
-            return reset.is_set() or stop.is_set() or self._shutting_down.is_set()
+        stop_signals = (reset, stop, self._shutting_down)
+        waiting_on_model = False  # awaiting the model: its turn, or its next piece
 
-        try:
+        def told_to_stop() -> bool:
+            return any(signal.is_set() for signal in stop_signals)
+
+        async def read_the_answer() -> None:
+            nonlocal raw, waiting_on_model
             place = self._fair.place_in_line() if self._fair is not None else self.model.place_in_line()
             if place and on_progress is not None:  # shown only if the wait is long enough to notice
                 await on_progress(messages.QUEUED.format(place=place))
             trace.asking_model()
+            if told_to_stop():  # (checked before each wait on the model: a stop is seen at once)
+                return
+            waiting_on_model = True
             async with self._model_turn(message):
-                if not told_to_stop():  # (while it waited for its turn)
-                    stream = self.model.stream(prompt.rendered, self._generation(prompt.rendered.thinking),
-                                               channel=channel_id, adapter=adapter)
-                    async with aclosing(stream):
-                        async for delta in stream:
-                            raw += delta
-                            trace.piece()
-                            if told_to_stop():
-                                break
-                            if on_progress is not None:
-                                await on_progress(visible_so_far(raw, prompt.rendered.opens_thought))
+                waiting_on_model = False
+                if told_to_stop():  # (while it waited for its turn)
+                    return
+                stream = self.model.stream(prompt.rendered, self._generation(prompt.rendered.thinking),
+                                           channel=channel_id, adapter=adapter)
+                async with aclosing(stream):
+                    while not told_to_stop():
+                        waiting_on_model = True
+                        try:
+                            delta = await anext(stream)
+                        except StopAsyncIteration:
+                            return
+                        finally:
+                            waiting_on_model = False
+                        raw += delta
+                        trace.piece()
+                        if on_progress is not None and not told_to_stop():
+                            await on_progress(visible_so_far(raw, prompt.rendered.opens_thought))
+
+        reading = asyncio.create_task(read_the_answer())
+        # A stop (reset, the question deleted, /stop, shutdown) ends the answer at once, even
+        # while the model has not written a word yet or the reply waits for its turn: reading is
+        # cancelled there (which stops the model); elsewhere it stops at its next check.
+        stopping = asyncio.create_task(_first_of(stop_signals))
+        try:
+            await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not reading.done() and waiting_on_model:
+                reading.cancel()
+            try:
+                await reading
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling() or not told_to_stop():
+                    raise  # this reply itself was cancelled, not stopped
         except (GenerationTimeout, GenerationInterrupted) as error:
             if not clean_reply(raw, prompt.rendered.opens_thought):
                 raise
@@ -383,6 +419,11 @@ class ChatService:
             raw = ""  # a failed model's half-answer is not worth keeping
             raise
         finally:
+            stopping.cancel()
+            if not reading.done():  # this reply itself was cancelled: the reading goes with it
+                reading.cancel()
+                with suppress(asyncio.CancelledError):
+                    await reading
             self._resets.pop(channel_id, None)
             self._stops.pop(channel_id, None)
             trace.model_finished(raw)
@@ -521,3 +562,13 @@ class ChatService:
         if not await self.store.is_answer_part(message.replies_to_unknown):
             return message
         return dataclasses.replace(message, replies_to_bot=True)
+
+
+async def _first_of(events: Iterable[asyncio.Event]) -> None:
+    """Returns once any of `events` is set."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()

@@ -102,4 +102,6 @@ async def test_sigterm_cuts_the_answer_short_tells_the_waiting_and_exits_cleanly
     assert integrity(database) == "ok"
     answers = [content for _, role, content in stored_turns(database) if role == "assistant"]
     assert text.startswith(answers[-1])  # what was posted is what is remembered
+    # told to send it again, so not kept: it would be in the history twice once they do
+    assert not any("and then this" in content for _, _, content in stored_turns(database))
     assert not os.path.exists(f"{database}-wal") or os.path.getsize(f"{database}-wal") == 0  # closed cleanly

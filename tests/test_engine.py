@@ -27,6 +27,7 @@ from bot.llm.port import GenerationFailed, GenerationTimeout, ModelBusy
 from tests.support.engines import chat, load_tiny
 from tests.support.models import generate, kept_bytes, stream
 from tests.support.recording import graphs_on_the_cpu
+from tests.support.store_queries import count_turns
 from tests.support.waiting import until
 
 GREEDY = GenerationSettings(do_sample=False, max_new_tokens=12, repetition_penalty=1.0)
@@ -396,6 +397,7 @@ async def test_a_user_past_the_queue_bound_is_told_the_bot_is_busy_and_others_ar
     await until(lambda: service.load().waiting == 1)  # channel 2 waits in line for the model
     third = await service.reply(hello_in(3))
     assert not third.ok and third.text == messages.BUSY.format(waiting=1)
+    assert await count_turns(store, 3) == 0  # asked to send it again: not kept, or it would be there twice
     engine.release.set()
     assert (await first).ok and (await second).ok  # nobody else was dropped
 

@@ -2,7 +2,8 @@
 
 The model is scripted and fast, behind a real ModelWorker with a bounded queue, so some
 replies find it full and are told the bot is busy. Every message must get exactly one
-answer (the model's or the busy message), every turn must be stored once, and each
+answer (the model's or the busy message), every answered turn must be stored once (a busy-refused
+message not at all: its author is asked to send it again), and each
 channel's replies must come in the order its messages were sent. Counts only: the timings
 are for bench/load_bench.py.
 """
@@ -19,4 +20,5 @@ async def test_a_burst_of_500_messages_over_50_channels_loses_nothing(tmp_path):
     assert (report.lost, report.duplicated, report.out_of_order, report.other) == (0, 0, 0, 0), summary
     assert report.answered + report.busy == report.sent, summary
     assert report.answered > 0 and report.busy > 0, summary  # both paths were taken
-    assert (report.stored_lost, report.stored_duplicated, report.stored_out_of_order) == (0, 0, 0), summary
+    assert (report.stored_lost, report.stored_duplicated, report.stored_out_of_order, report.stored_refused) == \
+        (0, 0, 0, 0), summary

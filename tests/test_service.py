@@ -214,6 +214,38 @@ async def test_reset_stops_the_answer_being_written_and_nothing_of_it_is_kept(st
     assert backend.stopped_early.is_set()  # the model itself stopped
 
 
+async def model_holding_before_its_first_word(store, settings) -> tuple[ScriptedBackend, ChatService, asyncio.Task]:
+    """A reply whose model has its prompt but writes nothing until stopped (a long prefill, a
+    remote server's queue, a thought sent apart from the answer)."""
+    backend = ScriptedBackend(reply=lambda m: "never written", gate=threading.Event())
+    service = ChatService(store, ModelWorker(backend, timeout_s=600), settings)
+    answering = asyncio.create_task(service.reply(said("a hard question")))
+    await until(lambda: backend.prompts)
+    return backend, service, answering
+
+
+async def test_a_shutdown_before_the_first_word_tells_the_user_at_once_and_keeps_nothing(store, settings):
+    """Before, a stop was seen only when a piece of the answer came: a shutdown waited out its
+    grace period and closed with the question neither answered nor told."""
+    backend, service, answering = await model_holding_before_its_first_word(store, settings)
+    service.stop_answering()
+    reply = await asyncio.wait_for(answering, 60)  # (the model would hold for its 600 s limit)
+    assert not reply.ok and reply.text == messages.RESTARTING
+    assert await stored(store) == []  # the user is asked to send it again: kept, it would be there twice
+    await asyncio.to_thread(backend.stopped_early.wait, 60)
+    assert backend.stopped_early.is_set()  # the model itself stopped
+
+
+async def test_a_reset_before_the_first_word_stops_the_model_at_once(store, settings):
+    backend, service, answering = await model_holding_before_its_first_word(store, settings)
+    assert "forgotten in this channel" in await service.reset_channel(20, 10, ADMIN)
+    reply = await asyncio.wait_for(answering, 60)
+    assert not reply.ok and reply.text == "" and messages.CUT_SHORT_RESET in reply.notes
+    assert await stored(store) == []
+    await asyncio.to_thread(backend.stopped_early.wait, 60)
+    assert backend.stopped_early.is_set()
+
+
 async def test_an_answer_cut_by_the_time_limit_keeps_what_was_written_and_says_so(store, settings):
     never = threading.Event()  # ten words, then the model holds until the time limit stops it
     backend = ScriptedBackend(reply=lambda m: "slow " * 200, gate=never, gate_after_words=10)

@@ -48,6 +48,7 @@ class LoadReport:
     stored_lost: int = 0  # a user turn, or the answer to an answered message, missing from the database
     stored_duplicated: int = 0
     stored_out_of_order: int = 0
+    stored_refused: int = 0  # a busy-refused message kept anyway (it would be there twice once sent again)
     latencies: list[float] = field(default_factory=list)
     answered_ids: set[int] = field(default_factory=set)
 
@@ -60,8 +61,8 @@ class LoadReport:
                 f"busy-refused:       {self.busy}", f"other refusals:     {self.other}",
                 f"lost:               {self.lost}", f"duplicated:         {self.duplicated}",
                 f"out-of-order:       {self.out_of_order}",
-                f"stored lost / duplicated / out-of-order: "
-                f"{self.stored_lost} / {self.stored_duplicated} / {self.stored_out_of_order}",
+                f"stored lost / duplicated / out-of-order / refused but kept: {self.stored_lost} / "
+                f"{self.stored_duplicated} / {self.stored_out_of_order} / {self.stored_refused}",
                 f"message to reply p50: {self.percentile(0.5) * 1000:.0f} ms, "
                 f"p99: {self.percentile(0.99) * 1000:.0f} ms, "
                 f"mean: {statistics.fmean(self.latencies or [0]) * 1000:.0f} ms"]
@@ -192,15 +193,18 @@ def count_out_of_order(fake: FakeDiscord, sent: list[Sent], replies: dict[int, l
 
 
 async def account_for_storage(store: Store, sent: list[Sent], report: LoadReport) -> None:
-    """Each message's user turn stored once and in order; each answer posted is stored once,
-    right after the message it answers (a busy-refused message rightly has no answer)."""
+    """Each answered message's user turn stored once and in order; each answer posted is stored
+    once, right after the message it answers. A busy-refused message is rightly not stored at all:
+    its author is asked to send it again."""
     by_channel: defaultdict[int, list[Sent]] = defaultdict(list)
     for message in sent:
         by_channel[message.channel_id].append(message)
     for channel_id, expected in by_channel.items():
         turns = await store.recent_turns(channel_id, 10 * len(expected) + 10)
-        check_user_turns(turns, [m.message_id for m in expected], report)
-        check_answers(turns, {m.message_id for m in expected if m.message_id in report.answered_ids}, report)
+        answered = [m.message_id for m in expected if m.message_id in report.answered_ids]
+        check_user_turns(turns, answered, report)
+        report.stored_refused += sum(1 for t in turns if t.role == "user" and t.message_id not in answered)
+        check_answers(turns, set(answered), report)
 
 
 def check_user_turns(turns: list, expected_ids: list[int], report: LoadReport) -> None:
