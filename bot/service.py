@@ -82,6 +82,9 @@ class Ending(Enum):
                 Ending.INTERRUPTED: messages.CUT_SHORT_SERVER}[self]
 
 
+POST_FAILED = "post_failed"  # stored as an answer's cut_short: Discord showed only its start
+
+
 class ChatService:
     def __init__(self, store: Store, model: ChatModel, settings: Settings, observer: Observer | None = None):
         self.store = store
@@ -166,13 +169,16 @@ class ChatService:
     async def _keep_as_shown(self, reply: Reply, delivered: Delivered) -> None:
         """Still in the channel's turn: the stored answer learns which messages show it (a delete
         of one of them waits for this, and then forgets the answer). An answer Discord showed
-        none of is forgotten: the bot would later refer to what nobody saw."""
+        none of is forgotten, and one it showed only the start of is kept as far as it showed:
+        the bot would later refer to what nobody saw."""
         if reply.stored_as is None:
             return
-        if delivered.message_ids:
-            await self.store.record_answer_parts(reply.stored_as, delivered.message_ids)
-        else:
+        if not delivered.message_ids:
             await self.store.forget_turn(reply.stored_as)
+            return
+        await self.store.record_answer_parts(reply.stored_as, delivered.message_ids)
+        if not delivered.complete and delivered.shown:
+            await self.store.cut_answer_to(reply.stored_as, delivered.shown, cut_short=POST_FAILED)
 
     def _wiped_since(self, message: IncomingMessage, arrived: int) -> bool:
         return (self._wipes.channel_wiped_since(message.channel_id, arrived)

@@ -1076,6 +1076,27 @@ async def test_a_refused_final_edit_posts_the_answer_anew_and_takes_the_preview_
         assert (await scene.turns())[:2] == [("user", "tell me a story"), ("user", "still there?")]
 
 
+async def test_an_answer_shown_only_in_part_is_kept_only_as_far_as_it_shows(tmp_path):
+    """Its first message posted, the second refused (a 503, which discord.py does not retry): the
+    channel shows the answer's first half, so that is what the bot remembers saying."""
+    held = threading.Event()
+    async with running_bot(tmp_path, stream_edit_interval=0.05) as scene:
+        fake = scene.fake
+        scene.model.reply = lambda m: LONG_STORY
+        scene.model.gate, scene.model.gate_after_words = held, 5
+        question = await scene.say(f"{fake.bot.mention} tell me a story")
+        await scene.reply_to(question)  # the preview, while the model is held
+        fake.fail_next("POST", MESSAGES, 503)  # the answer's second message
+        held.set()
+        await fake.wait_for_request("POST", MESSAGES, predicate=lambda r: r.status == 503)
+        await until(lambda: scene.service.observer.errors["post_failed"] == 1)
+        first_half = split_message(LONG_STORY.strip())[0]
+        assert [m["content"] for m in fake.state.channel_history(scene.general.id)[1:]] == [first_half]
+        assert await scene.turns() == [("user", "tell me a story"), ("assistant", first_half)]
+        answer = (await scene.store.recent_turns(scene.general.id, 1))[0]
+        assert answer.cut_short == "post_failed"  # left out of training exports, as cut short
+
+
 async def test_an_answer_deleted_while_it_is_written_is_left_deleted_and_forgotten(tmp_path, caplog):
     held = threading.Event()
     async with running_bot(tmp_path, stream_edit_interval=0.05) as scene:

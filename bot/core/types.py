@@ -20,7 +20,7 @@ class Turn:
     author_id: int | None = None
     message_id: int | None = None
     created_at: datetime | None = None
-    cut_short: str | None = None  # an answer stopped early: timeout | restart | stopped | interrupted
+    cut_short: str | None = None  # an answer stopped early: timeout | restart | stopped | interrupted | post_failed
     persona: str | None = None  # the persona an answer was written under, where recorded (exports read it)
 
 
@@ -83,3 +83,7 @@ class Delivered:
 
     message_ids: tuple[int, ...] = ()
     complete: bool = True  # False when some of it could not be shown
+    # Not complete: the text its posted messages show, where that is only part of the answer
+    # (None: all of it, or none); what is kept of the answer, for the bot must not later
+    # refer to what nobody saw.
+    shown: str | None = None

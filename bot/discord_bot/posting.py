@@ -77,7 +77,7 @@ async def _post_rest(trigger: discord.Message, parts: list[str], posted: list[in
     for number, part in enumerate(parts[1:], start=2):
         sent = await _post(trigger, part, number, len(parts))
         if sent is None:
-            return Delivered(tuple(posted), complete=False)
+            return Delivered(tuple(posted), complete=False, shown="\n".join(parts[:len(posted)]))
         posted.append(sent.id)
     return Delivered(tuple(posted))
 
@@ -223,7 +223,7 @@ class StreamedReply:
         is refused too, the preview stays: it shows the answer's start."""
         delivered = await post_reply(self.trigger, parts)
         if not delivered.message_ids:
-            return Delivered((self.message.id,), complete=False)
+            return Delivered((self.message.id,), complete=False, shown=self._shown.removesuffix(PREVIEW_MARK))
         await self.withdraw()
         return delivered
 
@@ -287,10 +287,13 @@ class StreamedReply:
         return True
 
 
+PREVIEW_MARK = " …"  # ends an answer still being written
+
+
 def preview(text: str, limit: int = DISCORD_MESSAGE_LIMIT) -> str:
     """The growing answer as one message: its first part, marked as still being written."""
-    first = (split_message(text, limit - 2) or [text[: limit - 2]])[0]
-    return first + " …"
+    first = (split_message(text, limit - len(PREVIEW_MARK)) or [text[: limit - len(PREVIEW_MARK)]])[0]
+    return first + PREVIEW_MARK
 
 
 @asynccontextmanager

@@ -173,6 +173,12 @@ class Store:
                 update(Message).where(Message.discord_message_id == message_id).values(content=content))
         return result.rowcount > 0
 
+    async def cut_answer_to(self, turn_id: int, content: str, *, cut_short: str) -> None:
+        """A stored answer kept only as far as `content` (what its messages show), and why."""
+        async with self._sessions.begin() as session:
+            await session.execute(update(Message).where(Message.id == turn_id)
+                                  .values(content=content, cut_short=cut_short))
+
     async def delete_turn(self, message_id: int) -> bool:
         """A person's turn alone, by its message id (its answer stays: see Privacy)."""
         async with self._sessions.begin() as session:
