@@ -48,8 +48,12 @@ HISTORY_RESET = "History cleared: {count} message(s) forgotten in this channel."
 HISTORY_EMPTY = "This channel has no history yet."
 AUTOREPLY_ON = "Auto-reply is on: I will answer every message in this channel."
 AUTOREPLY_OFF = "Auto-reply is off: mention me or reply to me to talk."
-CANNOT_ANSWER_HERE = ("But I cannot answer here yet: I lack the {permission} permission in this channel. A "
-                      "server admin can give it to my role (channel settings > Permissions).")
+CANNOT_ANSWER_HERE = ("But I cannot answer here yet: I lack the {permission} permission {where}. A server admin "
+                      "can give it to my role (channel settings > Permissions).")
+IN_THIS_CHANNEL = "in this channel"
+IN_THREADS_CHANNEL = "in this thread's channel (a thread takes its channel's permissions)"
+CANNOT_ANSWER_LOCKED = ("But I cannot answer here: this thread is locked, and only members with Manage Threads may "
+                        "post in it. A moderator can unlock it.")
 
 # Discord ----------------------------------------------------------------
 

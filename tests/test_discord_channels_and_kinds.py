@@ -145,6 +145,42 @@ async def test_a_thread_takes_its_channels_auto_reply_and_persona_until_it_has_i
     assert await scene.store.channel_auto_reply(world.general.id) is True  # the channel's stay as they were
 
 
+async def test_in_a_thread_a_missing_permission_is_set_on_its_channel_and_a_lock_is_seen_before_answering(
+        scene: Scene, caplog):
+    """A thread has no permissions of its own: the fix names its channel. In a locked thread only
+    Manage Threads may post (discord.py's permissions_for does not count the lock): an answer
+    would be written for nothing and refused (160005)."""
+    fake, world = scene.fake, scene.world
+    thread = fake.add_thread(world.general, "side talk", owner=world.alice)
+    await scene.ask("hello", channel=thread)
+    fake.set_channel_overwrite(world.general, fake.bot, deny=permissions.SEND_MESSAGES_IN_THREADS)
+    await scene.ask("warm-up")  # the overwrite has reached the bot
+    with caplog.at_level(logging.WARNING, logger="bot.discord_bot"):
+        await scene.say(f"{fake.bot.mention} still here?", channel=thread)
+        await until(lambda: "cannot_post" in caplog.text)
+    assert "thread side talk in #general" in caplog.text
+    assert "give the bot's role Send Messages in Threads in #general" in caplog.text
+
+    fake.set_channel_overwrite(world.general, fake.bot)
+    await scene.ask("back", channel=thread)
+    await fake.lock_thread(thread)
+    await scene.ask("warm-up again")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bot.discord_bot"):
+        await scene.say(f"{fake.bot.mention} and now?", channel=thread)
+        await until(lambda: "cannot_post" in caplog.text)
+    assert "unlock the thread, or give the bot's role Manage Threads in #general" in caplog.text
+    manager = await channel_manager(scene)
+    answer = await scene.command(manager, "autoreply on", channel=thread)
+    assert answer["content"] == messages.AUTOREPLY_ON + " " + messages.CANNOT_ANSWER_LOCKED
+    assert [prompt[-1]["content"] for prompt in scene.model.prompts] == [
+        "Alice: hello", "Alice: warm-up", "Alice: back", "Alice: warm-up again"]  # none where it cannot post
+    assert not [r for r in fake.requests_to("POST", f"/channels/{thread.id}/messages") if r.status == 403]
+
+    await fake.lock_thread(thread, locked=False)
+    await scene.ask("unlocked", channel=thread)
+
+
 # --------------------------------------------------------------------------- deleted channels
 
 

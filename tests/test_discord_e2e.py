@@ -1191,6 +1191,6 @@ async def test_auto_reply_switched_on_where_the_bot_cannot_post_says_so(scene: S
     scene.fake.set_channel_overwrite(quiet, scene.fake.bot, deny=permissions.SEND_MESSAGES)
     answer = await scene.command(scene.world.mod, "autoreply on", channel=quiet, permissions=permissions.MANAGE_CHANNELS)
     assert answer["content"] == messages.AUTOREPLY_ON + " " + messages.CANNOT_ANSWER_HERE.format(
-        permission="Send Messages")
+        permission="Send Messages", where=messages.IN_THIS_CHANNEL)
     assert (await scene.command(scene.world.mod, "autoreply on", permissions=permissions.MANAGE_CHANNELS)
             )["content"] == messages.AUTOREPLY_ON  # where it can post, nothing more

@@ -29,7 +29,7 @@ from ..export import parse_day
 from ..server_settings import CHANNEL, SERVER
 from ..service import Actor, ChatService, UserError
 from ..telemetry import log_event
-from .events import lacking_to_answer
+from .events import LOCKED_THREAD, lacking_to_answer
 from .posting import NO_PINGS, answer_privately
 
 log = logging.getLogger(__name__)
@@ -223,8 +223,14 @@ def autoreply_commands(service: ChatService) -> app_commands.Group:
 def cannot_answer_here(interaction: discord.Interaction) -> str:
     """A command's answer needs no channel permission, but the bot's answers in the channel do:
     switching auto-reply on where the bot cannot post would otherwise be met with silence."""
-    lacking = lacking_to_answer(interaction.app_permissions, isinstance(interaction.channel, discord.Thread))
-    return "" if lacking is None else " " + messages.CANNOT_ANSWER_HERE.format(permission=lacking)
+    channel = interaction.channel
+    lacking = lacking_to_answer(interaction.app_permissions, channel)
+    if lacking is None:
+        return ""
+    if lacking == LOCKED_THREAD:
+        return " " + messages.CANNOT_ANSWER_LOCKED
+    where = messages.IN_THREADS_CHANNEL if isinstance(channel, discord.Thread) else messages.IN_THIS_CHANNEL
+    return " " + messages.CANNOT_ANSWER_HERE.format(permission=lacking, where=where)
 
 
 def forget_me_command(service: ChatService) -> app_commands.Command:

@@ -39,18 +39,41 @@ def missing_permission(channel) -> str | None:
     guild = getattr(channel, "guild", None)
     if guild is None or guild.me is None:  # a DM, or the bot's own member not known yet
         return None
-    return lacking_to_answer(channel.permissions_for(guild.me), isinstance(channel, discord.Thread))
+    return lacking_to_answer(channel.permissions_for(guild.me), channel)
 
 
-def lacking_to_answer(granted: discord.Permissions, in_thread: bool) -> str | None:
-    """The first permission, of those answering needs, that `granted` lacks (None: none)."""
+def lacking_to_answer(granted: discord.Permissions, channel) -> str | None:
+    """The first permission, of those answering in `channel` needs, that `granted` lacks (None:
+    none). In a locked thread only members with Manage Threads may post (discord.py's
+    permissions_for does not count the lock)."""
+    in_thread = isinstance(channel, discord.Thread)
     for name, label in (("view_channel", "View Channel"),
                         ("send_messages_in_threads" if in_thread else "send_messages",
                          "Send Messages in Threads" if in_thread else "Send Messages"),
                         ("read_message_history", "Read Message History")):
         if not getattr(granted, name):
             return label
+    if in_thread and channel.locked and not granted.manage_threads:
+        return LOCKED_THREAD
     return None
+
+
+LOCKED_THREAD = "Manage Threads (the thread is locked)"
+
+
+def where_to_fix(channel, missing: str) -> tuple[str, str]:
+    """Where the bot cannot answer, and what the operator can do, for the log. A thread has no
+    permissions of its own: its channel's apply."""
+    guild = channel.guild
+    parent = getattr(channel, "parent", None)
+    if not isinstance(channel, discord.Thread) or parent is None:
+        return (f"#{channel.name} of {guild.name}",
+                f"give the bot's role {missing} in that channel (Edit Channel > Permissions)")
+    where = f"thread {channel.name} in #{parent.name} of {guild.name}"
+    if missing == LOCKED_THREAD:
+        return where, f"unlock the thread, or give the bot's role Manage Threads in #{parent.name}"
+    return where, (f"give the bot's role {missing} in #{parent.name} (Edit Channel > Permissions): "
+                   "threads take their channel's permissions")
 
 
 class DiscordDelivery:
@@ -119,10 +142,9 @@ class DiscordEvents:
             return True
         if say_why and channel.id not in self._cannot_post:
             self._cannot_post.add(channel.id)
-            guild = channel.guild
-            log_event(log, "cannot_post", logging.WARNING, guild=guild.id, channel=channel.id,
-                      where=f"#{channel.name} of {guild.name}", missing=missing,
-                      fix=f"give the bot's role {missing} in that channel (Edit Channel > Permissions)")
+            where, fix = where_to_fix(channel, missing)
+            log_event(log, "cannot_post", logging.WARNING, guild=channel.guild.id, channel=channel.id,
+                      where=where, missing=missing, fix=fix)
         return False
 
     @contextmanager

@@ -80,6 +80,7 @@ class FakeChannel:
     parent_id: Optional[int] = None  # a thread's channel (or a channel's category)
     owner_id: Optional[int] = None  # threads: who started it
     archived: bool = False  # threads: archived (no longer in the server's active threads)
+    locked: bool = False  # threads: only members with Manage Threads may post (or unarchive it)
     # [{"id": int, "type": 0 (role) | 1 (member), "allow": int, "deny": int}]
     permission_overwrites: List[dict] = field(default_factory=list)
     recipients: List[FakeUser] = field(default_factory=list)  # DMs only

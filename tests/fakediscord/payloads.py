@@ -146,7 +146,7 @@ def thread(c: FakeChannel) -> dict:
             "archived": c.archived,
             "auto_archive_duration": 1440,
             "archive_timestamp": snowflake_time_iso(c.id),
-            "locked": False,
+            "locked": c.locked,
             "create_timestamp": snowflake_time_iso(c.id),
         },
     }

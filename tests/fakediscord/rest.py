@@ -19,6 +19,7 @@ from .http_util import (
     EMPTY_MESSAGE,
     MISSING_ACCESS,
     MISSING_PERMISSIONS,
+    THREAD_LOCKED,
     UNKNOWN_CHANNEL,
     UNKNOWN_GUILD,
     UNKNOWN_MEMBER,
@@ -173,6 +174,8 @@ class RestRoutes:
     async def create_message(self, request: web.Request) -> web.Response:
         channel, _ = self._visible_channel(request)
         self._require(channel, _send_permission(channel))
+        if channel.locked and not self._can(channel, perms.MANAGE_THREADS):
+            raise ApiError(403, THREAD_LOCKED, "Thread is locked")
         rec = recorded(request)
         body = rec.json or {}
         duplicate = self._same_nonce(channel, body)

@@ -212,6 +212,12 @@ class FakeDiscord:
         thread.archived = True
         await self._flush(self._publish("THREAD_UPDATE", payloads.channel(thread)))
 
+    async def lock_thread(self, thread: FakeChannel, locked: bool = True) -> None:
+        """A moderator locks the thread (or unlocks it): THREAD_UPDATE. Only members with Manage
+        Threads may post in a locked thread; Discord refuses the others with 160005."""
+        thread.locked = locked
+        await self._flush(self._publish("THREAD_UPDATE", payloads.channel(thread)))
+
     async def delete_channel(self, channel: FakeChannel) -> None:
         """Delete a guild channel or thread, with its messages. Discord sends THREAD_DELETE (a few
         fields) for a thread, else CHANNEL_DELETE (the channel object), and nothing for the
