@@ -309,7 +309,8 @@ class ChatService:
         max_turns = self.settings.history.max_turns
         new_turn = Turn(role="user", content=as_the_model_reads(message), author_name=message.author_name,
                         author_id=message.author_id, message_id=message.message_id)
-        turns = [*await self.store.recent_turns(message.channel_id, 2 * max_turns), new_turn]
+        turns = [*await self._started_from(message), *await self.store.recent_turns(message.channel_id, 2 * max_turns),
+                 new_turn]
         start = self._prompt_starts.index_in(message.channel_id, turns)
         if start is None:
             start = max(0, len(turns) - max_turns)
@@ -323,6 +324,12 @@ class ChatService:
                                          max_turns=max_turns, start=start)
         first_turn_id = turns[prompt.first_turn].id
         return await self._with_recall(message, prompt, first_turn_id, budget, render), first_turn_id, persona
+
+    async def _started_from(self, message: IncomingMessage) -> list[Turn]:
+        """In a thread started from one of the channel's messages (Discord gives the thread that
+        message's id), the exchange it was started from comes first: people open a thread on an
+        answer to go on about it. (DMs have no threads.)"""
+        return [] if message.guild_id is None else await self.store.exchange_started_from(message.channel_id)
 
     def _generation(self, thinking: bool | None) -> GenerationSettings:
         """The generation settings for a reply: where the model thinks first, the thought has its

@@ -145,6 +145,37 @@ async def test_a_thread_takes_its_channels_auto_reply_and_persona_until_it_has_i
     assert await scene.store.channel_auto_reply(world.general.id) is True  # the channel's stay as they were
 
 
+async def _without_the_answer(scene: Scene) -> bool:
+    return "echo: Alice: my cat is called Tiberius" not in [content for _, content in await scene.turns()]
+
+
+async def test_a_thread_started_from_an_exchange_goes_on_from_it(scene: Scene):
+    """People open a thread on an answer (or on their question) to go on about it: Discord gives
+    the thread that message's id, and the exchange it was started from opens the thread's prompt."""
+    fake, world = scene.fake, scene.world
+    question = await scene.say(f"{fake.bot.mention} my cat is called Tiberius")
+    answer = await scene.reply_to(question)
+    exchange = [{"role": "user", "content": "Alice: my cat is called Tiberius"},
+                {"role": "assistant", "content": "echo: Alice: my cat is called Tiberius"}]
+    await scene.ask("and the weather?")  # said later in the channel: not part of the thread's start
+
+    on_answer = fake.add_thread(world.general, "cats", owner=world.alice, from_message=int(answer.response["id"]))
+    await scene.ask("what was my cat called?", channel=on_answer)
+    assert last_prompt(scene)[1:] == [*exchange, {"role": "user", "content": "Alice: what was my cat called?"}]
+    await scene.ask("and again?", channel=on_answer)
+    assert last_prompt(scene)[1:3] == exchange  # it stays the thread's start
+    assert [role for role, _ in await scene.turns(on_answer)] == ["user", "assistant"] * 2  # copied nowhere
+
+    on_question = fake.add_thread(world.general, "more cats", owner=world.alice, from_message=int(question["id"]))
+    await scene.ask("tell me more", channel=on_question)
+    assert last_prompt(scene)[1:3] == exchange
+
+    await fake.delete_message(world.general, int(answer.response["id"]))  # the answer is forgotten ...
+    await until(lambda: _without_the_answer(scene))
+    await scene.ask("still?", channel=on_answer)
+    assert "Tiberius" not in last_prompt(scene)[1]["content"]  # ... so the thread no longer starts from it
+
+
 async def test_in_a_thread_a_missing_permission_is_set_on_its_channel_and_a_lock_is_seen_before_answering(
         scene: Scene, caplog):
     """A thread has no permissions of its own: the fix names its channel. In a locked thread only

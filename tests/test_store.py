@@ -252,3 +252,19 @@ async def test_a_thread_noted_twice_at_once_is_one_note_on_both_backends(any_sto
     await asyncio.gather(*(any_store.remember_thread(thread, 1, 5) for thread in (11, 12) for _ in range(4)))
     await any_store.add_turn(channel_id=11, guild_id=5, role="user", content="in the thread")
     assert await any_store.delete_channel_data(1) == Erased(1, frozenset({1, 11, 12}))
+
+
+async def test_the_exchange_a_thread_was_started_from_is_found_by_the_threads_id(store):
+    """A thread started from a message has that message's id; a forum post's thread has its own
+    first message's id, which is the thread's own history, not where it started from."""
+    question = await store.add_turn(channel_id=1, guild_id=9, role="user", content="my cat is Tiberius",
+                                    author_name="Ann", message_id=100)
+    answer = await store.add_turn(channel_id=1, guild_id=9, role="assistant", content="A fine name.",
+                                  reply_to=question)
+    await store.record_answer_parts(answer, [200, 201])
+    exchange = [("user", "my cat is Tiberius"), ("assistant", "A fine name.")]
+    for thread_id in (100, 200, 201):  # started from the question, or from either part of the answer
+        assert [(t.role, t.content) for t in await store.exchange_started_from(thread_id)] == exchange
+    await store.add_turn(channel_id=300, guild_id=9, role="user", content="forum post", message_id=300)
+    assert await store.exchange_started_from(300) == []
+    assert await store.exchange_started_from(999) == []

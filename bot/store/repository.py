@@ -128,6 +128,26 @@ class Store:
             rows = (await session.scalars(query)).all()
         return [_to_turn(row) for row in reversed(rows)]
 
+    async def exchange_started_from(self, thread_id: int) -> list[Turn]:
+        """The stored exchange a thread was started from, oldest first: Discord gives a thread
+        started from a message that message's id. A person's message with the answer to it, or
+        an answer (one of its messages) with its question; [] if the thread was started from
+        none of these, or from its own first message (a forum post's)."""
+        async with self._sessions() as session:
+            started_from = await session.scalar(select(Message).where(
+                Message.discord_message_id == thread_id, Message.channel_id != thread_id, Message.role == "user"))
+            if started_from is not None:
+                answer = await session.scalar(select(Message).where(Message.reply_to == started_from.id)
+                                              .order_by(Message.id).limit(1))
+                exchange = [started_from, answer]
+            else:
+                answer = await session.scalar(select(Message).join(AnswerPart, AnswerPart.turn_id == Message.id)
+                                              .where(AnswerPart.discord_message_id == thread_id))
+                question = None if answer is None or answer.reply_to is None else await session.get(
+                    Message, answer.reply_to)
+                exchange = [question, answer]
+        return [_to_turn(row) for row in exchange if row is not None]
+
     async def recall(self, channel_id: int, words: str, before_id: int | None, limit: int) -> list[Turn]:
         """The channel's turns older than row `before_id` (None: all of them) that best match
         `words` by the database's full-text search, best first; at most `limit`. Only this

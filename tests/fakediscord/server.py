@@ -200,9 +200,11 @@ class FakeDiscord:
         self._publish("CHANNEL_CREATE", payloads.channel(channel))
         return channel
 
-    def add_thread(self, channel: FakeChannel, name: str, *, owner: UserLike) -> FakeChannel:
-        """``owner`` starts a public thread in ``channel``: THREAD_CREATE with ``newly_created``."""
-        thread = self.state.create_thread(channel, name, owner=as_user(owner))
+    def add_thread(self, channel: FakeChannel, name: str, *, owner: UserLike,
+                   from_message: Optional[int] = None) -> FakeChannel:
+        """``owner`` starts a public thread in ``channel`` (from one of its messages, whose id the
+        thread then has): THREAD_CREATE with ``newly_created``."""
+        thread = self.state.create_thread(channel, name, owner=as_user(owner), from_message=from_message)
         self._publish("THREAD_CREATE", {**payloads.channel(thread), "newly_created": True})
         return thread
 

@@ -135,11 +135,13 @@ class FakeState:
         guild.channels[c.id] = c
         return c
 
-    def create_thread(self, parent: FakeChannel, name: str, *, owner: FakeUser) -> FakeChannel:
+    def create_thread(self, parent: FakeChannel, name: str, *, owner: FakeUser,
+                      from_message: Optional[int] = None) -> FakeChannel:
         """A public thread in ``parent``. Kept among the guild's channels, so messages and REST
-        routes find it like any channel; Discord lists it apart (GUILD_CREATE ``threads``)."""
+        routes find it like any channel; Discord lists it apart (GUILD_CREATE ``threads``). One
+        started from a message has that message's id, as on Discord."""
         guild = self.get_guild(parent.guild_id)
-        thread = FakeChannel(id=self.new_id(), type=PUBLIC_THREAD, name=name, guild_id=guild.id,
+        thread = FakeChannel(id=from_message or self.new_id(), type=PUBLIC_THREAD, name=name, guild_id=guild.id,
                              parent_id=parent.id, owner_id=owner.id)
         guild.channels[thread.id] = thread
         return thread
