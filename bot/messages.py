@@ -37,10 +37,15 @@ PERSONA_SET = ("Persona set ({length:,} characters). It applies to every channel
 PERSONA_SET_CHANNEL = ("This channel's persona set ({length:,} characters). It overrides the server's persona in this "
                        "channel from the next message.")
 PERSONA_RESET = "Persona reset to the default. Channels with a persona of their own keep it."
-PERSONA_RESET_CHANNEL = "This channel's own persona is removed: the server's persona applies here again."
-PERSONA_CHANNEL_NONE = "This channel has no persona of its own: the server's persona applies here."
+PERSONA_RESET_CHANNEL = "This channel's own persona is removed: {applies} applies here again."
+PERSONA_CHANNEL_NONE = "This channel has no persona of its own: {applies} applies here."
+APPLIES_THREADS_CHANNEL = "its channel's persona (this is a thread: set or reset that one in the channel itself)"
+APPLIES_SERVER = "the server's persona"
+APPLIES_DEFAULT = "the default persona"
 PERSONA_SCOPE_UNKNOWN = 'There is no persona scope "{scope}": use "server" or "channel".'
 PERSONA_SHOW_CHANNEL = "This channel's own persona (it overrides the server's here):\n{persona}"
+PERSONA_SHOW_THREADS_CHANNEL = ("This thread's channel's own persona (this thread has none of its own, so it follows "
+                                "its channel):\n{persona}")
 PERSONA_SHOW_CUSTOM = "This server's persona:\n{persona}"
 PERSONA_SHOW_DEFAULT = "This server uses the default persona:\n{persona}"
 

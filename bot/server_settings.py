@@ -32,6 +32,7 @@ class Actor:
 
 
 SERVER, CHANNEL = "server", "channel"  # a persona's scope
+THREADS_CHANNEL = "thread's channel"  # where a thread's persona comes from when it has none of its own
 SCOPES = (SERVER, CHANNEL)
 MOST_THREADS_NOTED = 100_000  # threads remembered as noted (this process); past it, noted again
 
@@ -87,13 +88,16 @@ class ServerSettings:
         return (await self._persona_here(guild_id, channel_id))[0]
 
     async def _persona_here(self, guild_id: int | None, channel_id: int | None) -> tuple[str, str | None]:
-        """The persona in force and where it comes from: CHANNEL, SERVER, or None (the default)."""
+        """The persona in force and where it comes from: CHANNEL (its own), THREADS_CHANNEL (a
+        thread's channel's own), SERVER, or None (the default)."""
         if guild_id is None:
             return self.default_persona, None
         if channel_id is not None:
-            own = await self._own_or_parent(self.store.channel_persona, guild_id, channel_id)
-            if own:
+            if own := await self.store.channel_persona(channel_id):
                 return own, CHANNEL
+            parent = self.parent_of(guild_id, channel_id)
+            if parent is not None and (parents := await self.store.channel_persona(parent)):
+                return parents, THREADS_CHANNEL
         custom = await self.store.persona(guild_id)
         return (custom, SERVER) if custom else (self.default_persona, None)
 
@@ -118,8 +122,9 @@ class ServerSettings:
     async def show_persona(self, guild_id: int, channel_id: int | None = None) -> str:
         """The persona in force here, and where it comes from."""
         persona, source = await self._persona_here(guild_id, channel_id)
-        shown = {CHANNEL: messages.PERSONA_SHOW_CHANNEL, SERVER: messages.PERSONA_SHOW_CUSTOM,
-                 None: messages.PERSONA_SHOW_DEFAULT}[source].format(persona=persona)
+        shown = {CHANNEL: messages.PERSONA_SHOW_CHANNEL, THREADS_CHANNEL: messages.PERSONA_SHOW_THREADS_CHANNEL,
+                 SERVER: messages.PERSONA_SHOW_CUSTOM, None: messages.PERSONA_SHOW_DEFAULT}[source]
+        shown = shown.format(persona=persona)
         return shown + await self._adapter_note(guild_id)
 
     async def reset_persona(self, guild_id: int, actor: Actor, *, scope: str = SERVER,
@@ -130,10 +135,18 @@ class ServerSettings:
         if channel_id is None:
             await self.store.set_persona(guild_id, None, actor.id)
         elif not await self.store.set_channel_persona(channel_id, guild_id, None, actor.id):
-            return messages.PERSONA_CHANNEL_NONE
+            return messages.PERSONA_CHANNEL_NONE.format(applies=await self._persona_that_applies(guild_id, channel_id))
         await self.store.record_audit(action="persona.reset", actor_id=actor.id, actor_name=actor.name,
                                       guild_id=guild_id, channel_id=channel_id, detail=scope)
-        return messages.PERSONA_RESET if channel_id is None else messages.PERSONA_RESET_CHANNEL
+        if channel_id is None:
+            return messages.PERSONA_RESET
+        return messages.PERSONA_RESET_CHANNEL.format(applies=await self._persona_that_applies(guild_id, channel_id))
+
+    async def _persona_that_applies(self, guild_id: int, channel_id: int) -> str:
+        """Which persona applies in a channel without one of its own, in words."""
+        _, source = await self._persona_here(guild_id, channel_id)
+        return {THREADS_CHANNEL: messages.APPLIES_THREADS_CHANNEL, SERVER: messages.APPLIES_SERVER,
+                None: messages.APPLIES_DEFAULT}[source]
 
     # Adapters (fine-tuned LoRA weights, see bot/llm/adapters.py) ---------
 

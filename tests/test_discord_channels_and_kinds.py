@@ -144,6 +144,16 @@ async def test_a_thread_takes_its_channels_auto_reply_and_persona_until_it_has_i
     assert len(scene.posted(thread)) == 2
     assert await scene.store.channel_auto_reply(world.general.id) is True  # the channel's stay as they were
 
+    # /persona show and reset in the thread say where its persona comes from once its own is gone.
+    reset = await scene.command(manager, "persona reset", options={"scope": "channel"}, channel=thread)
+    assert reset["content"] == messages.PERSONA_RESET_CHANNEL.format(applies=messages.APPLIES_THREADS_CHANNEL)
+    shown = await scene.command(manager, "persona show", channel=thread)
+    assert shown["content"].startswith(messages.PERSONA_SHOW_THREADS_CHANNEL.format(persona="You are a pirate."))
+    again = await scene.command(manager, "persona reset", options={"scope": "channel"}, channel=thread)
+    assert again["content"] == messages.PERSONA_CHANNEL_NONE.format(applies=messages.APPLIES_THREADS_CHANNEL)
+    await scene.ask("arr?", channel=thread)
+    assert last_prompt(scene)[0] == {"role": "system", "content": "You are a pirate."}
+
 
 async def _without_the_answer(scene: Scene) -> bool:
     return "echo: Alice: my cat is called Tiberius" not in [content for _, content in await scene.turns()]

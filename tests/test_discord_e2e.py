@@ -471,9 +471,9 @@ async def test_a_channel_persona_overrides_the_servers_in_that_channel_only(scen
 
     # Resetting the channel scope falls back to the server's persona there; the server's stays.
     reset = await scene.command(chan, "persona reset", options={"scope": "channel"}, channel=random)
-    assert reset["content"] == messages.PERSONA_RESET_CHANNEL
+    assert reset["content"] == messages.PERSONA_RESET_CHANNEL.format(applies=messages.APPLIES_SERVER)
     again = await scene.command(chan, "persona reset", options={"scope": "channel"}, channel=random)
-    assert again["content"] == messages.PERSONA_CHANNEL_NONE
+    assert again["content"] == messages.PERSONA_CHANNEL_NONE.format(applies=messages.APPLIES_SERVER)
     await scene.ask("hello again", channel=random)
     assert last_prompt(scene)[0] == {"role": "system", "content": "You are a pirate."}
     shown = await scene.command(world.mod, "persona show", channel=random)
