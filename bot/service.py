@@ -102,6 +102,7 @@ class ChatService:
         self._prompt_starts = PromptStarts()
         self._resets: dict[int, asyncio.Event] = {}  # set to stop the answer being written in a channel
         self._deleted_meanwhile: set[int] = set()  # Discord deleted these; their channel has yet to forget them
+        self._deleted_channels: set[int] = set()  # Discord deleted these; they have yet to be forgotten
         self._answering: dict[int, int] = {}  # channel -> the message whose answer is being written there
         self._stops: dict[int, asyncio.Event] = {}  # set to stop it and keep what it has
         self._shutting_down = asyncio.Event()  # set once: every answer stops, no new one starts
@@ -142,6 +143,8 @@ class ChatService:
                         reply = await self._traced(message, delivery.progress)
                 finally:
                     del self._answering[message.channel_id]
+                if message.channel_id in self._deleted_channels:
+                    return  # deleted while answered: there is nowhere to post (the answer is not kept)
                 if message.message_id in self._deleted_meanwhile:
                     # Deleted while answered (the answer stopped there, not kept): not posted, and what
                     # showed of it goes; the delete, next in this channel, forgets the question.
@@ -551,7 +554,11 @@ class ChatService:
             self._forget_channels(erased.channel_ids - {channel_id})  # the channel's own: by _stop_and_wipe
             return erased.count
 
-        return await self._stop_and_wipe(channel_id, delete_with_threads)
+        self._deleted_channels.add(channel_id)  # an answer being written there is not posted
+        try:
+            return await self._stop_and_wipe(channel_id, delete_with_threads)
+        finally:
+            self._deleted_channels.discard(channel_id)  # (ids are never reused: nothing comes after)
 
     async def _stop_and_wipe(self, channel_id: int, wipe: Callable[[int], Awaitable[int]]) -> int:
         """An answer being written in the channel is stopped (and not stored), the messages waiting

@@ -10,12 +10,13 @@ second is answered the first was seen (and no answer to it can come later).
 from __future__ import annotations
 
 import logging
+import threading
 
 
 from bot import messages
 from tests.fakediscord import FakeChannel, permissions
 from tests.fakediscord import messages as fake_messages
-from tests.support.discord_scene import Scene
+from tests.support.discord_scene import Scene, running_bot
 from tests.support.waiting import until
 
 
@@ -268,6 +269,27 @@ async def test_deleting_a_thread_forgets_its_history_and_settings_only(scene: Sc
         return await scene.turns(thread) == [] and await store.channel_auto_reply(thread.id) is None
     await until(forgotten)
     assert len(await scene.turns()) == 2
+
+
+async def test_a_thread_deleted_while_its_answer_is_written_gets_nothing_posted(tmp_path):
+    """Before, the answer was stopped, then posted (with "cut short: the history was reset") into
+    the thread that no longer existed: a 404, logged and counted as a failed post."""
+    held = threading.Event()
+    async with running_bot(tmp_path, stream_edit_interval=0.05) as scene:
+        fake, world = scene.fake, scene.world
+        scene.model.reply = lambda m: "word " * 200
+        scene.model.gate, scene.model.gate_after_words = held, 5
+        thread = fake.add_thread(world.general, "side talk", owner=world.alice)
+        await scene.reply_to(await scene.say(f"{fake.bot.mention} talk to me", channel=thread))  # its start
+        posted_before = len(fake.requests)
+        await fake.delete_channel(thread)
+        await until(scene.model.stopped_early.is_set)  # the model was stopped ...
+        held.set()
+        await scene.ask("still there?")  # (the delete has been handled: later events are)
+        to_thread = [r for r in fake.requests[posted_before:] if f"/channels/{thread.id}/" in r.path]
+        assert to_thread == []  # ... and nothing was sent to the thread after it went
+        assert scene.service.observer.errors["post_failed"] == 0
+        assert await scene.turns(thread) == []
 
 
 # --------------------------------------------------------------------------- what discord.py has not cached
