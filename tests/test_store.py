@@ -268,3 +268,37 @@ async def test_the_exchange_a_thread_was_started_from_is_found_by_the_threads_id
     await store.add_turn(channel_id=300, guild_id=9, role="user", content="forum post", message_id=300)
     assert await store.exchange_started_from(300) == []
     assert await store.exchange_started_from(999) == []
+
+
+async def test_a_persona_deleted_elsewhere_while_an_answer_refers_to_it_is_added_anew(fresh_postgres_url, monkeypatch):
+    """PostgreSQL (SQLite has one writer at a time): a channel's or server's deletion elsewhere
+    removes the personas no answer refers to, between an answer finding its persona's row and
+    referring to it. Before, that answer failed to store after the user had watched it written."""
+    store = await Store.open(fresh_postgres_url)
+    cleaner = create_engine(fresh_postgres_url)
+    try:
+        await store.add_turn(channel_id=1, guild_id=2, role="assistant", content="old", persona="Be kind.")
+        async with cleaner.begin() as connection:  # its answer gone, its persona left for a cleanup
+            await connection.execute(text("DELETE FROM answer_personas"))
+        found_then_deleted = []
+        find = store._persona_id
+
+        async def find_then_a_cleanup_commits(session, persona):
+            found = await find(session, persona)
+            if not found_then_deleted:
+                found_then_deleted.append(found)
+                async with cleaner.begin() as connection:
+                    await connection.execute(text(
+                        "DELETE FROM personas WHERE id NOT IN (SELECT persona_id FROM answer_personas)"))
+            return found
+
+        monkeypatch.setattr(store, "_persona_id", find_then_a_cleanup_commits)
+        answer = await store.add_turn(channel_id=1, guild_id=2, role="assistant", content="new", persona="Be kind.")
+        async with cleaner.connect() as connection:
+            kept = (await connection.execute(text(
+                "SELECT p.text FROM answer_personas a JOIN personas p ON p.id = a.persona_id WHERE a.turn_id = :id"),
+                {"id": answer})).scalars().all()
+        assert found_then_deleted and kept == ["Be kind."]
+    finally:
+        await store.close()
+        await cleaner.dispose()

@@ -12,7 +12,7 @@ from typing import AsyncIterator, Sequence
 
 from sqlalchemy import delete, select, text, tuple_, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from ..core.types import Turn
@@ -94,15 +94,24 @@ class Store:
         """Store a turn; an answer names the user turn it answered (`reply_to`, its row id), if it
         was stopped before its end, why (`cut_short`), and the persona it was written under
         (`persona`, kept once per distinct text, for training exports)."""
-        row = Message(guild_id=guild_id, channel_id=channel_id, role=role, content=content,
-                      author_id=author_id, author_name=author_name, discord_message_id=message_id,
-                      reply_to=reply_to, cut_short=cut_short)
-        async with self._sessions.begin() as session:
-            session.add(row)
-            if persona is not None:
-                await session.flush()
-                session.add(AnswerPersona(turn_id=row.id, persona_id=await self._persona_id(session, persona)))
-        return row.id
+        for attempt in (1, 2):
+            row = Message(guild_id=guild_id, channel_id=channel_id, role=role, content=content,
+                          author_id=author_id, author_name=author_name, discord_message_id=message_id,
+                          reply_to=reply_to, cut_short=cut_short)
+            try:
+                async with self._sessions.begin() as session:
+                    session.add(row)
+                    if persona is not None:
+                        await session.flush()
+                        session.add(AnswerPersona(turn_id=row.id, persona_id=await self._persona_id(session, persona)))
+                return row.id
+            except IntegrityError:
+                # PostgreSQL: between finding the persona's row and referring to it, a deletion
+                # elsewhere (a channel's, a server's) removed it as no answer's. Once more adds it anew.
+                if persona is None or attempt == 2:
+                    raise
+                log.info("the persona of an answer went while it was stored; storing it again")
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     def _insert(self, table):
         """This dialect's INSERT, which has ON CONFLICT DO NOTHING (SQLite's and PostgreSQL's)."""
