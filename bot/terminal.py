@@ -48,6 +48,7 @@ class TerminalChat:
         self.actor = Actor(id=0, name=name)
         self._answer: asyncio.Future | None = None  # the answer being written, which Ctrl-C stops
         self._stopped = False  # Ctrl-C stopped it before it had a word
+        self._quitting = False  # told to end (SIGTERM, SIGHUP) while an answer was written
 
     def say(self, text: str) -> None:
         print(text, file=self.stdout, flush=True)
@@ -55,7 +56,7 @@ class TerminalChat:
     async def run(self) -> None:
         self.say(f"Chatting with {self.service.model_name}. Type /help for commands, /quit to leave.")
         with self._ctrl_c_stops_answers():
-            while (line := await self._read_line()) is not None:
+            while not self._quitting and (line := await self._read_line()) is not None:
                 line = line.strip()
                 if line.split(" ", 1)[0].lower() in ("/quit", "/exit"):
                     break
@@ -93,6 +94,29 @@ class TerminalChat:
             loop.remove_signal_handler(signal.SIGINT)
             signal.signal(signal.SIGINT, previous_handler)
 
+    @contextmanager
+    def _signals_end_the_chat_once_the_answer_is_kept(self) -> Iterator[None]:
+        """While an answer is written, SIGTERM and SIGHUP (`kill`, `docker stop`, the window
+        closed), and Ctrl-C when input is piped, stop it and end the chat once what it wrote is
+        stored and shown: by default they would end the process with the answer on the screen
+        and not in the history. (While it reads a line, the default stays: nothing is lost.)"""
+        numbers = [number for number in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None),
+                                         None if self.interactive else signal.SIGINT) if number is not None]
+        loop = asyncio.get_running_loop()
+        previous = {number: signal.getsignal(number) for number in numbers}
+        for number in numbers:
+            loop.add_signal_handler(number, self._stop_answer_and_quit)
+        try:
+            yield
+        finally:
+            for number in numbers:
+                loop.remove_signal_handler(number)
+                signal.signal(number, previous[number])
+
+    def _stop_answer_and_quit(self) -> None:
+        self._quitting = True
+        self._stop_answer()
+
     def _stop_answer(self) -> None:
         if self._answer is None or self._answer.done():
             return
@@ -108,7 +132,8 @@ class TerminalChat:
         self._answer = asyncio.ensure_future(self.service.reply(message, on_progress=printer.update))
         self._stopped = False
         try:
-            with typing_waits(self.stdin.fileno()) if self.interactive else nullcontext():
+            with typing_waits(self.stdin.fileno()) if self.interactive else nullcontext(), \
+                    self._signals_end_the_chat_once_the_answer_is_kept():
                 reply = await self._answer
         except asyncio.CancelledError:
             printer.stop_spinner()

@@ -152,6 +152,26 @@ def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(tmp_path):
     assert session.output.count("bot> ") == 1  # no answer is printed twice
 
 
+def test_a_kill_while_an_answer_is_written_keeps_what_was_shown_and_ends_the_chat(tmp_path):
+    """SIGTERM (`kill`, `docker stop`; SIGHUP, a closed window, is handled the same): before, the
+    process ended with the answer's start on the screen and only the question in the history."""
+    import signal
+
+    from bot import messages
+
+    session = _session(tmp_path, "--user", "Ann", BOT_GENERATION_MAX_NEW_TOKENS="400")
+    session.type("Tell me a long story about a dragon and a knight.\r")
+    session.expect("bot> ")
+    session.expect(" ")  # a word or so has come
+    session.process.send_signal(signal.SIGTERM)
+    session.expect(f"({messages.CUT_SHORT_STOPPED})")
+    session.expect("Bye.")
+    _finish(session, tmp_path)
+    history = chat(tmp_path / "chat.db", "/history\n")
+    assert "[user: Ann] Tell me a long story about a dragon and a knight." in history.stdout
+    assert "\n[bot] " in history.stdout  # what it wrote before the signal is kept
+
+
 def test_the_terminal_chat_has_no_per_user_rate_limit(tmp_path):
     # One message at once and one a minute on Discord; the person at the terminal is not slowed.
     finished = chat(tmp_path / "bot.db", "Count to 2.\nCount to 3.\nCount to 4.\n/quit\n",
