@@ -124,6 +124,10 @@ EXPORT_TOO_BIG = ("The export is {size:,} bytes even compressed, over Discord's 
 THINKING_ON = ("Done: from the next message, the bot thinks before it answers in this server (slower, "
                "sometimes better). Its thoughts are never posted or kept. Models that cannot reason ignore this.")
 THINKING_OFF = "Done: from the next message, the bot answers in this server without thinking first."
+THINKING_CANNOT_NOW = "(The model in use now cannot think, so its answers do not change.)"
+THINKING_IS_ON = "Thinking first: on (/persona thinking off answers at once)."
+THINKING_IS_OFF = "Thinking first: off (/persona thinking on lets the model reason before it answers)."
+THINKING_CANNOT = "Thinking first: on, but the model in use cannot think, so it answers at once."
 ADAPTER_SET = "Done: from the next message, this server's replies are written by {adapter}."
 ADAPTER_UNKNOWN = 'There is no adapter named "{name}"; nothing changed.'
 ADAPTER_CHOOSE = "Pick one of: {names} (\"default\" is the bot's usual model, \"base\" the model without any adapter)."

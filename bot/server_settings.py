@@ -44,8 +44,10 @@ def no_parent(_guild_id: int | None, _channel_id: int) -> int | None:
 
 
 class ServerSettings:
-    def __init__(self, store: Store, settings: Settings, adapters: Adapters):
+    def __init__(self, store: Store, settings: Settings, adapters: Adapters, model_thinks: bool | None = None):
         self.store = store
+        self.default_thinking = settings.model.thinking
+        self.model_thinks = model_thinks  # (see Abilities.thinks)
         self.default_persona = settings.persona.default
         self.persona_limit = settings.history.max_persona_chars  # characters
         self.adapters = adapters  # what the model serves
@@ -125,7 +127,7 @@ class ServerSettings:
         shown = {CHANNEL: messages.PERSONA_SHOW_CHANNEL, THREADS_CHANNEL: messages.PERSONA_SHOW_THREADS_CHANNEL,
                  SERVER: messages.PERSONA_SHOW_CUSTOM, None: messages.PERSONA_SHOW_DEFAULT}[source]
         shown = shown.format(persona=persona)
-        return shown + await self._adapter_note(guild_id)
+        return shown + await self._adapter_note(guild_id) + await self._thinking_note(guild_id)
 
     async def reset_persona(self, guild_id: int, actor: Actor, *, scope: str = SERVER,
                             channel_id: int | None = None) -> str:
@@ -194,7 +196,20 @@ class ServerSettings:
         await self.store.set_thinking(guild_id, enabled)
         await self.store.record_audit(action="thinking.set", actor_id=actor.id, actor_name=actor.name,
                                       guild_id=guild_id, detail="on" if enabled else "off")
+        if enabled and self.model_thinks is False:
+            return messages.THINKING_ON + " " + messages.THINKING_CANNOT_NOW
         return messages.THINKING_ON if enabled else messages.THINKING_OFF
+
+    async def _thinking_note(self, guild_id: int) -> str:
+        """For /persona show: whether replies think first, where that is worth saying (the model
+        can think, or thinking is on)."""
+        chosen = await self.thinking_for(guild_id)
+        on = self.default_thinking if chosen is None else chosen
+        if self.model_thinks is False:
+            return "\n\n" + messages.THINKING_CANNOT if on else ""
+        if not on and not self.model_thinks:
+            return ""
+        return "\n\n" + (messages.THINKING_IS_ON if on else messages.THINKING_IS_OFF)
 
     async def _adapter_note(self, guild_id: int) -> str:
         """For /persona show: which adapter is in use (nothing when the model serves none)."""

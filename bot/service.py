@@ -90,7 +90,7 @@ class ChatService:
         self.store = store
         self.model = model
         self.settings = settings
-        self.servers = ServerSettings(store, settings, model.abilities.adapters)
+        self.servers = ServerSettings(store, settings, model.abilities.adapters, model_thinks=model.abilities.thinks)
         self._wipes = Wipes()
         self.privacy = Privacy(store, self.servers, channels_erased=self._forget_channels,
                                forgetting=self._wipes.person_forgotten)
@@ -338,8 +338,8 @@ class ChatService:
         """The generation settings for a reply: where the model thinks first, the thought has its
         own allowance on top of the answer's."""
         generation = self.settings.generation
-        if not (self.settings.model.thinking if thinking is None else thinking):
-            return generation
+        if not (self.settings.model.thinking if thinking is None else thinking) or self.model.abilities.thinks is False:
+            return generation  # (a model that cannot think would spend the thought's allowance on its answer)
         return dataclasses.replace(generation,
                                    max_new_tokens=generation.max_new_tokens + generation.max_thinking_tokens)
 

@@ -31,6 +31,18 @@ async def test_the_real_model_remembers_the_first_turn(tmp_path, store, embedded
     assert "mango" not in fresh.text
 
 
+async def test_thinking_switched_on_for_a_model_that_cannot_think_changes_nothing(tmp_path, store, embedded_engine):
+    """SmolLM2 has no thought markers: the thought's allowance went to its answers, 3.5 times as
+    long, and /persona show did not say why."""
+    service = ChatService(store, embedded_engine, settings_for(tmp_path / "bot.db", do_sample=False,
+                                                               max_new_tokens=10))
+    said_on = await service.servers.set_thinking(20, ADMIN, True)
+    assert messages.THINKING_CANNOT_NOW in said_on
+    reply = await service.reply(said("Tell me a long story about a dragon."))
+    assert reply.ok and embedded_engine.output_tokens(reply.text) <= 10
+    assert (await service.servers.show_persona(20)).endswith(messages.THINKING_CANNOT)
+
+
 async def test_the_model_is_given_persona_speakers_and_history(scripted_service, scripted):
     await scripted_service.servers.set_persona(20, ADMIN, "You are a pirate.")
     await scripted_service.reply(said("hello", author="Ann"))

@@ -167,7 +167,8 @@ class BatchingEngine(ChatModel):
                      self.slot_memory >> 20, "" if self.context_tokens == backend.context_tokens else
                      f"; prompts are cut to fit, below the model's context of {backend.context_tokens}")
         self.abilities = Abilities(ModelKind.BATCHING, adapters=backend.adapters, channel_caches=True,
-                                   max_batch=max_batch, max_waiting=max_waiting)
+                                   max_batch=max_batch, max_waiting=max_waiting,
+                                   thinks=backend.thought_markers is not None)
         self.model = backend.model
         chosen = attention_for(attention, self.model.device.type)
         if chosen:

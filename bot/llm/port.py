@@ -80,6 +80,9 @@ class Abilities:
     counts_exactly: bool = True  # render() counts with the model's own tokenizer (else an estimate)
     context_source: str = ""  # where a remote model's context length comes from, for /status
     max_waiting: int | None = None  # replies that may wait for a place before ModelBusy (None: no bound)
+    # It can think before answering (a <think> block, as SmolLM3): False when its tokenizer has
+    # no such markers (SmolLM2), None when not known (a server's model).
+    thinks: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,9 @@ class ModelWorker(ChatModel):
 
     def __init__(self, backend: TextGenerator, timeout_s: float = 120.0, max_waiting: int | None = None):
         self.backend = backend
+        markers = getattr(backend, "thought_markers", ...)  # (a generator that does not say: not known)
         self.abilities = Abilities(ModelKind.ONE_AT_A_TIME, adapters=backend.adapters, streams=backend.streams,
-                                   max_waiting=max_waiting)
+                                   max_waiting=max_waiting, thinks=None if markers is ... else markers is not None)
         self.timeout_s = timeout_s
         # Like the engine's: past this many replies waiting behind the one being written, a new
         # one is refused with ModelBusy at once instead of queueing for ever. None = no bound.
