@@ -221,6 +221,7 @@ def load_settings(path: Path | str | None = None, environ: dict[str, str] | None
         raise ConfigError(f'{path}: [model] name is empty: give a Hugging Face model id, a local model folder, '
                           'or "embedded"')
     check_database_url(sections["database"].url)
+    check_model_places(sections["model"])
     token = (environ.get("DISCORD_TOKEN") or "").strip() or None
     return Settings(**sections, discord_token=token)
 
@@ -263,6 +264,24 @@ def _check_env_names(environ: dict[str, str]) -> None:
 def mask_url_password(url: str) -> str:
     """The URL with the password of user:password@ replaced by ***, fit to print or log."""
     return re.sub(r"^([^:/@]+://[^:/@]*):.*@", r"\1:***@", url, flags=re.DOTALL)
+
+
+# Where transformers can put the weights: its strategies, or a device (torch's names).
+_DEVICE_MAP = re.compile(r"auto|balanced|balanced_low_0|sequential|cpu|mps|meta|(cuda|xpu|npu)(:\d+)?|\d+")
+
+
+def check_model_places(model: "ModelSettings") -> None:
+    """Refuse a base_url or device_map the model could not be reached at or put on, at start,
+    with one line (else: a traceback at the first message, or while the model loads)."""
+    url = model.base_url.strip()
+    if url and not re.match(r"https?://[^/\s]", url, re.IGNORECASE):
+        shown = mask_url_password(url)
+        fix = f'; did you mean "http://{shown}"?' if "://" not in url else ""
+        raise ConfigError(f"[model] base_url {shown!r} is not an http:// or https:// address{fix} "
+                          '(e.g. "http://127.0.0.1:8000/v1")')
+    if not _DEVICE_MAP.fullmatch(model.device_map.strip()):
+        raise ConfigError(f'[model] device_map {model.device_map!r} is no place for the weights: use "auto", "cpu", '
+                          '"cuda" or "cuda:N" (a GPU), or "mps" (Apple)')
 
 
 def check_database_url(url: str) -> None:

@@ -166,4 +166,5 @@ TERMINAL_PERSONA_ACTIONS = ('There is no /persona {action}: use /persona show, s
                             '(/help says more).')
 TERMINAL_PERSONA_RESET_SCOPE = ('There is no persona scope "{scope}": use /persona reset (the terminal\'s) or '
                                 '/persona reset channel (this conversation\'s own).')
+TERMINAL_ANSWER_FAILED = "Sorry, something went wrong while answering that (the log says what); the chat goes on."
 TERMINAL_THINKING_ON_OFF = "Use /persona thinking on or /persona thinking off."

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import itertools
+import logging
 import os
 import signal
 import sys
@@ -22,6 +23,8 @@ from .server_settings import SCOPES, SERVER
 from .service import Actor, ChatService, UserError
 from .terminal_keys import ctrl_c_is_a_key, enable_line_editing, typing_waits, without_escapes
 
+
+log = logging.getLogger(__name__)
 
 HELP = """Commands:
   /persona show         show the persona the bot is using, and where it comes from
@@ -140,6 +143,12 @@ class TerminalChat:
             if not self._stopped:  # the chat itself is being stopped
                 raise
             self.say(f"({messages.CUT_SHORT_STOPPED})")
+            return
+        except Exception as error:  # nothing else caught it (a bug, say): a sentence, and the chat goes on
+            printer.stop_spinner()
+            log.error("answering failed: %s: %s", type(error).__name__, error)
+            log.debug("answering failed", exc_info=True)  # the traceback with -v
+            self.say(messages.TERMINAL_ANSWER_FAILED)
             return
         finally:
             printer.stop_spinner()

@@ -52,6 +52,10 @@ def test_token_comes_from_the_environment_only(tmp_path):
     ("dev_guild_id = 1\n", "dev_guild_id is outside any section; did you mean [discord] dev_guild_id?"),
     ('[model]\nname = " "\n', "[model] name is empty"),
     ("[discord]\ndev_guild_id = 123456789012345678901\n", "[discord] dev_guild_id must be from 0 to"),
+    ('[model]\nbase_url = "127.0.0.1:8000/v1"\n',
+     "[model] base_url '127.0.0.1:8000/v1' is not an http:// or https:// address; did you mean "
+     '"http://127.0.0.1:8000/v1"?'),
+    ('[model]\ndevice_map = "gpu"\n', "[model] device_map 'gpu' is no place for the weights: use \"auto\""),
 ])
 def test_bad_values_name_the_key_and_what_is_allowed(tmp_path, text, expected):
     with pytest.raises(ConfigError) as caught:

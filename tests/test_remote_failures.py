@@ -428,3 +428,15 @@ async def test_what_a_failing_server_says_goes_to_the_log_not_the_channel(store,
     unreachable = await service.reply(said("anyone?"))
     await model.aclose()
     assert not unreachable.ok and "could not be reached" in unreachable.text and "10.0.0.7" not in unreachable.text
+
+
+async def test_a_request_that_cannot_be_made_is_a_sentence_not_a_traceback(store, settings, caplog):
+    """An address aiohttp cannot even ask (no scheme: the config refuses it now, but any other
+    request error would do): before, its error escaped the backend and ended the terminal chat
+    with a traceback."""
+    service, model = await service_on("127.0.0.1:8000/v1", store, settings)
+    with caplog.at_level(logging.WARNING, logger="bot.llm.openai_backend"):
+        reply = await service.reply(said("hello"))
+    await model.aclose()
+    assert not reply.ok and "could not be asked" in reply.text
+    assert "check [model] base_url" in caplog.text

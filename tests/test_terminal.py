@@ -206,3 +206,33 @@ def test_the_terminal_chat_has_a_persona_of_its_own_over_the_servers_in_its_own_
     assert "This conversation's own persona is removed: the terminal's persona applies here again." in out
     assert out.index("is removed") < out.index(f"The terminal's persona:\n{persona}")
     assert "server" not in out.replace(persona, "")  # Discord's words stay in Discord
+
+
+async def test_an_answer_that_fails_unexpectedly_is_a_sentence_and_the_chat_goes_on(store, settings, caplog):
+    """Whatever escapes the service (a bug, a library's error it does not know) ends in one
+    sentence, with the error in the log, and the next line is answered."""
+    import io
+    import logging
+
+    from bot import messages
+    from bot.llm.worker import ModelWorker
+    from bot.service import ChatService
+    from bot.terminal import TerminalChat
+    from tests.support.scripted import ScriptedBackend
+
+    class FailingOnce(ChatService):
+        failed = False
+
+        async def reply(self, message, on_progress=None):
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("a bug nobody caught")
+            return await super().reply(message, on_progress)
+
+    service = FailingOnce(store, ModelWorker(ScriptedBackend(), timeout_s=5), settings)
+    shown = io.StringIO()
+    with caplog.at_level(logging.ERROR, logger="bot.terminal"):
+        await TerminalChat(service, io.StringIO("first\nsecond\n"), shown, user_name="Ann").run()
+    assert messages.TERMINAL_ANSWER_FAILED in shown.getvalue()
+    assert "bot> echo: Ann: second" in shown.getvalue() and shown.getvalue().rstrip().endswith("Bye.")
+    assert "RuntimeError: a bug nobody caught" in caplog.text

@@ -229,6 +229,10 @@ class OpenAICompatibleModel(ChatModel):
                 raise _NotAnswered(f"{type(error).__name__}: {error}") from None
             log.warning("the model server at %s stopped mid-answer: %s: %s", self.base_url, type(error).__name__, error)
             raise GenerationInterrupted("The model server stopped answering mid-reply.") from None
+        except aiohttp.ClientError as error:  # the request could not be made at all (an invalid URL, say)
+            log.warning("could not ask the model server at %s: %s: %s (check [model] base_url)", self.base_url,
+                        type(error).__name__, error)
+            raise GenerationFailed("The model server could not be asked (see the log).") from None
         if finished and thought and not written:
             # Its thought went apart (reasoning_content, or Ollama's and OpenRouter's reasoning),
             # and it used the whole allowance: without this, the user would read "empty answer".

@@ -241,6 +241,7 @@ def load_transformers_backend(settings: ModelSettings) -> TransformersBackend:
     except embedded.EmbeddedModelMissing as error:
         raise ModelLoadError(str(error)) from None
     dtype = resolve_dtype(settings.dtype)
+    _check_device_is_here(settings.device_map)
     started = time.monotonic()
     log.info("Loading model %s (%s, device_map=%s)...", label, str(dtype).removeprefix("torch."),
              settings.device_map)
@@ -258,6 +259,22 @@ def load_transformers_backend(settings: ModelSettings) -> TransformersBackend:
     log.info("Model ready in %.1f s on %s.", time.monotonic() - started, model.device)
     return TransformersBackend(model, tokenizer, name=label, thinking=settings.thinking,
                                context_tokens=settings.context_tokens, adapters=plan.adapters)
+
+
+def _check_device_is_here(device_map: str) -> None:
+    """A GPU named in device_map that this machine (or this torch build) lacks: one sentence, not
+    torch's assertion from inside the load."""
+    kind, _, number = device_map.strip().partition(":")
+    if kind != "cuda" and not (kind.isdigit() and not number):
+        return
+    if not torch.cuda.is_available():
+        raise ModelLoadError(f'[model] device_map = "{device_map}" asks for a GPU, but this torch has no CUDA device '
+                             f"here (torch {torch.__version__}): set device_map = \"auto\" or \"cpu\", or install "
+                             "torch with CUDA on a machine with an NVIDIA GPU.")
+    index = int(number) if number else int(kind) if kind.isdigit() else 0
+    if index >= torch.cuda.device_count():
+        raise ModelLoadError(f'[model] device_map = "{device_map}" names GPU {index}, but this machine has '
+                             f"{torch.cuda.device_count()} (numbered from 0).")
 
 
 def with_adapters(model, folders: dict[str, Path], model_label: str):
