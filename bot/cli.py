@@ -201,6 +201,18 @@ def _day(text: str):
         raise argparse.ArgumentTypeError(str(problem)) from None
 
 
+def _check_export_target(out: "Path") -> None:
+    """--out must be a file that can be written, checked before the database is read: the file is
+    written whole at the end (a folder, or a path through a file, would fail only then)."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder: give a file name, such as {out / 'export.jsonl'}")
+    folder = next((parent for parent in out.parents if parent.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise ConfigError(f"--out {out} cannot be written: {folder} is a file, not a folder")
+    if folder is not None and not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out} cannot be written: {folder} is not writable")
+
+
 async def _export(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -212,6 +224,7 @@ async def _export(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError("--min-turns must be at least 1 and --gap-minutes more than 0")
     if args.since and args.until and args.since > args.until:
         raise ConfigError(f"--since {args.since} is after --until {args.until}: nothing would be exported")
+    _check_export_target(Path(args.out))
     wanted = ExportFilter(guild_id=args.server, channel_id=args.channel, since=args.since, until=args.until,
                           min_turns=args.min_turns, include_dms=args.include_dms or args.channel is not None,
                           pseudonymise=not args.keep_names, gap=timedelta(minutes=args.gap_minutes))
@@ -220,6 +233,8 @@ async def _export(settings: Settings, args: argparse.Namespace) -> int:
         summary = ExportSummary()
         lines = export_lines(store, ServerSettings(store, settings, NO_ADAPTERS).persona_for, wanted, summary)
         written = await write_jsonl(lines, Path(args.out))
+    except OSError as error:  # what the check above cannot foresee (a full disk, a read-only mount)
+        raise ConfigError(f"--out {args.out} cannot be written: {error.strerror or error}") from None
     finally:
         await store.close()
     if not written:

@@ -206,6 +206,12 @@ def test_the_cli_explains_an_empty_export_and_bad_dates(tmp_path):
     done = run_cli("export", "--since", "2026-11-02", "--until", "2026-11-01", cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         "error: --since 2026-11-02 is after --until 2026-11-01: nothing would be exported"]
+    done = run_cli("export", "--out", str(tmp_path), cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        f"error: --out {tmp_path} is a folder: give a file name, such as {tmp_path / 'export.jsonl'}"]
+    done = run_cli("export", "--out", "old.jsonl/new.jsonl", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "error: --out old.jsonl/new.jsonl cannot be written: old.jsonl is a file, not a folder"]
 
 
 # --------------------------------------------------------------------------- Discord
