@@ -213,6 +213,7 @@ class TerminalChat:
 # channel. Here the terminal is the "server" and each --channel number a conversation. The
 # scope words people type ("set channel ...", "server") stay as they are: they are commands.
 TERMINAL_WORDS = (
+    ("/persona reset with the channel scope", "/persona reset channel"),
     ("every channel of this server", "every terminal conversation"),
     ("in this server", "in the terminal"),
     ("This server's", "The terminal's"), ("this server's", "the terminal's"),

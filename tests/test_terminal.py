@@ -37,7 +37,7 @@ def test_bad_input_in_the_terminal_gets_clear_answers(tmp_path):
     assert "Use /persona thinking on or /persona thinking off." in result.stdout
     assert "There is no /persona sett: use /persona show, set, reset, adapter or thinking" in result.stdout
     assert 'There is no persona scope "all": use /persona reset' in result.stdout
-    assert "To drop this conversation's own persona, use /persona reset with the channel scope." in result.stdout
+    assert "To drop this conversation's own persona, use /persona reset channel." in result.stdout
     assert "Commands:" not in result.stdout  # nobody was shown the whole help for a slip
     assert result.stdout.count("This conversation has no history yet.") == 2  # /History is /history
     assert len(bot_lines(result.stdout)) == 1  # the refusal; /quit now quit: the last line was never answered
