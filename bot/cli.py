@@ -13,8 +13,9 @@ import logging
 import os
 import sys
 from datetime import timedelta
+from pathlib import Path
 
-from .config import ConfigError, Settings, load_settings, mask_url_password
+from .config import DEFAULT_CONFIG_PATH, ConfigError, Settings, load_settings, mask_url_password
 from .store import Store, StoreError
 
 log = logging.getLogger("bot")
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args.verbose, args.log_format)
     try:
         settings = load_settings(args.config)
+        _say_if_no_config_file(args.config)
         if getattr(args, "model", None):
             settings = settings.with_overrides("model", name=args.model)
         return asyncio.run(args.handler(settings, args))
@@ -36,6 +38,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, ConfigError) else 1
+
+
+def _say_if_no_config_file(named: str | None) -> None:
+    """Run away from the checkout, there is no config.toml: the defaults apply without a word
+    otherwise (and ./data/bot.db is made there)."""
+    if not named and not os.environ.get("BOT_CONFIG") and not DEFAULT_CONFIG_PATH.exists():
+        log.info("No %s in %s: the built-in defaults apply, with BOT_* environment variables over them.",
+                 DEFAULT_CONFIG_PATH, Path.cwd())
 
 
 def _no_progress_bars_unless_on_a_terminal() -> None:
@@ -108,10 +118,20 @@ def _id(text: str) -> int:
     return value
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("smolbot")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     # Called as the installed `smolbot` script, or as `python -m bot`: usage and hints say which.
     prog = "smolbot" if os.path.basename(sys.argv[0]) == "smolbot" else "python -m bot"
     parser = _Parser(prog=prog, description="A Discord chat bot running its own language model.")
+    parser.add_argument("--version", action="version", version=f"smolbot {_version()}")
     _add_global_options(parser)
     global_options = _Parser(add_help=False)
     _add_global_options(global_options, suppress=True)
@@ -201,7 +221,7 @@ def _day(text: str):
         raise argparse.ArgumentTypeError(str(problem)) from None
 
 
-def _check_export_target(out: "Path") -> None:
+def _check_export_target(out: Path) -> None:
     """--out must be a file that can be written, checked before the database is read: the file is
     written whole at the end (a folder, or a path through a file, would fail only then)."""
     if out.is_dir():
@@ -214,8 +234,6 @@ def _check_export_target(out: "Path") -> None:
 
 
 async def _export(settings: Settings, args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .export import ExportFilter, ExportSummary, export_lines, write_jsonl
     from .llm.adapters import NO_ADAPTERS
     from .server_settings import ServerSettings

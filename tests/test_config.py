@@ -1,5 +1,6 @@
 """Settings: defaults, environment overrides, and one clear line for every bad value."""
 
+import os
 import subprocess
 import sys
 
@@ -83,3 +84,15 @@ def test_cli_prints_one_line_not_a_traceback_for_a_corrupt_config(tmp_path):
     assert result.stderr.strip().startswith("error: ")
     assert "is not valid TOML" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_away_from_a_config_file_the_cli_says_the_defaults_apply_and_it_has_a_version(tmp_path):
+    env = {**os.environ, "BOT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"}
+    env.pop("BOT_CONFIG", None)
+    result = subprocess.run([sys.executable, "-m", "bot", "migrate"], capture_output=True, text=True,
+                            cwd=tmp_path, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"No config.toml in {tmp_path}: the built-in defaults apply" in result.stderr
+    version = subprocess.run([sys.executable, "-m", "bot", "--version"], capture_output=True, text=True,
+                             cwd=tmp_path, env=env, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("smolbot ")

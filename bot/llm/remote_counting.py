@@ -56,7 +56,7 @@ class RemoteTokenCounter:
             return "counted with the model's tokenizer on this machine"
         if self._server is not None:
             return "the server counts each message's text, the template's tokens are estimated"
-        return "estimated (corrected by the counts the server reports)"
+        return "estimated, then corrected by the counts the server reports"
 
     def count(self, messages: ChatMessages, thinking: bool | None = None) -> int:
         thinking = self.thinking if thinking is None else thinking  # the template renders either way
