@@ -224,13 +224,12 @@ def _day(text: str):
 def _check_export_target(out: Path) -> None:
     """--out must be a file that can be written, checked before the database is read: the file is
     written whole at the end (a folder, or a path through a file, would fail only then)."""
+    from .paths import why_not_creatable
+
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder: give a file name, such as {out / 'export.jsonl'}")
-    folder = next((parent for parent in out.parents if parent.exists()), None)
-    if folder is not None and not folder.is_dir():
-        raise ConfigError(f"--out {out} cannot be written: {folder} is a file, not a folder")
-    if folder is not None and not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {out} cannot be written: {folder} is not writable")
+    if problem := why_not_creatable(out):
+        raise ConfigError(f"--out {out} cannot be written: {problem}")
 
 
 async def _export(settings: Settings, args: argparse.Namespace) -> int:

@@ -251,6 +251,18 @@ def test_a_full_output_directory_is_refused_unless_overwrite(tmp_path, capsys):
     assert "--eval-fraction must be between 0 and 1" in capsys.readouterr().err
 
 
+def test_a_run_that_fails_leaves_no_empty_output_folder(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "data.jsonl", quack_records(3))
+    out = tmp_path / "adapters" / "quack"
+    assert cli_main(["--config", str(CONFIG), "finetune", "--data", str(data), "--out", str(out),
+                     "--model", str(tmp_path / "no-such-model")]) == 1
+    assert "no-such-model" in capsys.readouterr().err
+    assert not (tmp_path / "adapters").exists()
+    assert cli_main(["--config", str(CONFIG), "finetune", "--data", str(data), "--out",
+                     str(data / "adapter")]) == 1  # under a file: said before any work
+    assert f"{data} is a file, not a folder" in capsys.readouterr().err
+
+
 def test_missing_training_libraries_are_named(tmp_path, capsys, monkeypatch):
     data = write_jsonl(tmp_path / "data.jsonl", quack_records(3))
     monkeypatch.setitem(sys.modules, "trl", None)  # what `import trl` meets where it is not installed

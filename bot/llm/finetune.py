@@ -103,17 +103,18 @@ def _import_training_libraries() -> None:
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
-    """Refuse a non-empty --out (unless overwrite), and make sure it can be made, before training."""
+    """Refuse a non-empty --out (unless overwrite), and make sure it can be made, before training
+    (it is made when the adapter is saved: a run that fails leaves no empty folder)."""
+    from ..paths import why_not_creatable
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FinetuneError(f"--out {out} is a file, not a directory.")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FinetuneError(f"--out {out} exists and is not empty; choose another directory "
                             "or pass --overwrite to replace the adapter there.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise FinetuneError(f"--out {out} cannot be made: {error.strerror or error}.") from None
+    if not out.exists() and (problem := why_not_creatable(out)):
+        raise FinetuneError(f"--out {out} cannot be made: {problem}.")
 
 
 def load_model_for_training(settings: ModelSettings):
@@ -244,6 +245,7 @@ def save_adapter(model, result: FinetuneResult, options: FinetuneOptions, settin
     out = Path(options.out)
     staging = None
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         model.save_pretrained(staging)
         # peft's model card template ("# Model Card for Model ID", base_model a cache path):
@@ -314,7 +316,7 @@ def add_arguments(parser) -> None:
 def run_command(settings: ModelSettings, args) -> int:
     result = finetune(settings, options_from_args(args))
     change = (result.loss_after - result.loss_before) / result.loss_before if result.loss_before else math.nan
-    print(f"Held-out loss: {result.loss_before:.4f} before, {result.loss_after:.4f} after ({change:+.0%}), "
+    print(f"Held-out loss: {result.loss_before:.4f} before, {result.loss_after:.4f} after ({change:+.1%}), "
           f"on {result.eval_conversations} held-out conversation(s).")
     print(f"Trained {result.steps} step(s) on {result.train_conversations} conversation(s) in "
           f"{result.seconds:.0f} s. Adapter saved to {result.out}.")
