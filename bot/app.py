@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,20 @@ async def open_app(settings: Settings, model: ChatModel | None = None, *, serve_
         if store.schema_change is not None:  # which database, where: a first run makes one quietly
             log.info("Database %s %s.", mask_url_password(settings.database.url), store.schema_change.describe())
         if model is None:
-            model = await asyncio.to_thread(load_model, settings)
+            model = await _loaded_model(settings)
         opened.pop_all()
     return App(settings, store, model, ChatService(store, model, settings, observer=metrics), metrics)
+
+
+async def _loaded_model(settings: Settings) -> ChatModel:
+    """The model, loaded off the event loop. A load cannot be interrupted (a first start converts
+    or downloads it): asked to stop meanwhile (Ctrl-C), the user hears that it stops once the load
+    is done, instead of waiting in silence."""
+    loading = asyncio.ensure_future(asyncio.to_thread(load_model, settings))
+    try:
+        return await asyncio.shield(loading)
+    except asyncio.CancelledError:
+        log.warning("Stopping once the model has finished loading (a load cannot be cut short)...")
+        with suppress(Exception):
+            await loading
+        raise

@@ -236,3 +236,24 @@ async def test_an_answer_that_fails_unexpectedly_is_a_sentence_and_the_chat_goes
     assert messages.TERMINAL_ANSWER_FAILED in shown.getvalue()
     assert "bot> echo: Ann: second" in shown.getvalue() and shown.getvalue().rstrip().endswith("Bye.")
     assert "RuntimeError: a bug nobody caught" in caplog.text
+
+
+def test_ctrl_c_while_the_model_loads_says_it_stops_once_loaded(tmp_path):
+    """A load cannot be cut short (a first start converts the model): before, Ctrl-C then met
+    silence until the load ended."""
+    import signal
+    import time
+
+    from tests.support.cli import TerminalSession, chat_env
+
+    log = tmp_path / "stderr.txt"
+    session = TerminalSession("chat", env=chat_env(tmp_path / "chat.db"), stderr_path=log)
+    _sessions.append(session)
+    deadline = time.monotonic() + 120
+    while "Loading model" not in log.read_text():  # the load has begun (it then takes seconds)
+        assert time.monotonic() < deadline and session.process.poll() is None, log.read_text()
+        time.sleep(0.02)
+    session.process.send_signal(signal.SIGINT)
+    assert session.close() == 130
+    said = log.read_text()
+    assert "Stopping once the model has finished loading" in said and "Traceback" not in said
