@@ -39,6 +39,11 @@ MOST_THREADS_NOTED = 100_000  # threads remembered as noted (this process); past
 Setting = TypeVar("Setting")
 
 
+# What parent_of says of a channel the front end does not have in view (a thread discord.py
+# dropped from its cache when it was archived): the store's note of its channel is asked.
+NOT_IN_VIEW = -1
+
+
 def no_parent(_guild_id: int | None, _channel_id: int) -> int | None:
     return None
 
@@ -52,8 +57,9 @@ class ServerSettings:
         self.persona_limit = settings.history.max_persona_chars  # characters
         self.adapters = adapters  # what the model serves
         self._gone_adapters: set[tuple[int, str]] = set()  # (server, adapter) picks no longer served, logged
-        # The channel a thread of a server belongs to (None: not a thread, or not known). Only a
-        # front end with threads knows: the Discord client sets it to look in discord.py's cache.
+        # The channel a thread of a server belongs to (None: not a thread; NOT_IN_VIEW: a channel it
+        # does not have in view). Only a front end with threads knows: the Discord client sets it to
+        # look in discord.py's cache. Read through parent_channel().
         self.parent_of: Callable[[int | None, int], int | None] = no_parent
         self._threads_noted: set[int] = set()  # threads whose channel the store knows (this process)
 
@@ -63,7 +69,7 @@ class ServerSettings:
         if channel_id in self._threads_noted:
             return
         parent = self.parent_of(guild_id, channel_id)
-        if parent is None:
+        if parent is None or parent == NOT_IN_VIEW:  # (not in view: noted already, if ever seen)
             return
         await self.store.remember_thread(channel_id, parent, guild_id)
         if len(self._threads_noted) >= MOST_THREADS_NOTED:  # noting again is harmless: a bound, not a cache
@@ -79,8 +85,17 @@ class ServerSettings:
         """A channel's own setting (`read` gives None where it has none), else, in a thread, its
         channel's: people expect a thread opened in a channel to behave like the channel."""
         own = await read(channel_id)
-        parent = self.parent_of(guild_id, channel_id) if own is None else None
+        parent = await self.parent_channel(guild_id, channel_id) if own is None else None
         return own if parent is None else await read(parent)
+
+    async def parent_channel(self, guild_id: int | None, channel_id: int) -> int | None:
+        """The channel a thread belongs to (None: not a thread): from the front end's view, else,
+        for a thread out of its view (archived, and so out of discord.py's cache: a message may
+        come before the event that brings it back), from the store's note of it."""
+        parent = self.parent_of(guild_id, channel_id)
+        if parent == NOT_IN_VIEW:
+            return await self.store.thread_parent(channel_id)
+        return parent
 
     # Persona ------------------------------------------------------------
 
@@ -97,7 +112,7 @@ class ServerSettings:
         if channel_id is not None:
             if own := await self.store.channel_persona(channel_id):
                 return own, CHANNEL
-            parent = self.parent_of(guild_id, channel_id)
+            parent = await self.parent_channel(guild_id, channel_id)
             if parent is not None and (parents := await self.store.channel_persona(parent)):
                 return parents, THREADS_CHANNEL
         custom = await self.store.persona(guild_id)

@@ -156,6 +156,22 @@ async def test_a_thread_takes_its_channels_auto_reply_and_persona_until_it_has_i
     assert last_prompt(scene)[0] == {"role": "system", "content": "You are a pirate."}
 
 
+async def test_a_thread_out_of_discord_pys_cache_still_follows_its_channel(scene: Scene):
+    """An archived thread leaves discord.py's cache; a message there may come before the event
+    that brings it back. Its channel is then read from the store's note: before, auto-reply and
+    the persona fell back to the server's (the message went unanswered)."""
+    fake, world = scene.fake, scene.world
+    manager = await channel_manager(scene)
+    await scene.command(manager, "autoreply on")
+    await scene.command(manager, "persona set", options={"text": "You are a pirate.", "scope": "channel"})
+    thread = fake.add_thread(world.general, "old talk", owner=world.alice)
+    await scene.reply_to(await scene.say("first", channel=thread))  # kept: its channel is noted
+    await fake.archive_thread(thread)
+    await until(lambda: scene.bot.get_guild(world.guild.id).get_thread(thread.id) is None)
+    await scene.reply_to(await scene.say("no mention needed, still", channel=thread))
+    assert last_prompt(scene)[0] == {"role": "system", "content": "You are a pirate."}
+
+
 async def _without_the_answer(scene: Scene) -> bool:
     return "echo: Alice: my cat is called Tiberius" not in [content for _, content in await scene.turns()]
 

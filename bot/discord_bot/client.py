@@ -15,6 +15,7 @@ import discord
 from discord import app_commands
 
 from ..config import ConfigError, DiscordSettings
+from ..server_settings import NOT_IN_VIEW
 from ..service import ChatService
 from .commands import add_commands, log_command
 from .events import DiscordEvents
@@ -135,11 +136,16 @@ class ChatBot(discord.Client):
         return discord.utils.oauth_url(self.application_id, permissions=INVITE_PERMISSIONS, scopes=INVITE_SCOPES)
 
     def thread_parent(self, guild_id: int | None, channel_id: int) -> int | None:
-        """The channel a thread belongs to, from discord.py's cache (None: not a thread, or a
-        thread discord.py does not know). Two dictionary lookups: this runs for most messages."""
+        """The channel a thread belongs to, from discord.py's cache (None: not a thread;
+        NOT_IN_VIEW: a channel discord.py does not have, such as an archived thread). A few
+        dictionary lookups: this runs for most messages."""
         guild = self.get_guild(guild_id) if guild_id is not None else None
-        thread = guild.get_thread(channel_id) if guild is not None else None
-        return thread.parent_id if thread is not None else None
+        if guild is None:
+            return None
+        thread = guild.get_thread(channel_id)
+        if thread is not None:
+            return thread.parent_id
+        return None if guild.get_channel(channel_id) is not None else NOT_IN_VIEW
 
     async def _channel_deleted(self, channel_id: int, guild_id: int) -> None:
         """Discord sends no MESSAGE_DELETE for a deleted channel's messages: its history and its

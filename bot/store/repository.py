@@ -333,6 +333,12 @@ class Store:
                                   .values(thread_id=thread_id, parent_id=parent_id, guild_id=guild_id)
                                   .on_conflict_do_nothing(index_elements=["thread_id"]))
 
+    async def thread_parent(self, thread_id: int) -> int | None:
+        """The channel a thread was noted in (None: not noted, or not a thread)."""
+        async with self._sessions() as session:
+            row = await session.get(ThreadParent, thread_id)
+        return row.parent_id if row else None
+
     # Settings -----------------------------------------------------------
 
     async def persona(self, guild_id: int) -> str | None:
