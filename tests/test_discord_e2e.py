@@ -1052,16 +1052,21 @@ async def test_typing_stops_once_the_answer_shows_and_is_not_sent_while_it_grows
 LONG_STORY = "\n\n".join(f"Paragraph {n}: " + "words " * 60 for n in range(8))  # two messages' worth
 
 
+async def a_story_held_after_its_start(scene: Scene, held: threading.Event):
+    """The bot asked for LONG_STORY, its model held after five words until `held` is set: the
+    answer's start (its first post), which shows meanwhile."""
+    scene.model.reply = lambda m: LONG_STORY
+    scene.model.gate, scene.model.gate_after_words = held, 5
+    return await scene.reply_to(await scene.say(f"{scene.fake.bot.mention} tell me a story"))
+
+
 async def test_a_refused_final_edit_posts_the_answer_anew_and_takes_the_preview_down(tmp_path):
     """Discord refused the edit that turns the preview into the answer (a 503, which discord.py
     does not retry): the answer is posted as new messages, not left as a start ending in "…"."""
     held = threading.Event()
     async with running_bot(tmp_path, stream_edit_interval=0.05) as scene:
         fake = scene.fake
-        scene.model.reply = lambda m: LONG_STORY
-        scene.model.gate, scene.model.gate_after_words = held, 5
-        question = await scene.say(f"{fake.bot.mention} tell me a story")
-        preview = await scene.reply_to(question)  # the start, while the model is held
+        preview = await a_story_held_after_its_start(scene, held)
         fake.fail_next("PATCH", "/channels/{id}/messages/{id}", 503, count=10_000)  # every edit from now
         held.set()
         await fake.wait_for_request("DELETE", f"/channels/{scene.general.id}/messages/{preview.response['id']}")
@@ -1082,10 +1087,7 @@ async def test_an_answer_shown_only_in_part_is_kept_only_as_far_as_it_shows(tmp_
     held = threading.Event()
     async with running_bot(tmp_path, stream_edit_interval=0.05) as scene:
         fake = scene.fake
-        scene.model.reply = lambda m: LONG_STORY
-        scene.model.gate, scene.model.gate_after_words = held, 5
-        question = await scene.say(f"{fake.bot.mention} tell me a story")
-        await scene.reply_to(question)  # the preview, while the model is held
+        await a_story_held_after_its_start(scene, held)
         fake.fail_next("POST", MESSAGES, 503)  # the answer's second message
         held.set()
         await fake.wait_for_request("POST", MESSAGES, predicate=lambda r: r.status == 503)

@@ -173,15 +173,19 @@ async def test_smollm3_thinking_switch_and_no_think_block_is_ever_stored(tiny_sm
     assert all("<think>" not in content and "</think>" not in content for _, content in await stored(store))
 
 
-async def test_progress_shows_the_answer_growing_without_its_think_block(store, settings):
-    backend = ScriptedBackend(reply=lambda m: "<think>plan it</think>The answer grows word by word.")
-    service = ChatService(store, ModelWorker(backend, timeout_s=5), settings)
+async def reply_and_progress(service: ChatService, text: str):
+    """The reply to `text`, and each text its progress showed as it was written."""
     seen = []
 
-    async def progress(text):
-        seen.append(text)
+    async def progress(shown):
+        seen.append(shown)
 
-    reply = await service.reply(said("go"), on_progress=progress)
+    return await service.reply(said(text), on_progress=progress), seen
+
+
+async def test_progress_shows_the_answer_growing_without_its_think_block(store, settings):
+    backend = ScriptedBackend(reply=lambda m: "<think>plan it</think>The answer grows word by word.")
+    reply, seen = await reply_and_progress(ChatService(store, ModelWorker(backend, timeout_s=5), settings), "go")
     assert reply.text == "The answer grows word by word."
     assert len(seen) > 3 and seen[-1] == reply.text
     assert all(reply.text.startswith(text) for text in seen)  # only ever grows
@@ -194,13 +198,8 @@ async def test_a_thought_the_chat_template_opened_is_never_shown_or_kept(store, 
     backend = ScriptedBackend(reply=lambda m: "The user wants the password hunter2; I must not say it.\n</think>\n"
                               "Sorry, I can't share that.", word_delay_s=0.001)
     backend.opens_thought = True
-    service = ChatService(store, ModelWorker(backend, timeout_s=5), settings)
-    seen = []
-
-    async def progress(text):
-        seen.append(text)
-
-    reply = await service.reply(said("what is the admin password?"), on_progress=progress)
+    reply, seen = await reply_and_progress(ChatService(store, ModelWorker(backend, timeout_s=5), settings),
+                                           "what is the admin password?")
     assert reply.text == "Sorry, I can't share that."
     assert seen and not any("hunter2" in text or "password" in text for text in seen)
     assert [content for role, content in await stored(store) if role == "assistant"] == [reply.text]
