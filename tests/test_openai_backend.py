@@ -141,12 +141,15 @@ async def test_an_unreachable_server_is_named_in_a_sentence(remote):
     await closed.aclose()
 
 
-async def test_the_servers_own_error_message_is_passed_on(remote):
+async def test_the_servers_own_error_message_goes_to_the_log(remote, caplog):
+    """The operator reads what the server said; the channel, which is public, reads the status."""
     wrong = OpenAICompatibleModel(remote.base_url, "no-such/model", 2048, remote.counter, timeout_s=5,
                                   server=ServerKind.TRANSFORMERS)
-    with pytest.raises(GenerationFailed, match=r"HTTP 4\d\d.*pinned"):
-        await generate(wrong, HELLO, GREEDY)
+    with caplog.at_level(logging.WARNING, logger="bot.llm.openai_backend"):
+        with pytest.raises(GenerationFailed, match=r"^The model server refused the request \(HTTP 4\d\d\)\.$"):
+            await generate(wrong, HELLO, GREEDY)
     await wrong.aclose()
+    assert "pinned" in caplog.text
 
 
 async def test_the_thinking_switch_and_repetition_penalty_are_sent(remote):
@@ -186,15 +189,15 @@ def test_the_api_key_comes_from_the_environment_only(tmp_path):
         load_settings(path, environ={})
 
 
-@pytest.mark.parametrize("status, body, expected", [
-    (429, '{"error": {"message": "slow down"}}', r"busy right now \(too many requests\)"),
-    (500, '{"error": {"message": "CUDA out of memory"}}', r"failed \(HTTP 500\): CUDA out of memory$"),
-    (400, '{"detail": "bad field"}', r"refused the request \(HTTP 400\): bad field$"),
+@pytest.mark.parametrize("status, body, expected, logged", [
+    (429, '{"error": {"message": "slow down"}}', r"busy right now \(too many requests\)", "slow down"),
+    (500, '{"error": {"message": "CUDA out of memory"}}', r"failed \(HTTP 500\)\.$", "CUDA out of memory"),
+    (400, '{"detail": "bad field"}', r"refused the request \(HTTP 400\)\.$", "bad field"),
     # FastAPI's validation errors (transformers serve) echo the offending input: only where and what.
     (422, '{"detail": [{"loc": ["body", "top_k"], "msg": "Extra inputs are not permitted", "input": "secret"}]}',
-     r"refused the request \(HTTP 422\): body.top_k: Extra inputs are not permitted$"),
+     r"refused the request \(HTTP 422\)\.$", "body.top_k: Extra inputs are not permitted"),
 ])
-async def test_busy_and_failing_servers_become_one_sentence(status, body, expected):
+async def test_busy_and_failing_servers_become_one_sentence(status, body, expected, logged, caplog):
     # transformers serve never answers 429 or 500 on demand: a few lines of aiohttp on loopback do.
     from aiohttp import web
 
@@ -206,7 +209,9 @@ async def test_busy_and_failing_servers_become_one_sentence(status, body, expect
     async with stub_server(app) as base_url:
         model = OpenAICompatibleModel(base_url, "m", 2048, RemoteTokenCounter(thinking=False), timeout_s=5)
         try:
-            with pytest.raises(GenerationFailed, match=expected):
+            with caplog.at_level(logging.WARNING, logger="bot.llm.openai_backend"), \
+                    pytest.raises(GenerationFailed, match=expected):
                 await generate(model, HELLO, GREEDY)
         finally:
             await model.aclose()
+    assert logged in caplog.text and "secret" not in caplog.text  # what the server said, for the operator
