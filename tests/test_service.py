@@ -253,6 +253,8 @@ async def test_a_reset_before_the_first_word_stops_the_model_at_once(store, sett
     reply = await asyncio.wait_for(answering, 60)
     assert not reply.ok and reply.text == "" and messages.CUT_SHORT_RESET in reply.notes
     assert await stored(store) == []
+    # Nothing left waiting for a piece that will never come (it would be destroyed pending).
+    assert not [task for task in asyncio.all_tasks() if "Queue.get" in repr(task.get_coro())]
     await asyncio.to_thread(backend.stopped_early.wait, 60)
     assert backend.stopped_early.is_set()
 

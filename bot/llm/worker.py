@@ -113,10 +113,14 @@ class ModelWorker(ChatModel):
 
     async def _next_piece(self, pieces: asyncio.Queue, job: asyncio.Future, time_left: float) -> str | None:
         getter = asyncio.ensure_future(pieces.get())
-        done, _ = await asyncio.wait({getter, job}, timeout=max(time_left, 0), return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({getter, job}, timeout=max(time_left, 0),
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:  # (cancelled while it waits, too: a reply stopped before its next piece)
+            if not getter.done():
+                getter.cancel()
         if getter in done:
             return getter.result()
-        getter.cancel()
         if not done:
             log.warning("generation passed its %.0f s limit and was stopped", self.timeout_s)
             raise GenerationTimeout(f"The model took longer than {self.timeout_s:.0f} seconds and was stopped.")
