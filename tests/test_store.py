@@ -302,3 +302,21 @@ async def test_a_persona_deleted_elsewhere_while_an_answer_refers_to_it_is_added
     finally:
         await store.close()
         await cleaner.dispose()
+
+
+async def test_rows_an_operator_left_dangling_do_not_stop_the_start_or_a_migration(tmp_path):
+    """The sqlite3 shell has foreign keys off: deleting messages there leaves their answer parts
+    pointing at nothing. Only what a migration itself breaks stops it."""
+    path = tmp_path / "bot.db"
+    store = await Store.open(url(path))
+    answer = await store.add_turn(channel_id=1, role="assistant", content="hi")
+    await store.record_answer_parts(answer, [200])
+    await store.close()
+    with sqlite3.connect(path) as shell:
+        shell.execute("DELETE FROM messages")
+    store = await Store.open(url(path))  # up to date: nothing scanned, nothing refused
+    await store.close()
+    engine = create_engine(url(path))
+    await downgrade(engine, "0003")
+    assert (await upgrade(engine)).after == ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    await engine.dispose()

@@ -15,6 +15,7 @@ from typing import AsyncIterator
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -114,10 +115,15 @@ class SchemaChange:
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> SchemaChange:
-    """Bring the schema to `revision` on this engine's database; say what it was and is."""
+    """Bring the schema to `revision` on this engine's database; say what it was and is. Up to
+    date already (every start but the first after an update), nothing is run or scanned."""
+    target = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head() if revision == "head" else revision
     async with _one_alembic_at_a_time(), migration_connection(engine) as connection:
         before = await connection.run_sync(_current_revision)
-        await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
+        if before == target:
+            return SchemaChange(before, before)
+        async with _no_new_broken_references(connection):
+            await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
         return SchemaChange(before, await connection.run_sync(_current_revision))
 
 
@@ -141,7 +147,8 @@ async def _one_migration_at_a_time(connection: AsyncConnection) -> None:
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
-    async with _one_alembic_at_a_time(), migration_connection(engine) as connection:
+    async with _one_alembic_at_a_time(), migration_connection(engine) as connection, \
+            _no_new_broken_references(connection):
         await connection.run_sync(lambda sync: command.downgrade(alembic_config(sync), revision))
 
 
@@ -150,8 +157,8 @@ async def migration_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnec
     """A connection in one transaction, with the migration lock, for Alembic. On SQLite, foreign
     keys are off meanwhile: a migration that changes a column rebuilds the table (a copy, then
     DROP TABLE of the old one), and with them on, that DROP would delete every row that refers
-    to it through ON DELETE CASCADE (answer_parts, answer_personas). The references are checked
-    before the migration commits instead."""
+    to it through ON DELETE CASCADE (answer_parts, answer_personas). What a migration does to
+    the references is checked instead (_no_new_broken_references)."""
     async with engine.connect() as connection:
         sqlite = connection.dialect.name == "sqlite"
         if sqlite:  # outside any transaction, or SQLite ignores it
@@ -161,17 +168,28 @@ async def migration_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnec
             async with connection.begin():
                 await _one_migration_at_a_time(connection)
                 yield connection
-                if sqlite:
-                    await _no_broken_references(connection)
         finally:
             if sqlite:
                 await connection.exec_driver_sql("PRAGMA foreign_keys=ON")
                 await connection.commit()
 
 
-async def _no_broken_references(connection: AsyncConnection) -> None:
-    broken = (await connection.exec_driver_sql("PRAGMA foreign_key_check")).fetchall()
+@asynccontextmanager
+async def _no_new_broken_references(connection: AsyncConnection) -> AsyncIterator[None]:
+    """A migration (SQLite: run with foreign keys off) that would leave rows referring to rows
+    that are gone is not applied. Only what it breaks counts: rows an operator's own edits left
+    dangling before do not stop the bot."""
+    before = await _broken_references(connection)
+    yield
+    broken = await _broken_references(connection) - before
     if broken:
         tables = sorted({row[0] for row in broken})
         raise StoreError(f"The migration would leave {len(broken)} row(s) in {', '.join(tables)} referring to "
                          "rows that no longer exist; it was not applied.")
+
+
+async def _broken_references(connection: AsyncConnection) -> set[tuple]:
+    """SQLite's list of rows whose foreign key points at nothing (PostgreSQL never lets one be)."""
+    if connection.dialect.name != "sqlite":
+        return set()
+    return {tuple(row) for row in (await connection.exec_driver_sql("PRAGMA foreign_key_check")).fetchall()}

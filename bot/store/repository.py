@@ -78,6 +78,9 @@ class Store:
         except (DBAPIError, OSError) as error:  # OSError: a database server that cannot be reached
             await engine.dispose()
             raise StoreError(_explain_open_error(url, error)) from error
+        except StoreError:  # a migration refused (see database.py)
+            await engine.dispose()
+            raise
         store = cls(engine)
         store.schema_change = schema_change
         return store
