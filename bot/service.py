@@ -176,11 +176,13 @@ class ChatService:
         the bot would later refer to what nobody saw."""
         if reply.stored_as is None:
             return
-        if not delivered.message_ids:
+        shown_only_a_start = not delivered.complete and delivered.shown is not None
+        if not delivered.message_ids or (shown_only_a_start and not _begins(reply.text, delivered.shown)):
+            # (what shows may be no part of it at all: the place-in-line notice its preview began as)
             await self.store.forget_turn(reply.stored_as)
             return
         await self.store.record_answer_parts(reply.stored_as, delivered.message_ids)
-        if not delivered.complete and delivered.shown:
+        if shown_only_a_start:
             await self.store.cut_answer_to(reply.stored_as, delivered.shown, cut_short=POST_FAILED)
 
     def _wiped_since(self, message: IncomingMessage, arrived: int) -> bool:
@@ -582,6 +584,13 @@ class ChatService:
         if not await self.store.is_answer_part(message.replies_to_unknown):
             return message
         return dataclasses.replace(message, replies_to_bot=True)
+
+
+def _begins(text: str, shown: str) -> bool:
+    """Whether `shown` (a message's text) is the start of `text`: its first words, at least (the
+    splitter may have closed a code block at a part's end)."""
+    start = shown.strip()[:40]
+    return bool(start) and text.startswith(start)
 
 
 async def _first_of(events: Iterable[asyncio.Event]) -> None:

@@ -1,12 +1,15 @@
 """The conversation flow as a user meets it: memory, personas, limits, failures, order."""
 
 import asyncio
+import contextlib
+import dataclasses
 import threading
 
 import pytest
 
 from bot import messages
 from bot.config import ModelSettings
+from bot.core.types import Delivered
 from bot.llm.worker import ModelWorker
 from bot.service import Actor, ChatService, UserError
 from tests.support.conversation import said, stored
@@ -336,3 +339,38 @@ async def test_a_removed_servers_waiting_messages_are_dropped_and_its_answer_in_
     assert first.ok and not second.ok and second.text == messages.WIPED_BEFORE_ANSWER and elsewhere.ok
     assert await stored(store, channel=1) == []
     assert await stored(store, channel=2) == [("user", "elsewhere"), ("assistant", "echo: Ann: elsewhere")]
+
+
+def to_the_bot(text: str):
+    return dataclasses.replace(said(text), mentions_bot=True)
+
+
+class RefusedAfterItsStart:
+    """A front end whose final post was refused, leaving only what its preview had shown: the
+    answer's first part, or, for an answer that came before any of it showed, the place-in-line
+    notice its preview began as (the Delivery of ChatService.respond)."""
+
+    def __init__(self, preview: str) -> None:
+        self.preview = preview
+
+    async def progress(self, text: str) -> None:
+        pass
+
+    @contextlib.asynccontextmanager
+    async def writing(self):
+        yield
+
+    async def deliver(self, reply) -> Delivered:
+        return Delivered((900,), complete=False, shown=self.preview)
+
+    async def withdraw(self) -> None:
+        raise AssertionError("no question here is deleted")
+
+
+async def test_an_answer_shown_only_as_its_place_in_line_notice_is_not_kept_as_that_notice(store, settings):
+    backend = ScriptedBackend(reply=lambda m: "The whole answer, which nobody saw.")
+    service = ChatService(store, ModelWorker(backend, timeout_s=5), settings)
+    await service.respond(to_the_bot("first"), RefusedAfterItsStart(messages.QUEUED.format(place=2)))
+    assert await stored(store) == [("user", "first")]  # the answer nobody saw is not remembered
+    await service.respond(to_the_bot("second"), RefusedAfterItsStart("The whole"))
+    assert (await stored(store))[-1] == ("assistant", "The whole")  # what showed of it
