@@ -53,3 +53,6 @@ def test_mentions_in_code_links_and_addresses_are_left_whole():
         assert neutralise_mentions(kept) == kept
     assert ZERO_WIDTH_SPACE in neutralise_mentions("`code` then @everyone")
     assert ZERO_WIDTH_SPACE in neutralise_mentions("@heretic")  # Discord reads @here in it
+    # What only looks like code or an address is no shelter.
+    for exposed in ("hey@everyone", ".@here", "\\`@everyone`", "``` @everyone (never closed)"):
+        assert ZERO_WIDTH_SPACE in neutralise_mentions(exposed), exposed

@@ -14,12 +14,14 @@ OPEN_THOUGHT, CLOSE_THOUGHT = "<think>", "</think>"
 _LEADING_THOUGHT = re.compile(r"\A\s*<think>.*?</think>", re.DOTALL)
 _LEADING_OPEN_THOUGHT = re.compile(r"\A\s*<think>.*\Z", re.DOTALL)  # the answer ran out of tokens still thinking
 _CLOSED_BEFORE_OPENED = re.compile(r"\A(?:(?!<think>).)*?</think>", re.DOTALL)
-# Not after a letter, digit or dot: john@hereford.example is an address, which a zero-width
-# space would spoil for whoever copies it.
-_MASS_MENTION = re.compile(r"(?<![\w.])@(everyone|here)", re.IGNORECASE)
-# Where Discord makes no mention of its own: code (blocks, and spans) and links, which its link
-# rule takes whole. A mention broken there would only spoil the code or the link.
-_NO_MENTIONS_IN = re.compile(r"```.*?(?:```|\Z)|`[^`\n]+`|https?://[^\s<>]+", re.DOTALL)
+_MASS_MENTION = re.compile(r"@(everyone|here)", re.IGNORECASE)
+# Inside an address (john@hereford.example: a word before, more of the name after), which a
+# zero-width space would spoil for whoever copies it.
+_IN_AN_ADDRESS = re.compile(r"[\w.]@(?:everyone|here)\.?\w", re.IGNORECASE)
+# Where Discord makes no mention of its own: closed code blocks and spans (a backslash-escaped
+# backtick opens none), and links, which its link rule takes whole. A mention broken there
+# would only spoil the code or the link.
+_NO_MENTIONS_IN = re.compile(r"```.*?```|(?<!\\)`[^`\n]+`|https?://[^\s<>]+", re.DOTALL)
 _ROLE_MENTION = re.compile(r"<@&(\d+)>")
 
 
@@ -50,8 +52,15 @@ def neutralise_mentions(text: str) -> str:
 
 
 def _break_mentions(text: str) -> str:
-    text = _MASS_MENTION.sub(lambda m: "@" + ZERO_WIDTH_SPACE + m.group(1), text)
+    text = _MASS_MENTION.sub(_broken_unless_in_an_address, text)
     return _ROLE_MENTION.sub(lambda m: "<@" + ZERO_WIDTH_SPACE + "&" + m.group(1) + ">", text)
+
+
+def _broken_unless_in_an_address(mention: re.Match) -> str:
+    start = mention.start()
+    if start > 0 and _IN_AN_ADDRESS.match(mention.string, start - 1):
+        return mention.group()
+    return "@" + ZERO_WIDTH_SPACE + mention.group(1)
 
 
 def clean_reply(text: str, thought_opened: bool | None = False) -> str:
