@@ -29,6 +29,10 @@ class ChannelSequence:
         counts = list(self._users.values())
         return sum(counts) - len(counts)
 
+    def busy(self, channel_id: int) -> bool:
+        """Whether anything is being done, or waits to be, in the channel."""
+        return channel_id in self._users
+
     @asynccontextmanager
     async def turn(self, channel_id: int) -> AsyncIterator[None]:
         lock = self._locks.setdefault(channel_id, asyncio.Lock())

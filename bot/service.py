@@ -556,11 +556,22 @@ class ChatService:
             self._forget_channels(erased.channel_ids - {channel_id})  # the channel's own: by _stop_and_wipe
             return erased.count
 
-        self._deleted_channels.add(channel_id)  # an answer being written there is not posted
+        async def delete_thread(thread_id: int) -> int:
+            return (await self.store.delete_channel_data(thread_id)).count
+
+        threads = await self.store.noted_threads(channel_id)
+        gone = {channel_id, *threads}
+        self._deleted_channels.update(gone)  # an answer being written there is not posted
         try:
-            return await self._stop_and_wipe(channel_id, delete_with_threads)
+            # Its threads went with it: an answer being written in one stops, and what waits there
+            # is dropped, as in the channel itself (the channel's wipe takes the others' rows).
+            count = 0
+            for thread_id in threads:
+                if self._channels.busy(thread_id):
+                    count += await self._stop_and_wipe(thread_id, delete_thread)
+            return count + await self._stop_and_wipe(channel_id, delete_with_threads)
         finally:
-            self._deleted_channels.discard(channel_id)  # (ids are never reused: nothing comes after)
+            self._deleted_channels.difference_update(gone)  # (ids are never reused: nothing comes after)
 
     async def _stop_and_wipe(self, channel_id: int, wipe: Callable[[int], Awaitable[int]]) -> int:
         """An answer being written in the channel is stopped (and not stored), the messages waiting

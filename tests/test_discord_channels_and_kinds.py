@@ -287,23 +287,51 @@ async def test_deleting_a_thread_forgets_its_history_and_settings_only(scene: Sc
     assert len(await scene.turns()) == 2
 
 
+async def shown_until_the_model_holds(scene: Scene, thread: FakeChannel) -> None:
+    """The bot asked in `thread` for an answer its model holds after five words, shown that far
+    (no edit of it is still on its way)."""
+    scene.model.reply = lambda m: "word " * 200
+    scene.model.gate, scene.model.gate_after_words = threading.Event(), 5
+    await scene.reply_to(await scene.say(f"{scene.fake.bot.mention} talk to me", channel=thread))
+    await until(lambda: scene.fake.state.channel_history(thread.id)[-1]["content"] == "word word word word word …")
+
+
 async def test_a_thread_deleted_while_its_answer_is_written_gets_nothing_posted(tmp_path):
     """Before, the answer was stopped, then posted (with "cut short: the history was reset") into
     the thread that no longer existed: a 404, logged and counted as a failed post."""
-    held = threading.Event()
     async with running_bot(tmp_path, stream_edit_interval=0.05) as scene:
         fake, world = scene.fake, scene.world
-        scene.model.reply = lambda m: "word " * 200
-        scene.model.gate, scene.model.gate_after_words = held, 5
         thread = fake.add_thread(world.general, "side talk", owner=world.alice)
-        await scene.reply_to(await scene.say(f"{fake.bot.mention} talk to me", channel=thread))  # its start
+        await shown_until_the_model_holds(scene, thread)
         posted_before = len(fake.requests)
         await fake.delete_channel(thread)
         await until(scene.model.stopped_early.is_set)  # the model was stopped ...
-        held.set()
+        scene.model.gate.set()
         await scene.ask("still there?")  # (the delete has been handled: later events are)
         to_thread = [r for r in fake.requests[posted_before:] if f"/channels/{thread.id}/" in r.path]
         assert to_thread == []  # ... and nothing was sent to the thread after it went
+        assert scene.service.observer.errors["post_failed"] == 0
+        assert await scene.turns(thread) == []
+
+
+async def test_a_channel_deleted_while_an_answer_is_written_in_its_thread_gets_nothing_posted_there(tmp_path):
+    """Discord deletes a channel's threads with it, without a word for them (discord.py tells of
+    those in its cache; an archived one is not): the answer being written in one stops, is not
+    stored, and is not posted into the thread that went."""
+    async with running_bot(tmp_path, stream_edit_interval=0.05) as scene:
+        fake, world = scene.fake, scene.world
+        doomed = fake.add_text_channel(world.guild, "doomed")
+        thread = fake.add_thread(doomed, "side talk", owner=world.alice)
+        await shown_until_the_model_holds(scene, thread)
+        await fake.archive_thread(thread)  # archived meanwhile: out of discord.py's cache
+        await until(lambda: scene.bot.get_guild(world.guild.id).get_thread(thread.id) is None)
+        posted_before = len(fake.requests)
+        await fake.delete_channel(doomed)
+        await until(scene.model.stopped_early.is_set)
+        scene.model.gate.set()
+        await scene.ask("still there?")
+        to_thread = [r for r in fake.requests[posted_before:] if f"/channels/{thread.id}/" in r.path]
+        assert to_thread == []
         assert scene.service.observer.errors["post_failed"] == 0
         assert await scene.turns(thread) == []
 

@@ -293,7 +293,7 @@ PREVIEW_MARK = " …"  # ends an answer still being written
 def preview(text: str, limit: int = DISCORD_MESSAGE_LIMIT) -> str:
     """The growing answer as one message: its first part, marked as still being written."""
     first = (split_message(text, limit - len(PREVIEW_MARK)) or [text[: limit - len(PREVIEW_MARK)]])[0]
-    return first + PREVIEW_MARK
+    return first.rstrip() + PREVIEW_MARK  # (a word's trailing space would show before the mark)
 
 
 @asynccontextmanager

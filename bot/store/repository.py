@@ -309,8 +309,7 @@ class Store:
         their turns, their settings and own personas, and the persona texts no stored answer was
         written under any more. Returns how many turns, and the channels and threads they were in."""
         async with self._sessions.begin() as session:
-            threads = (await session.scalars(
-                select(ThreadParent.thread_id).where(ThreadParent.parent_id == channel_id))).all()
+            threads = (await session.scalars(_threads_of(channel_id))).all()
             gone = frozenset({channel_id, *threads})
             count = await self._delete_where(session, Message.channel_id.in_(gone), (ChannelSettings, ChannelPersona),
                                              lambda table: table.channel_id.in_(gone))
@@ -335,6 +334,11 @@ class Store:
             await session.execute(self._insert(ThreadParent)
                                   .values(thread_id=thread_id, parent_id=parent_id, guild_id=guild_id)
                                   .on_conflict_do_nothing(index_elements=["thread_id"]))
+
+    async def noted_threads(self, channel_id: int) -> list[int]:
+        """The threads noted as the channel's (see ThreadParent)."""
+        async with self._sessions() as session:
+            return list((await session.scalars(_threads_of(channel_id))).all())
 
     async def thread_parent(self, thread_id: int) -> int | None:
         """The channel a thread was noted in (None: not noted, or not a thread)."""
@@ -474,6 +478,10 @@ _POSTGRESQL_RECALL = text(f"""
       AND channel_id = :channel_id AND id < :before_id
     ORDER BY ts_rank({_POSTGRESQL_CHANNEL_WORDS}, {_POSTGRESQL_QUERY}) DESC, id DESC
     LIMIT :limit""")
+
+
+def _threads_of(channel_id: int):
+    return select(ThreadParent.thread_id).where(ThreadParent.parent_id == channel_id)
 
 
 def _to_turn(row: Message, persona: str | None = None) -> Turn:
