@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10
 BUSY_RETRY_S = 1.0  # the wait before asking again a busy server (429, 503) that names no wait
+READ_WAIT_S = 5.0  # how long a reply waits for a server unread at start to be read
 
 # Request fields a server may refuse as ones it does not take (OpenAI and Groq refuse every
 # field they do not know; OpenAI's reasoning models refuse max_tokens and a temperature): sent
@@ -113,7 +114,7 @@ class OpenAICompatibleModel(ChatModel):
         self._penalty_field = server.penalty_field if send_repetition_penalty else None
         self._left_out: set[str] = set()  # fields the server refused (see OPTIONAL_FIELDS)
         self._read_later: Callable[[], ServerReading | None] | None = None
-        self._reading = asyncio.Lock()
+        self._reading: asyncio.Future | None = None  # the server being read, at most one at a time
         self._api_key = api_key  # never logged: kept out of repr and messages
         self._session: aiohttp.ClientSession | None = None
 
@@ -124,13 +125,25 @@ class OpenAICompatibleModel(ChatModel):
         self._read_later = read
 
     async def _read_server_if_still_unread(self) -> None:
-        async with self._reading:  # one reading, however many channels ask at once
-            if self._read_later is None:
-                return
-            reading = await asyncio.to_thread(self._read_later)
-            if reading is not None:
-                self._read_later = None
-                self._take(reading)
+        """One reading at a time, however many replies ask; a reply waits for it only briefly
+        (READ_WAIT_S: a host that swallows packets, or Ollama loading a model, take long) and
+        otherwise goes on with the guesses, which the reading replaces once it ends."""
+        if self._read_later is None:
+            return
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.ensure_future(asyncio.to_thread(self._read_later))
+            self._reading.add_done_callback(self._take_what_was_read)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._reading), READ_WAIT_S)
+
+    def _take_what_was_read(self, reading: asyncio.Future) -> None:
+        if reading.cancelled():
+            return
+        if reading.exception() is not None:
+            log.warning("could not read what the model server at %s is: %s", self.base_url, reading.exception())
+        elif reading.result() is not None and self._read_later is not None:
+            self._read_later = None
+            self._take(reading.result())
 
     def _take(self, reading: ServerReading) -> None:
         self.server = reading.kind
