@@ -1196,3 +1196,18 @@ async def test_auto_reply_switched_on_where_the_bot_cannot_post_says_so(scene: S
         permission="Send Messages", where=messages.IN_THIS_CHANNEL)
     assert (await scene.command(scene.world.mod, "autoreply on", permissions=permissions.MANAGE_CHANNELS)
             )["content"] == messages.AUTOREPLY_ON  # where it can post, nothing more
+
+
+async def test_a_refused_preview_is_not_sent_again_every_interval(tmp_path):
+    """Discord refusing the answer's start for good (403: the permission went mid-answer, a
+    thread locked): before, each interval sent it again, about one refusal a second per answer,
+    and refusals count towards the invalid requests that get a bot's address banned."""
+    async with running_bot(tmp_path, stream_edit_interval=0.05) as scene:
+        fake = scene.fake
+        scene.model.reply = lambda m: "word " * 300
+        scene.model.word_delay_s = 0.002  # about a second of writing: some twenty preview turns
+        fake.fail_next("POST", MESSAGES, 403, count=10_000, body={"message": "Missing Permissions", "code": 50013})
+        await scene.say(f"{fake.bot.mention} talk a while")
+        await until(lambda: scene.service.observer.errors["post_failed"] == 1)  # the answer itself, once
+        refused = [r for r in fake.requests_to("POST", MESSAGES) if r.status == 403]
+        assert len(refused) == 2  # the preview's first post, and the answer's own post

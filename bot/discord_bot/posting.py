@@ -171,6 +171,10 @@ class StreamedReply:
         self.before_first_post = before_first_post
         self.message: discord.Message | None = None
         self.gone = False  # the message was deleted (by a person) while the answer was written
+        # Discord refused a preview for good (403: no permission any more, a locked thread; 400:
+        # AutoMod): no more previews for this answer. Sent again every interval, each refusal
+        # would count towards the invalid requests that get a bot's address banned for a while.
+        self.refused = False
         self._shown = ""
         self._pending = ""
         # Counting from now, an answer that is done within `interval` is posted once, whole.
@@ -180,7 +184,7 @@ class StreamedReply:
 
     async def update(self, text: str) -> None:
         """Called with the visible text so far."""
-        if self.interval <= 0 or not text.strip():
+        if self.interval <= 0 or not text.strip() or self.refused:
             return
         self._pending = text
         if self._shower is None or self._shower.done():
@@ -191,7 +195,7 @@ class StreamedReply:
         post or edit (a queue notice followed by a long silence must still show)."""
         loop = asyncio.get_running_loop()
         shown = None
-        while shown != self._pending:
+        while shown != self._pending and not self.refused:
             await asyncio.sleep(max(0.0, self._next_show - loop.time()))
             if self.budget is not None:
                 await self.budget.turn()
@@ -265,6 +269,7 @@ class StreamedReply:
                 text, reference=self.trigger.to_reference(fail_if_not_exists=False),
                 mention_author=False, allowed_mentions=NO_PINGS))
         except POSTING_ERRORS as error:
+            self.refused = refused_for_good(error)
             log.info("could not post the start of an answer in channel %s: %s",
                      self.trigger.channel.id, describe(error))
             return False
@@ -280,11 +285,17 @@ class StreamedReply:
                       channel=self.trigger.channel.id, message_id=self.trigger.id, error=describe(error))
             return False
         except POSTING_ERRORS as error:
+            self.refused = refused_for_good(error)
             log_event(log, "edit_failed", logging.WARNING, guild=getattr(self.trigger.guild, "id", None),
                       channel=self.trigger.channel.id, message_id=self.trigger.id, error=describe(error))
             return False
         self._shown = text
         return True
+
+
+def refused_for_good(error: Exception) -> bool:
+    """A refusal sending again will not change (unlike a 429 or a 5xx)."""
+    return isinstance(error, discord.HTTPException) and error.status in (400, 401, 403)
 
 
 PREVIEW_MARK = " …"  # ends an answer still being written
