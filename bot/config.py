@@ -142,7 +142,8 @@ class DiscordSettings:
     stream_edit_interval: float = setting(1.0, "seconds between edits of an answer shown while it is written "
                                           "(0 = post only the finished answer)", low=0, high=60)
     stream_edits_per_second: float = setting(20.0, "edits (and first posts) of answers being written, all channels "
-                                             "together, per second; Discord allows a bot 50 requests a second",
+                                             "together, per second; Discord allows a bot 50 requests a second "
+                                             "(with shard_ids, each process takes its shards' share)",
                                              low=0.1, high=50)
     shard_count: int = setting(0, "Discord shards in all, across every bot process (0 = one unsharded connection)",
                                low=0, high=65_535)

@@ -51,7 +51,7 @@ class ChatBot(discord.Client):
                          allowed_mentions=discord.AllowedMentions.none(), **options)
         self.settings = settings
         self.service = service
-        self.events = DiscordEvents(service, settings)
+        self.events = DiscordEvents(service, settings, previews_per_second=previews_per_second(settings))
         # Installed to servers only: were an operator to allow user installs, the admin commands
         # would otherwise be offered in servers the bot is not in, where it can do nothing.
         self.tree = app_commands.CommandTree(
@@ -230,6 +230,15 @@ def shard_options(settings: DiscordSettings) -> dict[str, Any]:
 def chat_bot_for(service: ChatService, settings: DiscordSettings, sharding: dict[str, Any]) -> ChatBot:
     """An unsharded ChatBot, or a ShardedChatBot over the shards in `sharding` (shard_options)."""
     return ShardedChatBot(service, settings, **sharding) if sharding else ChatBot(service, settings)
+
+
+def previews_per_second(settings: DiscordSettings) -> float:
+    """[discord] stream_edits_per_second is the bot's in all, as Discord's limit is its token's:
+    a process running some of the shards takes their share of it."""
+    shards = parse_shard_ids(settings.shard_ids, settings.shard_count) if settings.shard_count else None
+    if shards is None:
+        return settings.stream_edits_per_second
+    return settings.stream_edits_per_second * len(shards) / settings.shard_count
 
 
 def parse_shard_ids(text: str, shard_count: int) -> list[int] | None:

@@ -111,11 +111,12 @@ class DiscordDelivery:
 
 
 class DiscordEvents:
-    def __init__(self, service: ChatService, settings: DiscordSettings):
+    def __init__(self, service: ChatService, settings: DiscordSettings, previews_per_second: float | None = None):
         self.service = service
         self.delete_data_on_guild_remove = settings.delete_data_on_guild_remove
         self.stream_edit_interval = settings.stream_edit_interval
-        self.edit_budget = EditBudget(settings.stream_edits_per_second)  # this connection's answers together
+        # This process's answers together (its share of the bot's budget: see previews_per_second).
+        self.edit_budget = EditBudget(previews_per_second or settings.stream_edits_per_second)
         self._cannot_post: set[int] = set()  # channels where a missing permission was logged
         self._handling = 0  # messages being answered (or waiting their turn to be)
         self._idle = asyncio.Event()
