@@ -1211,3 +1211,28 @@ async def test_a_refused_preview_is_not_sent_again_every_interval(tmp_path):
         await until(lambda: scene.service.observer.errors["post_failed"] == 1)  # the answer itself, once
         refused = [r for r in fake.requests_to("POST", MESSAGES) if r.status == 403]
         assert len(refused) == 2  # the preview's first post, and the answer's own post
+
+
+async def test_every_request_an_answer_makes_takes_a_turn_of_the_process_pace(tmp_path):
+    """All of a process's answers keep under Discord's 50 requests a second together: 64 answers
+    ending on the same step sent their final edits at once, past 100 in a second. So each
+    request of an answer (typing, its preview's post and edits, its parts) waits for its turn."""
+    async with running_bot(tmp_path, stream_edit_interval=0.05) as scene:
+        pace = scene.bot.events.request_pace
+        turns = []
+        take_turn = pace.turn
+
+        async def counted_turn():
+            turns.append(pace)
+            await take_turn()
+
+        pace.turn = counted_turn
+        scene.model.reply = lambda m: LONG_STORY
+        scene.model.word_delay_s = 0.002  # about a second of writing: previews on the way
+        before = len(scene.fake.requests)
+        await scene.say(f"{scene.fake.bot.mention} tell me a story")
+        await scene.fake.wait_for_request("POST", MESSAGES, count=2)  # its second part: the answer is done
+        made = [r for r in scene.fake.requests[before:] if r.path.startswith(f"/channels/{scene.general.id}/")
+                and r.method in ("POST", "PATCH", "DELETE")]
+        assert {r.method for r in made} == {"POST", "PATCH"} and len(made) >= 5  # typing, preview, edits, parts
+        assert len(turns) == len(made)

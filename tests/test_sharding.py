@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack
 import pytest
 
 from bot.config import ConfigError, DiscordSettings
-from bot.discord_bot.client import on_shards, previews_per_second, shard_options
+from bot.discord_bot.client import on_shards, shard_options, share_of_the_bot
 from bot.store import Store
 from tests.fakediscord import FakeDiscord, build_world
 from tests.support.bot_subprocess import START_TIMEOUT_S, BotProcess, ask, posted_answers
@@ -114,13 +114,13 @@ def test_sharding_settings_are_checked_before_anything_starts():
         shard_options(DiscordSettings(shard_ids="0"))
 
 
-def test_a_process_running_some_shards_keeps_to_their_share_of_the_preview_budget():
+def test_a_process_running_some_shards_keeps_to_their_share_of_the_request_budgets():
     """Discord's 50 requests a second are the bot's, whatever the processes: two processes of two
-    shards each at the full budget would send twice what one sends."""
-    assert previews_per_second(DiscordSettings(stream_edits_per_second=20)) == 20
-    assert previews_per_second(DiscordSettings(stream_edits_per_second=20, shard_count=4)) == 20  # all four here
-    assert previews_per_second(DiscordSettings(stream_edits_per_second=20, shard_count=4, shard_ids="0,1")) == 10
-    assert previews_per_second(DiscordSettings(stream_edits_per_second=20, shard_count=4, shard_ids="3")) == 5
+    shards each at the full budgets would send twice what one sends."""
+    assert share_of_the_bot(DiscordSettings()) == 1
+    assert share_of_the_bot(DiscordSettings(shard_count=4)) == 1  # all four in this process
+    assert share_of_the_bot(DiscordSettings(shard_count=4, shard_ids="0,1")) == 0.5
+    assert share_of_the_bot(DiscordSettings(shard_count=4, shard_ids="3")) == 0.25
 
 
 def test_a_process_checks_for_servers_that_left_only_on_its_own_shards():

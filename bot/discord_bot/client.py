@@ -51,7 +51,9 @@ class ChatBot(discord.Client):
                          allowed_mentions=discord.AllowedMentions.none(), **options)
         self.settings = settings
         self.service = service
-        self.events = DiscordEvents(service, settings, previews_per_second=previews_per_second(settings))
+        share = share_of_the_bot(settings)
+        self.events = DiscordEvents(service, settings, previews_per_second=settings.stream_edits_per_second * share,
+                                    requests_per_second=REQUESTS_PER_SECOND * share)
         # Installed to servers only: were an operator to allow user installs, the admin commands
         # would otherwise be offered in servers the bot is not in, where it can do nothing.
         self.tree = app_commands.CommandTree(
@@ -232,13 +234,16 @@ def chat_bot_for(service: ChatService, settings: DiscordSettings, sharding: dict
     return ShardedChatBot(service, settings, **sharding) if sharding else ChatBot(service, settings)
 
 
-def previews_per_second(settings: DiscordSettings) -> float:
-    """[discord] stream_edits_per_second is the bot's in all, as Discord's limit is its token's:
-    a process running some of the shards takes their share of it."""
+# Answers' requests a second, all channels together: under Discord's 50 for the whole bot, with
+# room for slash commands' answers (which go apart, on each interaction's own webhook).
+REQUESTS_PER_SECOND = 45.0
+
+
+def share_of_the_bot(settings: DiscordSettings) -> float:
+    """The share of the bot's request budget this process may use: Discord's limit is its token's,
+    so a process running some of the shards takes their share ([discord] shard_ids)."""
     shards = parse_shard_ids(settings.shard_ids, settings.shard_count) if settings.shard_count else None
-    if shards is None:
-        return settings.stream_edits_per_second
-    return settings.stream_edits_per_second * len(shards) / settings.shard_count
+    return 1.0 if shards is None else len(shards) / settings.shard_count
 
 
 def parse_shard_ids(text: str, shard_count: int) -> list[int] | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from typing import AsyncIterator, Iterable, Iterator
 
 import discord
@@ -24,7 +24,7 @@ from ..core.types import Delivered, Reply
 from ..service import ChatService
 from ..telemetry import log_event
 from .convert import readable_content, to_incoming
-from .posting import EditBudget, StreamedReply, parts_to_post, post_reply, typing_in
+from .posting import EditBudget, StreamedReply, paced, parts_to_post, post_reply, typing_in
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +111,15 @@ class DiscordDelivery:
 
 
 class DiscordEvents:
-    def __init__(self, service: ChatService, settings: DiscordSettings, previews_per_second: float | None = None):
+    def __init__(self, service: ChatService, settings: DiscordSettings, previews_per_second: float | None = None,
+                 requests_per_second: float | None = None):
         self.service = service
         self.delete_data_on_guild_remove = settings.delete_data_on_guild_remove
         self.stream_edit_interval = settings.stream_edit_interval
         # This process's answers together (its share of the bot's budget: see previews_per_second).
         self.edit_budget = EditBudget(previews_per_second or settings.stream_edits_per_second)
+        # Every request of this process's answers (see posting.paced); None: not paced.
+        self.request_pace = EditBudget(requests_per_second) if requests_per_second else None
         self._cannot_post: set[int] = set()  # channels where a missing permission was logged
         self._handling = 0  # messages being answered (or waiting their turn to be)
         self._idle = asyncio.Event()
@@ -130,7 +133,7 @@ class DiscordEvents:
         # message would otherwise warn of a permission nobody needs there.
         if not self._can_answer_in(message.channel, say_why=is_addressed(incoming)):
             return  # no model time, nothing stored: the answer could not be posted
-        with self._counted():
+        with self._counted(), paced(self.request_pace) if self.request_pace else nullcontext():
             await self.service.respond(incoming, DiscordDelivery(message, self.stream_edit_interval, self.edit_budget))
 
     def _can_answer_in(self, channel, *, say_why: bool) -> bool:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from contextlib import asynccontextmanager
-from typing import AsyncIterator, Awaitable, Callable, TypeVar
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
+from typing import AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 
 import aiohttp
 import discord
@@ -92,6 +93,7 @@ async def patiently(send: Callable[[], Awaitable[Sent]]) -> Sent:
     is not sent again (refused requests count towards Discord's ban)."""
     waited = 0.0
     for attempt in range(RATE_LIMIT_RETRIES + 1):
+        await take_a_request_turn()
         try:
             return await send()
         except discord.HTTPException as error:
@@ -133,7 +135,7 @@ class EditBudget:
     would be 64. So every preview (a streamed answer's first post or edit) takes the next free
     turn, `1 / per_second` after the last one, first come first served: with many answers at
     once each is shown less often, and the newest text goes when its turn comes. Finished answers
-    never wait here."""
+    never wait here. (The same spacing paces all of an answer's requests: see paced.)"""
 
     def __init__(self, per_second: float, now: Callable[[], float] | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
@@ -149,6 +151,30 @@ class EditBudget:
         self._next_turn = turn + self.spacing
         if turn > now:
             await self._sleep(turn - now)
+
+
+# Every request an answer makes (its posts, edits, deletes, typing) takes a turn of the pace set
+# for the task that handles it and the tasks it starts (a context variable: see paced), so that
+# all of a process's answers together keep under Discord's 50 requests a second: with many
+# answers ending on the same step, their final posts and edits alone went past 100 in a second.
+# Previews also keep to their own, lower budget first (DiscordEvents.edit_budget).
+_request_pace: ContextVar["EditBudget | None"] = ContextVar("discord_request_pace", default=None)
+
+
+@contextmanager
+def paced(budget: "EditBudget") -> Iterator[None]:
+    """Within the block (and the tasks started in it), every request takes a turn of `budget`."""
+    token = _request_pace.set(budget)
+    try:
+        yield
+    finally:
+        _request_pace.reset(token)
+
+
+async def take_a_request_turn() -> None:
+    pace = _request_pace.get()
+    if pace is not None:
+        await pace.turn()
 
 
 class StreamedReply:
@@ -348,6 +374,7 @@ class TypingIndicator:
                 return  # refused (logged): the answer comes without it
 
     async def _send(self) -> bool:
+        await take_a_request_turn()
         try:
             await self.channel.typing()  # awaited, not entered: sent once
         except POSTING_ERRORS as error:
