@@ -19,6 +19,7 @@ from bot.discord_bot.client import on_shards, shard_options, share_of_the_bot
 from bot.store import Store
 from tests.fakediscord import FakeDiscord, build_world
 from tests.support.bot_subprocess import START_TIMEOUT_S, BotProcess, ask, posted_answers
+from tests.support.waiting import until
 
 SHARD_COUNT = 2
 QUESTIONS_PER_CHANNEL = 3
@@ -130,3 +131,27 @@ def test_a_process_checks_for_servers_that_left_only_on_its_own_shards():
     assert [on_shards(guild, {0}, 2) for guild in (first, second)] == [True, False]
     assert [on_shards(guild, {1}, 2) for guild in (first, second)] == [False, True]
     assert on_shards(second, {0, 1}, 2) and on_shards(second, None, None)  # every shard, or unsharded
+
+
+async def test_shards_whose_session_begins_during_a_server_check_are_checked_right_after_it(scripted_service):
+    """A gateway restart re-identifies several shards at once: before, a READY that came while
+    another shard's check ran was dropped, and servers that removed the bot meanwhile stayed."""
+    from bot.discord_bot.client import chat_bot_for
+
+    bot = chat_bot_for(scripted_service, DiscordSettings(shard_count=4), {"shard_count": 4, "shard_ids": None})
+    checked: list = []
+    first_may_end = asyncio.Event()
+
+    async def check(shards):
+        checked.append(shards)
+        if len(checked) == 1:
+            await first_may_end.wait()
+
+    bot._forget_servers_left_while_offline = check
+    bot._start_server_check({0})
+    await until(lambda: checked)
+    bot._start_server_check({1})
+    bot._start_server_check({2})
+    first_may_end.set()
+    await bot._server_check
+    assert checked == [{0}, {1, 2}]  # (the bot never connected: nothing to close)

@@ -62,6 +62,7 @@ class ChatBot(discord.Client):
         # A thread takes its channel's persona and auto-reply: the settings ask which channel that is.
         service.servers.parent_of = self.thread_parent
         self._server_check: asyncio.Task | None = None  # after each READY (see on_ready)
+        self._shards_to_check_next: list[set[int] | None] = []  # READYs that came during a check
 
     async def setup_hook(self) -> None:
         await self.sync_commands()
@@ -106,15 +107,23 @@ class ChatBot(discord.Client):
 
     def _start_server_check(self, shards: set[int] | None) -> None:
         """After a new session: forget the servers, on `shards` (None: all), that removed the bot
-        while it was not listening. One check at a time."""
-        if self._server_check is None or self._server_check.done():
-            self._server_check = asyncio.create_task(self._check_servers_left_while_offline(shards))
+        while it was not listening. One check at a time: shards whose session began during one
+        (a gateway restart re-identifies several) are checked together right after it."""
+        if self._server_check is not None and not self._server_check.done():
+            self._shards_to_check_next.append(shards)
+            return
+        self._server_check = asyncio.create_task(self._check_servers_left_while_offline(shards))
 
     async def _check_servers_left_while_offline(self, shards: set[int] | None) -> None:
-        try:
-            await self._forget_servers_left_while_offline(shards)
-        except Exception:  # a task nobody awaits: its failure would otherwise go unseen
-            log.exception("the check for servers that removed the bot while it was offline failed")
+        while True:
+            try:
+                await self._forget_servers_left_while_offline(shards)
+            except Exception:  # a task nobody awaits: its failure would otherwise go unseen
+                log.exception("the check for servers that removed the bot while it was offline failed")
+            if not self._shards_to_check_next:
+                return
+            waiting, self._shards_to_check_next = self._shards_to_check_next, []
+            shards = None if None in waiting else set().union(*waiting)
 
     async def _forget_servers_left_while_offline(self, shards: set[int] | None) -> None:
         """Discord's list of the bot's servers: one that removed the bot while it was offline is not
