@@ -133,8 +133,17 @@ class ChatService:
         async with self._channels.turn(message.channel_id):
             if message.message_id in self._deleted_meanwhile or self._wiped_since(message, arrived):
                 return  # deleted, or its channel reset or its author forgotten, before its turn came
-            decision = await self._decide(message)
-            if decision.action is Action.EXPLAIN_TEXT_ONLY:
+            try:
+                decision = await self._decide(message)
+            except SQLAlchemyError as error:  # its channel's settings could not be read
+                self._log_storage_failure(error, f"could not read channel {message.channel_id}'s settings to "
+                                                 "decide on a message")
+                decision = Decision(Action.IGNORE, "the database failed")
+                if is_addressed(message):  # one who spoke to the bot is told
+                    decision = Decision(Action.EXPLAIN, messages.STORAGE_FAILED)
+            if decision.action is Action.EXPLAIN:
+                delivered = await delivery.deliver(Reply(decision.reason, ok=False))
+            elif decision.action is Action.EXPLAIN_TEXT_ONLY:
                 delivered = await delivery.deliver(Reply(messages.ATTACHMENTS_ONLY, ok=False))
             elif decision.action is Action.ANSWER:
                 self._answering[message.channel_id] = message.message_id
@@ -151,12 +160,27 @@ class ChatService:
                     await delivery.withdraw()
                     return
                 delivered = await delivery.deliver(reply)
-                await self._keep_as_shown(reply, delivered)
-                await self._erase_if_wiped_meanwhile(message, arrived, reply)
+                await self._bookkeep_after_posting(message, arrived, reply, delivered)
             else:
                 return
         if not delivered.complete:  # the front end logged why
             self.observer.error("post_failed")
+
+    async def _bookkeep_after_posting(self, message: IncomingMessage, arrived: int, reply: Reply,
+                                      delivered: Delivered) -> None:
+        """What the database learns once the answer is posted. The user has the answer by now: a
+        database failing here is the operator's to know, in one line, not a traceback."""
+        try:
+            await self._keep_as_shown(reply, delivered)
+            await self._erase_if_wiped_meanwhile(message, arrived, reply)
+        except SQLAlchemyError as error:
+            self._log_storage_failure(error, f"the answer in channel {message.channel_id} was posted, but the "
+                                             "database could not record which messages show it (a delete of them "
+                                             "will not forget it)")
+
+    def _log_storage_failure(self, error: SQLAlchemyError, what: str) -> None:
+        self.observer.error("storage")
+        log.error("%s: %s", what, getattr(error, "orig", None) or type(error).__name__)
 
     async def reply(self, message: IncomingMessage, on_progress: ProgressCallback | None = None) -> Reply:
         """Answer one message addressed to the bot: store it, ask the model, store and return the answer.

@@ -345,13 +345,12 @@ def to_the_bot(text: str):
     return dataclasses.replace(said(text), mentions_bot=True)
 
 
-class RefusedAfterItsStart:
-    """A front end whose final post was refused, leaving only what its preview had shown: the
-    answer's first part, or, for an answer that came before any of it showed, the place-in-line
-    notice its preview began as (the Delivery of ChatService.respond)."""
+class Reports:
+    """A front end (the Delivery of ChatService.respond) that reports `delivered` for an answer:
+    say, a final post refused, leaving only what its preview had shown."""
 
-    def __init__(self, preview: str) -> None:
-        self.preview = preview
+    def __init__(self, delivered: Delivered) -> None:
+        self.delivered = delivered
 
     async def progress(self, text: str) -> None:
         pass
@@ -361,7 +360,7 @@ class RefusedAfterItsStart:
         yield
 
     async def deliver(self, reply) -> Delivered:
-        return Delivered((900,), complete=False, shown=self.preview)
+        return self.delivered
 
     async def withdraw(self) -> None:
         raise AssertionError("no question here is deleted")
@@ -370,7 +369,50 @@ class RefusedAfterItsStart:
 async def test_an_answer_shown_only_as_its_place_in_line_notice_is_not_kept_as_that_notice(store, settings):
     backend = ScriptedBackend(reply=lambda m: "The whole answer, which nobody saw.")
     service = ChatService(store, ModelWorker(backend, timeout_s=5), settings)
-    await service.respond(to_the_bot("first"), RefusedAfterItsStart(messages.QUEUED.format(place=2)))
+    # The answer came before any of it showed: its preview showed only its place in line.
+    await service.respond(to_the_bot("first"), Reports(refused_after(messages.QUEUED.format(place=2))))
     assert await stored(store) == [("user", "first")]  # the answer nobody saw is not remembered
-    await service.respond(to_the_bot("second"), RefusedAfterItsStart("The whole"))
+    await service.respond(to_the_bot("second"), Reports(refused_after("The whole")))
     assert (await stored(store))[-1] == ("assistant", "The whole")  # what showed of it
+
+
+def refused_after(preview: str) -> Delivered:
+    return Delivered((900,), complete=False, shown=preview)
+
+
+async def test_a_database_failing_once_the_answer_is_posted_is_one_log_line(store, settings, caplog, monkeypatch):
+    """The user has the answer by then: before, the error escaped to discord.py's handler as a
+    traceback."""
+    import logging
+
+    from sqlalchemy.exc import OperationalError
+
+    service = ChatService(store, ModelWorker(ScriptedBackend(), timeout_s=5), settings)
+
+    async def disk_failure(*_args, **_kwargs):
+        raise OperationalError("INSERT INTO answer_parts", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(store, "record_answer_parts", disk_failure)
+    with caplog.at_level(logging.ERROR, logger="bot.service"):
+        await service.respond(to_the_bot("hello"), Reports(Delivered((901,))))
+    assert "was posted, but the database could not record which messages show it" in caplog.text
+    assert "disk I/O error" in caplog.text and service.observer.errors["storage"] == 1
+
+
+async def test_a_database_failing_while_deciding_is_one_log_line(store, settings, caplog, monkeypatch):
+    """Reading whether a channel answers every message failed: logged, the message left alone,
+    no traceback in discord.py's handler."""
+    import logging
+
+    from sqlalchemy.exc import OperationalError
+
+    service = ChatService(store, ModelWorker(ScriptedBackend(), timeout_s=5), settings)
+
+    async def locked(*_args, **_kwargs):
+        raise OperationalError("SELECT auto_reply", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(store, "channel_auto_reply", locked)
+    with caplog.at_level(logging.ERROR, logger="bot.service"):
+        await service.respond(said("just chatting"), Reports(Delivered((902,))))
+    assert "could not read channel 10's settings to decide on a message: database is locked" in caplog.text
+    assert await stored(store) == [] and service.observer.errors["storage"] == 1

@@ -19,6 +19,7 @@ from .types import IncomingMessage
 class Action(Enum):
     ANSWER = "answer"
     EXPLAIN_TEXT_ONLY = "say that only text can be read"
+    EXPLAIN = "say why it cannot be answered (the reason is what is said)"
     IGNORE = "ignore"
 
 
