@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import threading
 
 import pytest
@@ -380,19 +381,21 @@ def refused_after(preview: str) -> Delivered:
     return Delivered((900,), complete=False, shown=preview)
 
 
+def fails_with(monkeypatch, store, method: str, reason: str) -> None:
+    """The store's `method` fails as the database driver would, saying `reason`."""
+    from sqlalchemy.exc import OperationalError
+
+    async def failing(*_args, **_kwargs):
+        raise OperationalError(method, {}, Exception(reason))
+
+    monkeypatch.setattr(store, method, failing)
+
+
 async def test_a_database_failing_once_the_answer_is_posted_is_one_log_line(store, settings, caplog, monkeypatch):
     """The user has the answer by then: before, the error escaped to discord.py's handler as a
     traceback."""
-    import logging
-
-    from sqlalchemy.exc import OperationalError
-
     service = ChatService(store, ModelWorker(ScriptedBackend(), timeout_s=5), settings)
-
-    async def disk_failure(*_args, **_kwargs):
-        raise OperationalError("INSERT INTO answer_parts", {}, Exception("disk I/O error"))
-
-    monkeypatch.setattr(store, "record_answer_parts", disk_failure)
+    fails_with(monkeypatch, store, "record_answer_parts", "disk I/O error")
     with caplog.at_level(logging.ERROR, logger="bot.service"):
         await service.respond(to_the_bot("hello"), Reports(Delivered((901,))))
     assert "was posted, but the database could not record which messages show it" in caplog.text
@@ -402,16 +405,8 @@ async def test_a_database_failing_once_the_answer_is_posted_is_one_log_line(stor
 async def test_a_database_failing_while_deciding_is_one_log_line(store, settings, caplog, monkeypatch):
     """Reading whether a channel answers every message failed: logged, the message left alone,
     no traceback in discord.py's handler."""
-    import logging
-
-    from sqlalchemy.exc import OperationalError
-
     service = ChatService(store, ModelWorker(ScriptedBackend(), timeout_s=5), settings)
-
-    async def locked(*_args, **_kwargs):
-        raise OperationalError("SELECT auto_reply", {}, Exception("database is locked"))
-
-    monkeypatch.setattr(store, "channel_auto_reply", locked)
+    fails_with(monkeypatch, store, "channel_auto_reply", "database is locked")
     with caplog.at_level(logging.ERROR, logger="bot.service"):
         await service.respond(said("just chatting"), Reports(Delivered((902,))))
     assert "could not read channel 10's settings to decide on a message: database is locked" in caplog.text
